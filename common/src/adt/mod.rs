@@ -1,0 +1,3 @@
+//! The ADT compiler: MiCADO TOSCA YAML in, a typed deployment [`plan::Plan`] out.
+
+pub mod yaml;

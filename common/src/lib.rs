@@ -1,0 +1,3 @@
+//! Code shared by the fogmesh master and edge agent.
+
+pub mod adt;
