@@ -1,0 +1,210 @@
+//! The typed deployment plan an ADT compiles to.
+//!
+//! Everything here is resolved: inputs substituted, templates expanded,
+//! quantities parsed into numbers, hosts and policy targets checked. The
+//! master schedules from it and agents run containers from its workloads.
+
+use std::collections::BTreeSet;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub description: Option<String>,
+    pub nodes: Vec<PlanNode>,
+    pub workloads: Vec<Workload>,
+    pub policies: Vec<Policy>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A fog device, identified by its public IP.
+    Edge,
+    /// A scalable set of cloud worker nodes.
+    Cloud,
+}
+
+/// A node template of the ADT: one fog device or one cloud node set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanNode {
+    pub name: String,
+    pub kind: NodeKind,
+    pub tosca_type: String,
+    /// Edge only: the address the fog node registers with.
+    pub public_ip: Option<String>,
+    pub ssh_username: Option<String>,
+    /// Cloud only: the cloud the type names (`ec2`, `nova`, ...), if any.
+    pub cloud: Option<String>,
+    /// Cloud only: the interface that provisions it (`occopus`, `terraform`).
+    pub provisioner: Option<String>,
+    pub min_instances: u32,
+    /// `None` is unbounded.
+    pub max_instances: Option<u32>,
+    /// Cloud-specific properties, kept for the cloud tier.
+    pub properties: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Container,
+    Deployment,
+    DaemonSet,
+    StatefulSet,
+    Job,
+    Init,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub name: String,
+    /// The node template it came from (differs for `instance_count` copies).
+    pub template: String,
+    pub kind: WorkloadKind,
+    pub image: String,
+    /// Replaces the image's entrypoint when not empty.
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: IndexMap<String, String>,
+    /// Names of `env` entries whose values come from `secret` inputs: never shown.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub secret_env: BTreeSet<String>,
+    pub ports: Vec<Port>,
+    pub resources: Resources,
+    pub volumes: Vec<Mount>,
+    pub privileged: bool,
+    pub working_dir: Option<String>,
+    pub labels: IndexMap<String, String>,
+    pub liveness_probe: Option<serde_json::Value>,
+    pub readiness_probe: Option<serde_json::Value>,
+    /// The plan node it must run on, or `None` for any node.
+    pub host: Option<String>,
+    pub min_instances: u32,
+    /// `None` is unbounded.
+    pub max_instances: Option<u32>,
+    /// How many copies to run now: `min_instances` until a policy says otherwise.
+    pub replicas: u32,
+    /// The Kubernetes interface inputs, kept for the cloud tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    pub container_port: u16,
+    /// Published on the node's address when set.
+    pub host_port: Option<u16>,
+    pub protocol: Protocol,
+    pub name: Option<String>,
+    /// Kubernetes service fields, kept for the cloud tier.
+    pub service_port: Option<u16>,
+    pub node_port: Option<u16>,
+    pub service_type: Option<String>,
+}
+
+/// CPU in millicores, memory in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_request_millis: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    pub memory_request_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mount {
+    /// The volume or config node template's name.
+    pub volume: String,
+    pub mount_path: String,
+    pub source: VolumeSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum VolumeSource {
+    HostPath { path: String },
+    EmptyDir,
+    Nfs { server: String, path: String },
+    ConfigMap { data: IndexMap<String, String> },
+    /// A generic `Container.Volume` with no backing given: node-local storage.
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    Monitoring,
+    Scaling,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    None,
+    Workloads,
+    Nodes,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub name: String,
+    pub kind: PolicyKind,
+    pub tosca_type: String,
+    /// Workload names or node-set names, per `target_kind`; `instance_count`
+    /// copies are listed one by one.
+    pub targets: Vec<String>,
+    pub target_kind: TargetKind,
+    pub min_instances: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub sources: Vec<String>,
+    pub constants: IndexMap<String, serde_json::Value>,
+    /// Query name to PromQL, constants already substituted.
+    pub queries: IndexMap<String, String>,
+    pub alerts: Vec<Alert>,
+    pub scaling_rule: Option<String>,
+    /// Monitoring switches and any other property, as given.
+    pub properties: IndexMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub name: String,
+    pub expr: String,
+    pub for_seconds: u64,
+}
+
+impl Plan {
+    /// A copy safe to show: values of secret inputs replaced.
+    pub fn redacted(&self) -> Plan {
+        let mut plan = self.clone();
+        for w in &mut plan.workloads {
+            for name in &w.secret_env {
+                if let Some(v) = w.env.get_mut(name) {
+                    *v = "<secret>".to_string();
+                }
+            }
+        }
+        plan
+    }
+
+    pub fn workload(&self, name: &str) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&PlanNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
