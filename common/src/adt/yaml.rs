@@ -61,6 +61,9 @@ pub enum Value {
     Seq(Vec<Node>),
     /// Entries in document order; keys are scalars rendered as text.
     Map(Vec<(Key, Node)>),
+    /// Stands where a value could not be computed (an unresolvable
+    /// `get_input`). That problem is reported once; later checks stay quiet.
+    Invalid,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -82,6 +85,14 @@ impl Node {
 
     pub fn null() -> Self {
         Node::new(Value::Null, Pos::UNKNOWN)
+    }
+
+    pub fn invalid(pos: Pos) -> Self {
+        Node::new(Value::Invalid, pos)
+    }
+
+    pub fn is_invalid(&self) -> bool {
+        matches!(self.value, Value::Invalid)
     }
 
     pub fn is_null(&self) -> bool {
@@ -139,6 +150,7 @@ impl Node {
             Value::Str(_) => "a string",
             Value::Seq(_) => "a list",
             Value::Map(_) => "a mapping",
+            Value::Invalid => "an invalid value",
         }
     }
 
@@ -146,7 +158,7 @@ impl Node {
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;
         match &self.value {
-            Value::Null => J::Null,
+            Value::Null | Value::Invalid => J::Null,
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
@@ -310,7 +322,7 @@ impl<'de> Deserialize<'de> for KeyText {
             Value::Float(f) => Ok(KeyText(f.to_string())),
             Value::Bool(b) => Ok(KeyText(b.to_string())),
             Value::Null => Ok(KeyText("null".to_string())),
-            Value::Seq(_) | Value::Map(_) => Err(de::Error::custom(
+            Value::Seq(_) | Value::Map(_) | Value::Invalid => Err(de::Error::custom(
                 "mapping keys must be plain scalars, not lists or mappings",
             )),
         }
