@@ -1,0 +1,228 @@
+//! `fogmesh adt validate|compile` run as a real process on the ADTs in adts/.
+
+use std::process::{Command, Output};
+
+use fogmesh_tests::{bin, workspace};
+use serde_json::Value;
+
+fn fogmesh(args: &[&str]) -> Output {
+    Command::new(bin("fogmesh"))
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("run fogmesh")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn compile_json(file: &str, params: &[&str]) -> Value {
+    let mut args = vec!["adt", "compile", file, "--format", "json"];
+    for p in params {
+        args.extend(["--param", p]);
+    }
+    let out = fogmesh(&args);
+    assert!(out.status.success(), "compile {file} failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("compile prints JSON")
+}
+
+fn by_name<'a>(items: &'a Value, name: &str) -> &'a Value {
+    items
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no '{name}' in {items}"))
+}
+
+#[test]
+fn validate_summarises_every_example() {
+    let out = fogmesh(&["adt", "validate", "adts/face-detection.yaml", "adts/stress.yaml", "adts/nginx.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("adts/face-detection.yaml: valid: 3 nodes, 6 workloads, 2 policies"), "{text}");
+    assert!(text.contains("adts/stress.yaml: valid: 1 node, 1 workload, 2 policies"), "{text}");
+    assert!(text.contains("adts/nginx.yaml: valid: 0 nodes, 1 workload, 1 policy"), "{text}");
+}
+
+#[test]
+fn validate_reports_every_problem_with_location_and_exits_1() {
+    let out = fogmesh(&["adt", "validate", "adts/nginx.yaml", "adts/invalid/several-problems.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    // The valid file is still summarised.
+    assert!(stdout(&out).contains("adts/nginx.yaml: valid"));
+    let errors = stderr(&out);
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines.len(), 3, "{errors}");
+    for line in &lines {
+        assert!(line.starts_with("adts/invalid/several-problems.yaml:"), "{line}");
+        assert!(line.contains(": error: node '"), "{line}");
+    }
+    assert!(lines[0].contains("names 'fog-nod', which is not a node template in this ADT; did you mean fog-node?"), "{errors}");
+    assert!(lines[1].contains("port 0 is out of range 1-65535"), "{errors}");
+    assert!(lines[2].contains("get_input names 'cloud_ip'"), "{errors}");
+}
+
+#[test]
+fn compile_face_detection_plan_has_the_contract_fields() {
+    let plan = compile_json("adts/face-detection.yaml", &[]);
+
+    let fog = by_name(&plan["nodes"], "fog-node");
+    assert_eq!(fog["kind"], "edge");
+    assert_eq!(fog["public_ip"], "127.0.0.3");
+    assert_eq!(by_name(&plan["nodes"], "camera-node")["public_ip"], "127.0.0.2");
+    assert_eq!(by_name(&plan["nodes"], "cloud-node")["public_ip"], "127.0.0.4");
+
+    // instance_count: 2 with [camera_ports, INDEX]: copy k takes element k.
+    let workloads = &plan["workloads"];
+    assert!(workloads.as_array().unwrap().iter().all(|w| w["name"] != "camera-client"));
+    for (copy, port) in [("camera-client-1", 5001), ("camera-client-2", 5002)] {
+        let w = by_name(workloads, copy);
+        assert_eq!(w["host"], "camera-node");
+        assert_eq!(w["env"]["CAMERA_PORT"], port.to_string());
+        assert_eq!(w["env"]["RECEIVER_HOST"], "127.0.0.3");
+        assert_eq!(w["ports"][0]["host_port"], port);
+        assert_eq!(w["ports"][0]["container_port"], 8554);
+    }
+
+    let receiver = by_name(workloads, "fog-receiver");
+    assert_eq!(receiver["image"], "fogmesh/fog-receiver:latest");
+    assert_eq!(receiver["host"], "fog-node");
+    assert_eq!(receiver["command"], serde_json::json!(["/bin/receiver"]));
+    assert_eq!(receiver["args"], serde_json::json!(["--listen", "0.0.0.0:5000"]));
+    assert_eq!(receiver["ports"][0]["container_port"], 5000);
+    assert_eq!(receiver["ports"][0]["name"], "ingest");
+    assert_eq!(receiver["resources"]["cpu_request_millis"], 250);
+    assert_eq!(receiver["resources"]["memory_limit_bytes"], 128 * 1024 * 1024);
+    // Long-form volume requirement: mounted at the relationship's location.
+    assert_eq!(receiver["volumes"][0]["mount_path"], "/data/frames");
+    assert_eq!(receiver["volumes"][0]["source"]["path"], "/var/lib/fogmesh/frames");
+
+    let processor = by_name(workloads, "fog-processor");
+    assert_eq!(processor["env"]["THRESHOLD"], "0.6");
+    assert_eq!(processor["resources"]["cpu_limit_millis"], 900);
+    assert_eq!(processor["min_instances"], 1);
+    assert_eq!(processor["max_instances"], 4);
+    assert_eq!(processor["privileged"], false);
+    assert!(processor["liveness_probe"].is_object());
+    // Short-form volume requirement: mounted at the volume's path.
+    assert_eq!(processor["volumes"][0]["mount_path"], "/var/lib/fogmesh/frames");
+
+    let collector = by_name(workloads, "cloud-collector");
+    assert_eq!(collector["host"], "cloud-node");
+    let udp = collector["ports"].as_array().unwrap().iter().find(|p| p["protocol"] == "udp").expect("a UDP port");
+    assert_eq!(udp["host_port"], 9000);
+
+    let scaling = by_name(&plan["policies"], "processor-scaling");
+    assert_eq!(scaling["kind"], "scaling");
+    assert_eq!(scaling["targets"], serde_json::json!(["fog-processor"]));
+    assert_eq!(scaling["min_instances"], 1);
+    assert_eq!(scaling["max_instances"], 4, "'{{{{MAXC}}}}' becomes an integer");
+    assert_eq!(scaling["constants"]["MAXBYTES"], 500000);
+    assert!(scaling["queries"]["RX"].as_str().unwrap().contains("node_network_receive_bytes_total"));
+    let busy = by_name(&scaling["alerts"], "network_busy");
+    assert_eq!(busy["for_seconds"], 30);
+    assert!(busy["expr"].as_str().unwrap().ends_with("> 500000"), "{busy}");
+    assert_eq!(by_name(&scaling["alerts"], "network_idle")["for_seconds"], 120);
+    assert!(scaling["scaling_rule"].as_str().unwrap().contains("m_container_count += 1"));
+    assert_eq!(by_name(&plan["policies"], "monitoring")["kind"], "monitoring");
+}
+
+#[test]
+fn params_override_input_defaults() {
+    let plan = compile_json(
+        "adts/face-detection.yaml",
+        &["fog_public_ip=192.0.2.7", "camera_count=3", "camera_ports=[6001, 6002, 6003]"],
+    );
+    assert_eq!(by_name(&plan["nodes"], "fog-node")["public_ip"], "192.0.2.7");
+    let third = by_name(&plan["workloads"], "camera-client-3");
+    assert_eq!(third["env"]["CAMERA_PORT"], "6003");
+    assert_eq!(third["env"]["RECEIVER_HOST"], "192.0.2.7");
+}
+
+#[test]
+fn bad_params_are_refused_with_the_reason() {
+    let out = fogmesh(&["adt", "compile", "adts/face-detection.yaml", "--param", "camera_count=3"]);
+    assert_eq!(out.status.code(), Some(1));
+    // Three copies but only two ports in the list.
+    assert!(stderr(&out).contains("input 'camera_ports' has 2 elements, too few for element 3"), "{}", stderr(&out));
+
+    let out = fogmesh(&["adt", "validate", "adts/nginx.yaml", "--param", "no_such_input=1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("parameter 'no_such_input': is not an input of this ADT"), "{}", stderr(&out));
+
+    let out = fogmesh(&["adt", "validate", "adts/nginx.yaml", "--param", "novalue"]);
+    assert_eq!(out.status.code(), Some(2), "clap rejects a param without '='");
+    assert!(stderr(&out).contains("expected NAME=VALUE"));
+}
+
+#[test]
+fn stress_policies_inherit_local_type_defaults_and_hide_secrets() {
+    let plan = compile_json("adts/stress.yaml", &[]);
+    let node = by_name(&plan["nodes"], "worker-node");
+    assert_eq!(node["kind"], "cloud");
+    assert_eq!(node["cloud"], "ec2");
+    assert_eq!(node["provisioner"], "occopus");
+    assert_eq!(node["min_instances"], 1);
+    assert_eq!(node["max_instances"], 3);
+
+    let stress = by_name(&plan["workloads"], "stress");
+    assert_eq!(stress["host"], "worker-node");
+    assert_eq!(stress["env"]["API_KEY"], "<secret>");
+    assert_eq!(stress["max_instances"], 5);
+
+    let cpu = by_name(&plan["policies"], "stress-scaling");
+    // The policy's own constant wins over the type default (70).
+    assert_eq!(cpu["constants"]["UPPER"], 80);
+    assert!(cpu["queries"]["CPU"].is_string(), "query inherited from the type");
+    let alert = &cpu["alerts"][0];
+    assert!(alert["expr"].as_str().unwrap().ends_with("> 80"), "{alert}");
+    assert!(cpu["scaling_rule"].is_string(), "rule inherited from the type");
+
+    let nodes = by_name(&plan["policies"], "node-scaling");
+    assert_eq!(nodes["targets"], serde_json::json!(["worker-node"]));
+    assert_eq!(nodes["max_instances"], 3, "'{{{{MAXNODES}}}}' from the type's constants");
+}
+
+#[test]
+fn nginx_template_constant_sets_max_instances_and_table_output_reads() {
+    let plan = compile_json("adts/nginx.yaml", &[]);
+    let web = by_name(&plan["workloads"], "web");
+    assert_eq!(web["host"], Value::Null);
+    assert_eq!(web["max_instances"], 3);
+    assert_eq!(web["env"]["GREETING"], "hello");
+    assert_eq!(web["ports"][0]["host_port"], 8080);
+    assert_eq!(by_name(&plan["policies"], "web-scaling")["max_instances"], 3);
+
+    let out = fogmesh(&["adt", "compile", "adts/nginx.yaml"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("WORKLOADS"), "{text}");
+    let row = text.lines().find(|l| l.starts_with("web ")).expect("a row for web");
+    assert!(row.contains("(any)") && row.contains("1..3") && row.contains("8080:80/tcp"), "{row}");
+}
+
+#[test]
+fn unreadable_files_are_reported() {
+    let out = fogmesh(&["adt", "validate", "adts/does-not-exist.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read adts/does-not-exist.yaml"), "{}", stderr(&out));
+}
+
+#[test]
+fn binaries_print_help() {
+    for (name, words) in [
+        ("fogmesh", "adt"),
+        ("fogmesh-master", "control plane"),
+        ("fogmesh-agent", "fog"),
+    ] {
+        let out = Command::new(bin(name)).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{name} --help");
+        assert!(stdout(&out).contains(words), "{name} --help: {}", stdout(&out));
+    }
+}
