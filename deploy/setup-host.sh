@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Prepares a Debian/Ubuntu host for fogmesh's tests and quickstart: installs
+# the Docker engine if missing and starts it if it is not running.
+# Idempotent; needs root (or sudo) only for what is missing.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v dockerd >/dev/null 2>&1; then
+    echo "setup-host: installing docker.io"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io iptables >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    echo "setup-host: starting dockerd (log: /var/log/fogmesh-dockerd.log)"
+    as_root sh -c 'nohup dockerd >/var/log/fogmesh-dockerd.log 2>&1 &'
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 1
+    done
+    if ! docker info >/dev/null 2>&1; then
+        echo "setup-host: dockerd did not start; last lines of its log:" >&2
+        tail -n 30 /var/log/fogmesh-dockerd.log >&2 || true
+        exit 1
+    fi
+fi
+echo "setup-host: docker $(docker version --format '{{.Server.Version}}') is running"
