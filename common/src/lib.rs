@@ -1,3 +1,7 @@
 //! Code shared by the fogmesh master and edge agent.
 
 pub mod adt;
+pub mod codec;
+pub mod pki;
+pub mod tls;
+pub mod wire;

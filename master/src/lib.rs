@@ -1,4 +1,15 @@
 //! The fogmesh master (control plane) and the `fogmesh` CLI client.
 
+pub mod api;
+pub mod apps;
 pub mod cli;
+pub mod cluster;
+pub mod datadir;
+pub mod failure;
+pub mod https;
 pub mod logging;
+pub mod model;
+pub mod nodes;
+pub mod quic;
+pub mod scheduler;
+pub mod store;

@@ -1,9 +1,11 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: they run the real
-//! fogmesh binaries as separate processes.
+//! fogmesh binaries as separate processes, on loopback addresses, against the
+//! real Docker engine.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -29,4 +31,251 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Docker is running and the local test images exist (built once).
+pub fn docker_ready() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        for script in ["deploy/setup-host.sh", "deploy/images/build.sh"] {
+            let out = Command::new("bash").arg(workspace().join(script)).output().expect("run setup script");
+            assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A free port on 127.0.0.1 (TCP and UDP), by binding and releasing it.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().expect("local addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped; its output goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("create process log");
+        let err = file.try_clone().expect("clone log handle");
+        cmd.stdout(Stdio::from(file)).stderr(Stdio::from(err)).stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Proc { child, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A master in its own data directory on free ports, plus the CLI set up to
+/// talk to it.
+pub struct Master {
+    pub dir: PathBuf,
+    pub api_port: u16,
+    pub quic_port: u16,
+    pub proc: Option<Proc>,
+}
+
+impl Master {
+    pub fn start(dir: &Path) -> Master {
+        std::fs::create_dir_all(dir).expect("create test dir");
+        let api_port = free_port();
+        let quic_port = free_port();
+        let data = dir.join("master");
+        let out = Command::new(bin("fogmesh-master"))
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .args(["--api", &format!("127.0.0.1:{api_port}")])
+            .output()
+            .expect("run fogmesh-master init");
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut master = Master { dir: dir.to_path_buf(), api_port, quic_port, proc: None };
+        master.restart();
+        master
+    }
+
+    /// Starts `serve` (again) on the same data dir and ports; waits for the API.
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new(bin("fogmesh-master"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.join("master"))
+            .args(["--api", &format!("127.0.0.1:{}", self.api_port)])
+            .args(["--quic", &format!("127.0.0.1:{}", self.quic_port)])
+            .args(["--offline-after", "4s", "--heartbeat", "1s"]);
+        let n = std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0);
+        self.proc = Some(Proc::spawn(cmd, self.dir.join(format!("master-{n}.log"))));
+        wait_for("the master API", Duration::from_secs(20), || {
+            let out = self.cli(&["node", "list"]);
+            out.status.success().then_some(())
+        });
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.quic_port)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("master/client.conf")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("fogmesh"))
+            .args(args)
+            .env("FOGMESH_CONFIG", self.config())
+            .env_remove("FOGMESH_API")
+            .env_remove("FOGMESH_TOKEN")
+            .current_dir(workspace())
+            .output()
+            .expect("run fogmesh")
+    }
+
+    /// Runs the CLI and returns stdout; panics with stderr on failure.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "fogmesh {args:?} failed:\n{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--format", "json"]);
+        serde_json::from_str(&self.cli_ok(&all)).expect("CLI prints JSON")
+    }
+
+    pub fn token(&self) -> String {
+        self.cli_ok(&["token", "create", "--ttl", "10m"]).trim().to_string()
+    }
+}
+
+/// An agent with its own data dir, joined under `name` with `public_ip`.
+pub struct Agent {
+    pub name: String,
+    pub public_ip: String,
+    pub data_dir: PathBuf,
+    pub proc: Option<Proc>,
+    log_dir: PathBuf,
+}
+
+impl Agent {
+    pub fn join_and_run(master: &Master, name: &str, public_ip: &str) -> Agent {
+        let data_dir = master.dir.join(format!("agent-{name}"));
+        let out = Command::new(bin("fogmesh-agent"))
+            .args(["join", "--master", &master.address(), "--token", &master.token()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--public-ip", public_ip, "--name", name, "--label", "zone=test"])
+            .output()
+            .expect("run fogmesh-agent join");
+        assert!(out.status.success(), "join failed: {}", text(&out.stderr));
+        let mut agent = Agent { name: name.into(), public_ip: public_ip.into(), data_dir, proc: None, log_dir: master.dir.clone() };
+        agent.start();
+        agent
+    }
+
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(bin("fogmesh-agent"));
+        cmd.arg("run").arg("--data-dir").arg(&self.data_dir).env("RUST_LOG", "info");
+        let n = std::fs::read_dir(&self.log_dir).map(|d| d.count()).unwrap_or(0);
+        self.proc = Some(Proc::spawn(cmd, self.log_dir.join(format!("agent-{}-{n}.log", self.name))));
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        remove_node_containers(&self.name);
+    }
+}
+
+/// `docker` CLI output, trimmed; panics if docker fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("run docker");
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+/// IDs of running containers of a node (label fogmesh.node).
+pub fn running_containers(node: &str) -> Vec<String> {
+    let list = docker(&["ps", "-q", "--filter", &format!("label=fogmesh.node={node}")]);
+    list.lines().map(String::from).collect()
+}
+
+/// `docker inspect` of the container of `spec_name` on `node`, if it exists.
+pub fn inspect(node: &str, spec_name: &str) -> Option<serde_json::Value> {
+    let id = docker(&["ps", "-aq", "--filter", &format!("label=fogmesh.node={node}"), "--filter", &format!("label=fogmesh.name={spec_name}")]);
+    let id = id.lines().next()?.to_string();
+    let json: serde_json::Value = serde_json::from_str(&docker(&["inspect", &id])).ok()?;
+    json.get(0).cloned()
+}
+
+pub fn remove_node_containers(node: &str) {
+    let ids = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=fogmesh.node={node}")])
+        .output()
+        .map(|o| text(&o.stdout))
+        .unwrap_or_default();
+    for id in ids.lines().filter(|l| !l.is_empty()) {
+        let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A fresh directory for one test under the target dir.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = workspace().join("target/e2e").join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
 }

@@ -4,14 +4,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fogmesh_master::cli::adt::{self, AdtCommand};
+use fogmesh_master::cli::app::{self, AppCommand};
+use fogmesh_master::cli::client::Connection;
+use fogmesh_master::cli::node::{self, NodeCommand};
+use fogmesh_master::cli::token::{self, TokenCommand};
 
 /// fogmesh: run container workloads on fleets of fog and edge devices.
 ///
 /// Application Description Templates (ADTs, MiCADO's TOSCA dialect) describe
-/// the nodes, containers and scaling policies of an application.
+/// the nodes, containers and scaling policies of an application. `adt`
+/// commands work offline; the others talk to a master (see --config).
 #[derive(Debug, Parser)]
 #[command(name = "fogmesh", version, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,12 +28,44 @@ enum Command {
     /// Check and compile ADTs locally, without a master.
     #[command(subcommand)]
     Adt(AdtCommand),
+    /// Submit, update, inspect and delete applications.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Declare, list and remove fog nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Create join tokens for agents.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 fn main() -> ExitCode {
     fogmesh_master::logging::init("warn");
     let cli = Cli::parse();
-    match cli.command {
-        Command::Adt(cmd) => adt::run(cmd),
+    let remote = match cli.command {
+        Command::Adt(cmd) => return adt::run(cmd),
+        other => other,
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let client = cli.connection.client()?;
+                match remote {
+                    Command::App(cmd) => app::run(&client, cmd).await,
+                    Command::Node(cmd) => node::run(&client, cmd).await,
+                    Command::Token(cmd) => token::run(&client, cmd).await,
+                    Command::Adt(_) => unreachable!("handled above"),
+                }
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fogmesh: error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use fogmesh_common::adt::plan::{NodeKind, Plan, Port, Protocol};
 use fogmesh_common::adt::yaml::MAX_DOCUMENT_BYTES;
 use fogmesh_common::adt::{compile, CompileOptions};
 
-use super::{parse_key_value, table};
+use super::{parse_key_value, table, Format};
 
 #[derive(Debug, Subcommand)]
 pub enum AdtCommand {
@@ -31,12 +31,6 @@ pub enum AdtCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
 }
 
 pub fn run(command: AdtCommand) -> ExitCode {

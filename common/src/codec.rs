@@ -1,0 +1,516 @@
+//! Length-prefixed bincode frames: the one place that knows the wire encoding.
+//!
+//! A frame is a 4-byte big-endian payload length followed by the payload, a
+//! bincode 2 (serde mode, standard config) encoding of one message. Every
+//! frame comes from the network, so the length is checked against
+//! [`MAX_FRAME_BYTES`] before anything is allocated, and decoding is bounded
+//! by the same limit so a hostile payload cannot make us allocate more.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest payload (without the 4-byte prefix) either side accepts or sends.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes of the big-endian length prefix in front of every payload.
+const PREFIX_BYTES: usize = 4;
+
+/// Bytes pre-allocated for a payload before they arrive: a peer that
+/// announces 4 MiB and then stalls must not cost us 4 MiB up front.
+const INITIAL_READ_CAPACITY: usize = 64 * 1024;
+
+/// The single bincode configuration of the protocol. The limit caps what
+/// the decoder may claim for strings and sequences.
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
+}
+
+/// Why a message could not be encoded, framed or decoded.
+#[derive(Debug)]
+pub enum CodecError {
+    /// The payload (announced or encoded) is larger than the limit.
+    TooLarge { len: usize, max: usize },
+    /// A frame announced zero bytes, or a payload was empty.
+    Empty,
+    /// The input ended in the middle of a frame or message.
+    Truncated,
+    /// The bytes are not a valid encoding of the expected message.
+    Malformed(String),
+    /// The underlying stream failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodecError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the {max} byte limit")
+            }
+            CodecError::Empty => f.write_str("empty frame"),
+            CodecError::Truncated => f.write_str("input ended in the middle of a frame"),
+            CodecError::Malformed(why) => write!(f, "malformed message: {why}"),
+            CodecError::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CodecError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for CodecError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            CodecError::Truncated
+        } else {
+            CodecError::Io(e)
+        }
+    }
+}
+
+/// Encodes one message as a frame payload (without the length prefix).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    let bytes = bincode::serde::encode_to_vec(msg, config())
+        .map_err(|e| CodecError::Malformed(format!("cannot encode: {e}")))?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        // The peer would refuse it; fail here where the cause is visible.
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes one message from a whole payload. Trailing bytes are an error:
+/// a payload is exactly one message, anything else means the peers disagree
+/// about the format.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.is_empty() {
+        return Err(CodecError::Empty);
+    }
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let (msg, used) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| match e {
+        bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
+        other => CodecError::Malformed(other.to_string()),
+    })?;
+    if used != bytes.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes after the message",
+            bytes.len() - used
+        )));
+    }
+    Ok(msg)
+}
+
+/// Writes one message as a length-prefixed frame and flushes the writer.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), CodecError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let payload = encode(msg)?;
+    let len = u32::try_from(payload.len()).map_err(|_| CodecError::TooLarge {
+        len: payload.len(),
+        max: MAX_FRAME_BYTES,
+    })?;
+    // One buffer, one write: a QUIC stream then sends prefix and payload
+    // together instead of a 4-byte packet first.
+    let mut frame = Vec::with_capacity(PREFIX_BYTES + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&payload);
+    w.write_all(&frame).await.map_err(CodecError::Io)?;
+    w.flush().await.map_err(CodecError::Io)?;
+    Ok(())
+}
+
+/// Reads one frame and decodes it.
+///
+/// Returns `Ok(None)` when the stream ends cleanly before the first byte of
+/// a frame (the peer finished), and [`CodecError::Truncated`] when it ends
+/// inside one.
+pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, CodecError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut prefix = [0u8; PREFIX_BYTES];
+    let mut filled = 0;
+    while filled < PREFIX_BYTES {
+        let n = r
+            .read(&mut prefix[filled..])
+            .await
+            .map_err(CodecError::Io)?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(CodecError::Truncated)
+            };
+        }
+        filled += n;
+    }
+
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len == 0 {
+        return Err(CodecError::Empty);
+    }
+    if len > MAX_FRAME_BYTES {
+        tracing::debug!(len, max = MAX_FRAME_BYTES, "refusing oversized frame");
+        return Err(CodecError::TooLarge {
+            len,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+
+    // Grow with what actually arrives rather than trusting the prefix.
+    let mut payload = Vec::with_capacity(len.min(INITIAL_READ_CAPACITY));
+    let got = (&mut *r)
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .await
+        .map_err(CodecError::Io)?;
+    if got < len {
+        return Err(CodecError::Truncated);
+    }
+    decode(&payload).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::*;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            name: "face-detect-detector-1".into(),
+            app_id: "app-7f3a".into(),
+            app_name: "face-detect".into(),
+            workload: "detector".into(),
+            replica: 1,
+            image: "fogmesh/face-detector:1.2".into(),
+            command: vec!["/bin/detector".into()],
+            args: vec!["--threshold".into(), "0.8".into()],
+            env: vec![("MQTT_HOST".into(), "10.0.0.1".into())],
+            ports: vec![
+                PortSpec {
+                    container_port: 8080,
+                    host_port: Some(30080),
+                    protocol: Protocol::Tcp,
+                },
+                PortSpec {
+                    container_port: 5353,
+                    host_port: None,
+                    protocol: Protocol::Udp,
+                },
+            ],
+            mounts: vec![
+                MountSpec {
+                    source: MountSource::HostPath("/var/lib/frames".into()),
+                    target: "/frames".into(),
+                },
+                MountSpec {
+                    source: MountSource::EmptyDir,
+                    target: "/tmp".into(),
+                },
+                MountSpec {
+                    source: MountSource::ConfigMap(vec![(
+                        "model.yaml".into(),
+                        "threshold: 0.8\n".into(),
+                    )]),
+                    target: "/etc/detector".into(),
+                },
+                MountSpec {
+                    source: MountSource::Nfs {
+                        server: "10.0.0.5".into(),
+                        path: "/exports/models".into(),
+                    },
+                    target: "/models".into(),
+                },
+            ],
+            cpu_millis: Some(500),
+            memory_bytes: Some(256 * 1024 * 1024),
+            privileged: false,
+            working_dir: Some("/app".into()),
+            labels: vec![("tier".into(), "fog".into())],
+        }
+    }
+
+    fn agent_messages() -> Vec<AgentMessage> {
+        vec![
+            AgentMessage::Join(JoinRequest {
+                protocol_version: PROTOCOL_VERSION,
+                token: "fmj1.0011223344556677.00112233445566778899aabbccddeeff.ab".into(),
+                csr_pem:
+                    "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+                        .into(),
+                name: Some("pi-kitchen".into()),
+                public_ip: "192.0.2.10".into(),
+                labels: vec![("site".into(), "kitchen".into())],
+            }),
+            AgentMessage::Join(JoinRequest {
+                protocol_version: PROTOCOL_VERSION,
+                token: String::new(),
+                csr_pem: String::new(),
+                name: None,
+                public_ip: "2001:db8::1".into(),
+                labels: vec![],
+            }),
+            AgentMessage::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                node_name: "pi-kitchen".into(),
+                public_ip: "192.0.2.10".into(),
+                labels: vec![("arch".into(), "arm64".into())],
+                capacity: Capacity {
+                    cpus: 4,
+                    memory_bytes: 4 << 30,
+                    disk_bytes: 64 << 30,
+                    arch: "aarch64".into(),
+                    os: "linux".into(),
+                },
+                runtime_version: "docker 20.10.24".into(),
+                agent_version: "0.1.0".into(),
+                acked_generation: 42,
+            }),
+            AgentMessage::Heartbeat,
+            AgentMessage::Ack {
+                generation: u64::MAX,
+            },
+            AgentMessage::Status(NodeStatus {
+                generation: 42,
+                containers: [
+                    ContainerState::Running,
+                    ContainerState::Starting,
+                    ContainerState::Exited,
+                    ContainerState::Failed,
+                ]
+                .into_iter()
+                .enumerate()
+                .map(|(i, state)| ContainerStatus {
+                    name: format!("face-detect-detector-{i}"),
+                    app_id: "app-7f3a".into(),
+                    workload: "detector".into(),
+                    state,
+                    restarts: i as u32,
+                    last_error: (state == ContainerState::Failed)
+                        .then(|| "image fogmesh/x:1 is not on this node".into()),
+                })
+                .collect(),
+            }),
+        ]
+    }
+
+    fn master_messages() -> Vec<MasterMessage> {
+        vec![
+            MasterMessage::Joined(JoinResponse {
+                node_name: "pi-kitchen".into(),
+                cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+                ca_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n".into(),
+            }),
+            MasterMessage::Welcome {
+                node_name: "pi-kitchen".into(),
+                heartbeat_interval_ms: 5000,
+            },
+            MasterMessage::Refused {
+                reason: "agent speaks protocol 2, master speaks 1".into(),
+            },
+            MasterMessage::Desired(DesiredState::default()),
+            MasterMessage::Desired(DesiredState {
+                generation: 43,
+                containers: vec![spec(), spec()],
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for msg in agent_messages() {
+            let bytes = encode(&msg).expect("encode");
+            assert_eq!(decode::<AgentMessage>(&bytes).expect("decode"), msg);
+        }
+        for msg in master_messages() {
+            let bytes = encode(&msg).expect("encode");
+            assert_eq!(decode::<MasterMessage>(&bytes).expect("decode"), msg);
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_over_a_stream() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let sent = agent_messages();
+        for msg in &sent {
+            write_frame(&mut a, msg).await.expect("write");
+        }
+        drop(a);
+        let mut got = Vec::new();
+        while let Some(msg) = read_frame::<_, AgentMessage>(&mut b).await.expect("read") {
+            got.push(msg);
+        }
+        assert_eq!(got, sent);
+    }
+
+    #[tokio::test]
+    async fn clean_eof_is_none() {
+        let mut input: &[u8] = &[];
+        let got = read_frame::<_, AgentMessage>(&mut input)
+            .await
+            .expect("read");
+        assert!(got.is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_prefix_is_refused_before_reading_payload() {
+        // Only the prefix is present: if the reader tried to allocate and
+        // read the payload it would report Truncated instead.
+        let len = (MAX_FRAME_BYTES + 1) as u32;
+        let mut input: &[u8] = &len.to_be_bytes();
+        let err = read_frame::<_, AgentMessage>(&mut input).await.unwrap_err();
+        match err {
+            CodecError::TooLarge { len: l, max } => {
+                assert_eq!(l, MAX_FRAME_BYTES + 1);
+                assert_eq!(max, MAX_FRAME_BYTES);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        let mut input: &[u8] = &u32::MAX.to_be_bytes();
+        assert!(matches!(
+            read_frame::<_, AgentMessage>(&mut input).await,
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn too_large_message() {
+        let e = CodecError::TooLarge {
+            len: 5_000_000,
+            max: MAX_FRAME_BYTES,
+        };
+        assert_eq!(
+            e.to_string(),
+            "frame of 5000000 bytes exceeds the 4194304 byte limit"
+        );
+        let huge = MasterMessage::Refused {
+            reason: "x".repeat(MAX_FRAME_BYTES),
+        };
+        assert!(matches!(encode(&huge), Err(CodecError::TooLarge { .. })));
+    }
+
+    #[tokio::test]
+    async fn zero_length_frame_is_an_error() {
+        let mut input: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(
+            read_frame::<_, AgentMessage>(&mut input).await,
+            Err(CodecError::Empty)
+        ));
+        assert!(matches!(
+            decode::<AgentMessage>(&[]),
+            Err(CodecError::Empty)
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_payload_is_malformed() {
+        // Variant index 200 does not exist in AgentMessage.
+        let payload = [200u8, 1, 2, 3];
+        assert!(matches!(
+            decode::<AgentMessage>(&payload),
+            Err(CodecError::Malformed(_))
+        ));
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        let mut input: &[u8] = &frame;
+        assert!(matches!(
+            read_frame::<_, AgentMessage>(&mut input).await,
+            Err(CodecError::Malformed(_))
+        ));
+        // A string that is not UTF-8.
+        let bad_utf8 = encode(&MasterMessage::Refused {
+            reason: "ab".into(),
+        })
+        .expect("encode");
+        let mut bad = bad_utf8.clone();
+        let last = bad.len() - 1;
+        bad[last] = 0xff;
+        assert!(matches!(
+            decode::<MasterMessage>(&bad),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn string_length_beyond_limit_is_refused_without_allocating() {
+        // Refused { reason } with a u64 length claim of 2^40 bytes.
+        let mut payload = encode(&MasterMessage::Refused {
+            reason: String::new(),
+        })
+        .expect("encode");
+        payload.pop(); // the zero length
+        payload.push(253); // varint marker for u64
+        payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode::<MasterMessage>(&payload).is_err());
+    }
+
+    #[tokio::test]
+    async fn truncated_frames() {
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &AgentMessage::Ack { generation: 7 })
+            .await
+            .expect("write");
+        // Cut inside the prefix and inside the payload.
+        for cut in [1, 3, frame.len() - 1] {
+            let mut input: &[u8] = &frame[..cut];
+            assert!(
+                matches!(
+                    read_frame::<_, AgentMessage>(&mut input).await,
+                    Err(CodecError::Truncated)
+                ),
+                "cut at {cut}"
+            );
+        }
+        // A payload that ends before the message does.
+        let payload = encode(&MasterMessage::Refused {
+            reason: "a long enough reason".into(),
+        })
+        .expect("encode");
+        assert!(matches!(
+            decode::<MasterMessage>(&payload[..payload.len() - 3]),
+            Err(CodecError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut payload = encode(&AgentMessage::Heartbeat).expect("encode");
+        payload.push(0);
+        match decode::<AgentMessage>(&payload) {
+            Err(CodecError::Malformed(why)) => assert!(why.contains("trailing"), "{why}"),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn trailing_bytes_inside_a_frame_are_rejected() {
+        let mut payload = encode(&AgentMessage::Heartbeat).expect("encode");
+        payload.extend_from_slice(&[1, 2]);
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        let mut input: &[u8] = &frame;
+        assert!(matches!(
+            read_frame::<_, AgentMessage>(&mut input).await,
+            Err(CodecError::Malformed(_))
+        ));
+    }
+}

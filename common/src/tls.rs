@@ -1,0 +1,351 @@
+//! QUIC and HTTPS TLS configurations for master and agent.
+//!
+//! Every config is built with an explicit ring provider rather than a
+//! process-wide default, so nothing here depends on who installed what.
+//! The master presents its chain as [server cert, CA cert]: joining agents
+//! only know the CA fingerprint from their token and find the CA in that
+//! chain (see [`quic_join_client_config`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::pki::cert_fingerprint_der;
+use crate::wire::ALPN;
+
+/// How often an idle connection pings, well under the idle timeout so NAT
+/// bindings in front of fog nodes stay open.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A connection silent for this long is dead; heartbeats notice sooner.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+/// Control stream plus a few log/exec streams; more is a misbehaving peer.
+const MAX_BIDI_STREAMS: u32 = 32;
+const MAX_UNI_STREAMS: u32 = 8;
+
+/// Why a TLS or QUIC configuration could not be built.
+#[derive(Debug)]
+pub enum TlsError {
+    /// PEM input that does not hold what it should.
+    Pem(String),
+    /// A pinned fingerprint that is not 64 lowercase hex characters.
+    InvalidFingerprint(String),
+    /// rustls refused the certificates, key or versions.
+    Rustls(rustls::Error),
+    /// The certificate verifier could not be built.
+    Verifier(rustls::server::VerifierBuilderError),
+    /// The provider lacks the cipher suite QUIC needs for its first packets.
+    Quic(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Pem(why) => write!(f, "bad PEM: {why}"),
+            TlsError::InvalidFingerprint(why) => write!(f, "invalid CA fingerprint: {why}"),
+            TlsError::Rustls(e) => write!(f, "TLS configuration error: {e}"),
+            TlsError::Verifier(e) => write!(f, "cannot build certificate verifier: {e}"),
+            TlsError::Quic(why) => write!(f, "QUIC configuration error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Rustls(e) => Some(e),
+            TlsError::Verifier(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        TlsError::Rustls(e)
+    }
+}
+
+impl From<rustls::server::VerifierBuilderError> for TlsError {
+    fn from(e: rustls::server::VerifierBuilderError) -> Self {
+        TlsError::Verifier(e)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// QUIC server config of the master.
+///
+/// Client certificates are optional so a new agent can connect with only a
+/// join token; when one is presented it must chain to the cluster CA. The
+/// master must refuse everything but `Join` on a connection without one.
+pub fn quic_server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = provider();
+    let roots = Arc::new(root_store(ca_pem)?);
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(server_chain(ca_pem, cert_pem)?, private_key(key_pem)?)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport()?));
+    Ok(config)
+}
+
+/// QUIC client config for the join step: no client certificate, and the
+/// server is trusted only if its chain holds the CA pinned by the token.
+pub fn quic_join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig, TlsError> {
+    let fingerprint = ca_fingerprint.trim();
+    if fingerprint.len() != 64
+        || !fingerprint
+            .bytes()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(TlsError::InvalidFingerprint(
+            "expected 64 lowercase hex characters (SHA-256)".into(),
+        ));
+    }
+    let provider = provider();
+    let verifier = Arc::new(PinnedCaVerifier {
+        fingerprint: fingerprint.to_owned(),
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    quic_client(tls)
+}
+
+/// QUIC client config of a joined node: mutual TLS with its node
+/// certificate, trusting only the cluster CA.
+pub fn quic_node_client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(root_store(ca_pem)?)
+        .with_client_auth_cert(certs(cert_pem)?, private_key(key_pem)?)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    quic_client(tls)
+}
+
+/// TLS config of the master's REST API: server auth only (clients present
+/// an API token instead), HTTP/1.1.
+pub fn https_server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(server_chain(ca_pem, cert_pem)?, private_key(key_pem)?)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// Roots for CLI and agent HTTPS clients: the cluster CA and nothing else.
+pub fn https_client_roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
+    root_store(ca_pem)
+}
+
+/// DER of the certificate the peer presented (its first), if any. On the
+/// master this is the node certificate, already verified against the CA.
+pub fn peer_certificate_der(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| c.as_ref().to_vec())
+}
+
+fn transport() -> Result<quinn::TransportConfig, TlsError> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(
+        MAX_IDLE
+            .try_into()
+            .map_err(|e: quinn::VarIntBoundsExceeded| TlsError::Quic(e.to_string()))?,
+    ));
+    t.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
+    t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
+    Ok(t)
+}
+
+fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport()?));
+    Ok(config)
+}
+
+fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let mut reader = pem.as_bytes();
+    let certs = rustls_pemfile::certs(&mut reader)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let mut reader = pem.as_bytes();
+    rustls_pemfile::private_key(&mut reader)
+        .map_err(|e| TlsError::Pem(e.to_string()))?
+        .ok_or_else(|| TlsError::Pem("no PRIVATE KEY block found".into()))
+}
+
+fn root_store(ca_pem: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(ca_pem)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// [server cert (+ whatever the PEM holds), CA cert], without repeating the
+/// CA if the server PEM already carries it.
+fn server_chain(ca_pem: &str, cert_pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let mut chain = certs(cert_pem)?;
+    for ca in certs(ca_pem)? {
+        if !chain.contains(&ca) {
+            chain.push(ca);
+        }
+    }
+    Ok(chain)
+}
+
+/// Trusts a server whose chain contains the pinned CA and whose end-entity
+/// certificate verifies against that CA for the dialled name.
+///
+/// The pin alone is not enough: anyone can copy the CA certificate into
+/// their chain, so the end-entity must also be signed by it.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(ca) = intermediates
+            .iter()
+            .find(|c| cert_fingerprint_der(c) == self.fingerprint)
+        else {
+            tracing::warn!(
+                pinned = %self.fingerprint,
+                "master's chain does not contain the CA pinned by the join token"
+            );
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ));
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::ClusterCa;
+
+    #[test]
+    fn configs_build() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let (cert, key) = ca.issue_server_cert(&[]).expect("server cert");
+        quic_server_config(ca.cert_pem(), &cert, &key).expect("quic server");
+        https_server_config(ca.cert_pem(), &cert, &key).expect("https server");
+        quic_join_client_config(&ca.fingerprint()).expect("join client");
+        https_client_roots(ca.cert_pem()).expect("roots");
+        let chain = server_chain(ca.cert_pem(), &cert).expect("chain");
+        assert_eq!(chain.len(), 2);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let (cert, key) = ca.issue_server_cert(&[]).expect("server cert");
+        assert!(matches!(
+            quic_join_client_config("abc"),
+            Err(TlsError::InvalidFingerprint(_))
+        ));
+        assert!(matches!(
+            quic_server_config("", &cert, &key),
+            Err(TlsError::Pem(_))
+        ));
+        assert!(matches!(
+            quic_server_config(ca.cert_pem(), &cert, ""),
+            Err(TlsError::Pem(_))
+        ));
+        assert!(quic_node_client_config(ca.cert_pem(), "junk", &key).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! The REST API (`/v1/...`), behind a bearer token. Bodies are JSON and
+//! size-limited; every error is `{"error": ..., "problems": [...]}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use fogmesh_common::pki::{constant_time_eq, hash_secret};
+
+use crate::cluster::Cluster;
+use crate::failure::Failure;
+use crate::model::{ApiError, CreateToken, DeclareNode, SubmitApp};
+
+/// Largest request body: an ADT (1 MiB) plus JSON escaping.
+const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// Store key of the admin token's hash.
+pub const ADMIN_TOKEN_KEY: &str = "admin_token_sha256";
+
+pub fn router(cluster: Arc<Cluster>) -> Router {
+    let v1 = Router::new()
+        .route("/tokens", post(create_token))
+        .route("/nodes", get(list_nodes).post(declare_node))
+        .route("/nodes/{name}", delete(remove_node))
+        .route("/apps", get(list_apps).post(submit_app))
+        .route("/apps/{id}", get(show_app).put(update_app).delete(delete_app))
+        .route_layer(middleware::from_fn_with_state(cluster.clone(), require_token));
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .nest("/v1", v1)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(cluster)
+}
+
+async fn require_token(State(cluster): State<Arc<Cluster>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let expected = cluster.store.meta(ADMIN_TOKEN_KEY).ok().flatten();
+    match (presented, expected) {
+        (Some(token), Some(hash)) if constant_time_eq(&hash_secret(token.trim()), &hash) => next.run(request).await,
+        (None, _) => error(StatusCode::UNAUTHORIZED, "missing bearer token (use --config or FOGMESH_TOKEN)".into(), vec![]),
+        _ => {
+            tracing::warn!("API request with a wrong token");
+            error(StatusCode::UNAUTHORIZED, "invalid API token".into(), vec![])
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match self {
+            Failure::BadRequest(m) => error(StatusCode::BAD_REQUEST, m, vec![]),
+            Failure::Invalid { message, problems } => error(StatusCode::UNPROCESSABLE_ENTITY, message, problems),
+            Failure::NotFound(m) => error(StatusCode::NOT_FOUND, m, vec![]),
+            Failure::Conflict(m) => error(StatusCode::CONFLICT, m, vec![]),
+            Failure::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "API request failed");
+                error(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e:#}"), vec![])
+            }
+        }
+    }
+}
+
+fn error(status: StatusCode, error: String, problems: Vec<String>) -> Response {
+    (status, Json(ApiError { error, problems })).into_response()
+}
+
+/// A JSON body, with a readable 400 when it is not one.
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
+    payload.map(|Json(v)| v).map_err(|e| Failure::BadRequest(format!("bad request body: {}", e.body_text())))
+}
+
+type ApiResult<T> = Result<Json<T>, Failure>;
+
+async fn create_token(State(c): State<Arc<Cluster>>, payload: Result<Json<CreateToken>, JsonRejection>) -> ApiResult<crate::model::TokenCreated> {
+    let req = body(payload)?;
+    Ok(Json(c.create_token(Duration::from_secs(req.ttl_seconds)).await?))
+}
+
+async fn list_nodes(State(c): State<Arc<Cluster>>) -> ApiResult<Vec<crate::model::NodeView>> {
+    Ok(Json(c.node_views()?))
+}
+
+async fn declare_node(State(c): State<Arc<Cluster>>, payload: Result<Json<DeclareNode>, JsonRejection>) -> ApiResult<crate::model::NodeRecord> {
+    Ok(Json(c.declare_node(&body(payload)?).await?))
+}
+
+async fn remove_node(State(c): State<Arc<Cluster>>, Path(name): Path<String>) -> Result<StatusCode, Failure> {
+    c.remove_node(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_apps(State(c): State<Arc<Cluster>>) -> ApiResult<Vec<crate::model::AppSummary>> {
+    Ok(Json(c.app_summaries()?))
+}
+
+async fn submit_app(State(c): State<Arc<Cluster>>, payload: Result<Json<SubmitApp>, JsonRejection>) -> Result<(StatusCode, Json<crate::model::AppDetail>), Failure> {
+    let app = c.submit_app(&body(payload)?).await?;
+    Ok((StatusCode::CREATED, Json(c.app_detail(&app.id)?)))
+}
+
+async fn show_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<crate::model::AppDetail> {
+    Ok(Json(c.app_detail(&id)?))
+}
+
+async fn update_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>, payload: Result<Json<SubmitApp>, JsonRejection>) -> ApiResult<crate::model::AppDetail> {
+    let app = c.update_app(&id, &body(payload)?).await?;
+    Ok(Json(c.app_detail(&app.id)?))
+}
+
+async fn delete_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>) -> Result<StatusCode, Failure> {
+    c.delete_app(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

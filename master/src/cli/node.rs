@@ -1,0 +1,69 @@
+//! `fogmesh node add|remove|list`.
+
+use anyhow::Result;
+use clap::Subcommand;
+use reqwest::Method;
+
+use super::client::Client;
+use super::{ago, table, Format};
+use crate::model::{DeclareNode, NodeRecord, NodeView};
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Declare a fog node by public IP before its agent joins, so apps can
+    /// be placed on it; they start when the agent joins.
+    Add {
+        #[arg(long, value_name = "IP")]
+        public_ip: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a node and revoke its certificate: its agent is refused from now on.
+    Remove { name: String },
+    /// List nodes: name, public IP, state, last seen, labels, capacity, containers.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
+    match command {
+        NodeCommand::Add { public_ip, name } => {
+            let node: NodeRecord = client.send(Method::POST, "/v1/nodes", &DeclareNode { public_ip, name }).await?;
+            println!("declared node {} ({}); it is pending until its agent joins", node.name, node.public_ip);
+        }
+        NodeCommand::Remove { name } => {
+            client.delete(&format!("/v1/nodes/{name}")).await?;
+            println!("removed node {name}; its certificate is revoked");
+        }
+        NodeCommand::List { format } => {
+            let nodes: Vec<NodeView> = client.get("/v1/nodes").await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&nodes)?),
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = nodes
+                        .iter()
+                        .map(|n| {
+                            let capacity = n.capacity.as_ref().map_or("-".to_string(), |c| {
+                                format!("{} cpu, {} MiB, {}", c.cpus, c.memory_bytes / (1024 * 1024), c.arch)
+                            });
+                            let labels = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                            vec![
+                                n.name.clone(),
+                                n.public_ip.clone(),
+                                format!("{:?}", n.state).to_lowercase(),
+                                n.last_seen_ms.map_or("never".into(), ago),
+                                if labels.is_empty() { "-".into() } else { labels },
+                                capacity,
+                                format!("{}/{}", n.containers_running, n.containers_desired),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", table::render(&["NAME", "PUBLIC IP", "STATE", "LAST SEEN", "LABELS", "CAPACITY", "CONTAINERS"], &rows));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The master's data directory: cluster CA, master certificate, store, and
+//! the client credentials file. `init` creates it; `serve` opens it.
+//!
+//! ```text
+//! DIR/ca.pem  DIR/ca.key          cluster CA (key mode 0600)
+//! DIR/master.pem  DIR/master.key  QUIC + HTTPS certificate of the master
+//! DIR/client.conf                 API address, CA, admin token (mode 0600)
+//! DIR/store/                      sled database
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use fogmesh_common::pki::{random_hex, ClusterCa};
+use serde::{Deserialize, Serialize};
+
+use crate::api::ADMIN_TOKEN_KEY;
+use crate::store::Store;
+
+/// What the CLI needs to reach a master, like a kubeconfig.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientConfig {
+    /// e.g. `https://127.0.0.1:7400`
+    pub api: String,
+    pub ca_pem: String,
+    pub token: String,
+}
+
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+pub struct MasterFiles {
+    pub ca: ClusterCa,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> DataDir {
+        DataDir { root: root.to_path_buf() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    pub fn client_config_path(&self) -> PathBuf {
+        self.path("client.conf")
+    }
+
+    /// Creates the CA, the master certificate (names: `advertise` plus the
+    /// loopback defaults), the admin token and `client.conf`.
+    pub fn init(&self, advertise: &[String], api_addr: &str) -> Result<PathBuf> {
+        if self.path("ca.pem").exists() {
+            bail!("{} is already initialised (ca.pem exists); use another --data-dir or remove it", self.root.display());
+        }
+        fs::create_dir_all(&self.root).with_context(|| format!("create {}", self.root.display()))?;
+        let ca = ClusterCa::generate("fogmesh cluster CA").context("generate the cluster CA")?;
+        let mut names: Vec<String> = advertise.to_vec();
+        if let Some((host, _)) = api_addr.rsplit_once(':') {
+            names.push(host.trim_matches(['[', ']']).to_string());
+        }
+        let (cert_pem, key_pem) = ca.issue_server_cert(&names).context("issue the master certificate")?;
+        write_file(&self.path("ca.pem"), ca.cert_pem(), 0o644)?;
+        write_file(&self.path("ca.key"), ca.key_pem(), 0o600)?;
+        write_file(&self.path("master.pem"), &cert_pem, 0o644)?;
+        write_file(&self.path("master.key"), &key_pem, 0o600)?;
+
+        let token = random_hex(32);
+        let store = Store::open(&self.store_dir())?;
+        store.set_meta(ADMIN_TOKEN_KEY, &fogmesh_common::pki::hash_secret(&token))?;
+        store.flush_blocking()?;
+        let client = ClientConfig { api: format!("https://{api_addr}"), ca_pem: ca.cert_pem().to_string(), token };
+        let path = self.client_config_path();
+        write_file(&path, &serde_json::to_string_pretty(&client)?, 0o600)?;
+        Ok(path)
+    }
+
+    pub fn load(&self) -> Result<MasterFiles> {
+        let read = |name: &str| {
+            let p = self.path(name);
+            fs::read_to_string(&p).with_context(|| {
+                format!("read {} (is {} initialised? run `fogmesh-master init --data-dir {}`)", p.display(), self.root.display(), self.root.display())
+            })
+        };
+        let ca = ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?).context("load the cluster CA")?;
+        Ok(MasterFiles { ca, cert_pem: read("master.pem")?, key_pem: read("master.key")? })
+    }
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The master's QUIC endpoint: agents join here and keep one control stream
+//! open per connection, over which the master pushes desired state.
+//!
+//! Each connection is handled in its own task; a bad peer (garbage, oversized
+//! frames, wrong identity) ends only its own connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use fogmesh_common::codec::{read_frame, write_frame};
+use fogmesh_common::tls::peer_certificate_der;
+use fogmesh_common::wire::{AgentMessage, MasterMessage};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+
+use crate::cluster::Cluster;
+
+/// How long a new connection may take to say who it is.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+pub async fn serve(cluster: Arc<Cluster>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            if let Err(e) = handle_connection(cluster, incoming).await {
+                tracing::info!(%peer, error = %format!("{e:#}"), "agent connection ended");
+            }
+        });
+    }
+}
+
+async fn handle_connection(cluster: Arc<Cluster>, incoming: quinn::Incoming) -> Result<()> {
+    let conn = incoming.await.context("QUIC handshake")?;
+    let peer = conn.remote_address();
+    let (mut send, mut recv) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, conn.accept_bi())
+        .await
+        .context("no control stream opened in time")??;
+    let first: AgentMessage = tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame(&mut recv))
+        .await
+        .context("no first frame in time")??
+        .ok_or_else(|| anyhow!("stream closed before the first frame"))?;
+    match first {
+        AgentMessage::Join(req) => {
+            let reply = match cluster.join(&req).await {
+                Ok(resp) => MasterMessage::Joined(resp),
+                Err(reason) => {
+                    tracing::warn!(%peer, public_ip = %req.public_ip, %reason, "join refused");
+                    MasterMessage::Refused { reason }
+                }
+            };
+            finish_with(&conn, &mut send, &reply).await
+        }
+        AgentMessage::Hello(hello) => {
+            let cert = peer_certificate_der(&conn);
+            match cluster.hello(cert.as_deref(), &hello).await {
+                Ok(node) => control_loop(cluster, conn, send, recv, node, hello.acked_generation).await,
+                Err(reason) => {
+                    tracing::warn!(%peer, node = %hello.node_name, %reason, "agent refused");
+                    finish_with(&conn, &mut send, &MasterMessage::Refused { reason }).await
+                }
+            }
+        }
+        other => {
+            let reason = format!("expected Join or Hello as the first frame, got {}", message_name(&other));
+            finish_with(&conn, &mut send, &MasterMessage::Refused { reason }).await
+        }
+    }
+}
+
+/// Sends a last message and waits briefly for the agent to read it.
+async fn finish_with(conn: &quinn::Connection, send: &mut SendStream, msg: &MasterMessage) -> Result<()> {
+    write_frame(send, msg).await?;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    Ok(())
+}
+
+async fn control_loop(
+    cluster: Arc<Cluster>,
+    conn: quinn::Connection,
+    mut send: SendStream,
+    recv: RecvStream,
+    node: String,
+    agent_generation: u64,
+) -> Result<()> {
+    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    let peer = conn.remote_address();
+    cluster.mark_connected(&node, id);
+    tracing::info!(%node, %peer, agent_generation, "agent connected");
+    let result = run_session(&cluster, &mut send, recv, &node, id, agent_generation, peer).await;
+    cluster.mark_disconnected(&node, id);
+    tracing::info!(%node, %peer, "agent disconnected");
+    result
+}
+
+async fn run_session(
+    cluster: &Arc<Cluster>,
+    send: &mut SendStream,
+    recv: RecvStream,
+    node: &str,
+    id: u64,
+    agent_generation: u64,
+    peer: SocketAddr,
+) -> Result<()> {
+    let fingerprint = cluster.store.node(node)?.and_then(|n| n.cert_fingerprint);
+    let heartbeat_ms = cluster.config.heartbeat_interval.as_millis() as u64;
+    write_frame(send, &MasterMessage::Welcome { node_name: node.to_string(), heartbeat_interval_ms: heartbeat_ms }).await?;
+    // The node is ready now: hostless workloads may be placed on it.
+    cluster.reschedule().await?;
+
+    let mut desired_changed = cluster.watch_desired();
+    let mut sent = agent_generation;
+    sent = push_if_newer(cluster, send, node, sent).await?;
+
+    // read_frame is not cancel-safe, so frames are read in their own task.
+    let (tx, mut frames) = mpsc::channel::<Result<AgentMessage>>(16);
+    let reader = tokio::spawn(read_frames(recv, tx));
+    let mut last_heard = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let result = loop {
+        tokio::select! {
+            frame = frames.recv() => {
+                let msg = match frame {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => break Err(e.context(format!("bad frame from node {node} at {peer}"))),
+                    None => break Ok(()),
+                };
+                last_heard = Instant::now();
+                match msg {
+                    AgentMessage::Heartbeat => cluster.record_seen(node)?,
+                    AgentMessage::Ack { generation } => cluster.record_ack(node, generation).await?,
+                    AgentMessage::Status(status) => cluster.record_status(node, &status)?,
+                    other => break Err(anyhow!("unexpected {} from node {node}", message_name(&other))),
+                }
+            }
+            changed = desired_changed.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                if !still_registered(cluster, node, fingerprint.as_deref())? {
+                    let reason = "this node was removed from the cluster and its certificate revoked".to_string();
+                    let _ = write_frame(send, &MasterMessage::Refused { reason }).await;
+                    let _ = send.finish();
+                    break Ok(());
+                }
+                sent = push_if_newer(cluster, send, node, sent).await?;
+            }
+            _ = tick.tick() => {
+                if !cluster.is_current_connection(node, id) {
+                    break Err(anyhow!("a newer connection of node {node} replaced this one"));
+                }
+                if last_heard.elapsed() > cluster.config.offline_after {
+                    break Err(anyhow!("node {node} was silent for {:?}", last_heard.elapsed()));
+                }
+            }
+        }
+    };
+    reader.abort();
+    result
+}
+
+async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<AgentMessage>>) {
+    loop {
+        let frame = read_frame::<_, AgentMessage>(&mut recv).await;
+        let done = !matches!(frame, Ok(Some(_)));
+        let item = match frame {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => return,
+            Err(e) => Err(anyhow!(e)),
+        };
+        if tx.send(item).await.is_err() || done {
+            return;
+        }
+    }
+}
+
+/// Sends the node's desired state if it is newer than what the agent has.
+async fn push_if_newer(cluster: &Cluster, send: &mut SendStream, node: &str, sent: u64) -> Result<u64> {
+    let desired = cluster.store.desired(node)?;
+    if desired.generation > sent {
+        tracing::info!(%node, generation = desired.generation, containers = desired.containers.len(), "sending desired state");
+        let generation = desired.generation;
+        write_frame(send, &MasterMessage::Desired(desired)).await?;
+        return Ok(generation);
+    }
+    Ok(sent)
+}
+
+fn still_registered(cluster: &Cluster, node: &str, fingerprint: Option<&str>) -> Result<bool> {
+    Ok(cluster.store.node(node)?.is_some_and(|n| n.cert_fingerprint.as_deref() == fingerprint))
+}
+
+fn message_name(msg: &AgentMessage) -> &'static str {
+    match msg {
+        AgentMessage::Join(_) => "Join",
+        AgentMessage::Hello(_) => "Hello",
+        AgentMessage::Heartbeat => "Heartbeat",
+        AgentMessage::Ack { .. } => "Ack",
+        AgentMessage::Status(_) => "Status",
+    }
+}

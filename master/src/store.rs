@@ -1,0 +1,174 @@
+//! The master's durable state in sled: nodes, apps, per-node desired state
+//! and what agents acked and reported, join tokens, revoked certificates,
+//! placements of hostless workloads. Values are JSON, readable when debugging.
+//!
+//! Writers call [`Store::flush`] before they tell anyone (API client, agent)
+//! that a change happened: nothing is acknowledged that is not on disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use fogmesh_common::wire::{DesiredState, NodeStatus};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{AppRecord, NodeRecord, TokenRecord};
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    nodes: sled::Tree,
+    apps: sled::Tree,
+    desired: sled::Tree,
+    acked: sled::Tree,
+    observed: sled::Tree,
+    tokens: sled::Tree,
+    revoked: sled::Tree,
+    placements: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::open(dir).with_context(|| format!("open the master store in {}", dir.display()))?;
+        let tree = |name: &str| db.open_tree(name).with_context(|| format!("open store tree {name}"));
+        Ok(Store {
+            nodes: tree("nodes")?,
+            apps: tree("apps")?,
+            desired: tree("desired")?,
+            acked: tree("acked")?,
+            observed: tree("observed")?,
+            tokens: tree("tokens")?,
+            revoked: tree("revoked")?,
+            placements: tree("placements")?,
+            meta: tree("meta")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await.context("flush the master store")?;
+        Ok(())
+    }
+
+    /// `flush` for code outside the async runtime (`init`).
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush().context("flush the master store")?;
+        Ok(())
+    }
+
+    /// A number larger than any returned before, also across restarts: used
+    /// for desired-state generations, so a node re-created under an old name
+    /// still sees its new state as newer.
+    pub fn next_generation(&self) -> Result<u64> {
+        Ok(self.db.generate_id().context("generate a generation number")? + 1)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        all(&self.nodes)
+    }
+    pub fn node(&self, name: &str) -> Result<Option<NodeRecord>> {
+        get(&self.nodes, name)
+    }
+    pub fn put_node(&self, node: &NodeRecord) -> Result<()> {
+        put(&self.nodes, &node.name, node)
+    }
+    /// Forgets a node and everything about it except that its certificate is revoked.
+    pub fn remove_node(&self, name: &str) -> Result<()> {
+        for tree in [&self.nodes, &self.desired, &self.acked, &self.observed] {
+            tree.remove(name)?;
+        }
+        Ok(())
+    }
+
+    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+        all(&self.apps)
+    }
+    pub fn app(&self, id: &str) -> Result<Option<AppRecord>> {
+        get(&self.apps, id)
+    }
+    pub fn put_app(&self, app: &AppRecord) -> Result<()> {
+        put(&self.apps, &app.id, app)
+    }
+    pub fn remove_app(&self, id: &str) -> Result<()> {
+        self.apps.remove(id)?;
+        Ok(())
+    }
+
+    pub fn desired(&self, node: &str) -> Result<DesiredState> {
+        Ok(get(&self.desired, node)?.unwrap_or_default())
+    }
+    pub fn put_desired(&self, node: &str, state: &DesiredState) -> Result<()> {
+        put(&self.desired, node, state)
+    }
+
+    pub fn acked(&self, node: &str) -> Result<u64> {
+        Ok(get(&self.acked, node)?.unwrap_or(0))
+    }
+    pub fn set_acked(&self, node: &str, generation: u64) -> Result<()> {
+        put(&self.acked, node, &generation)
+    }
+
+    pub fn observed(&self, node: &str) -> Result<NodeStatus> {
+        Ok(get(&self.observed, node)?.unwrap_or_default())
+    }
+    pub fn set_observed(&self, node: &str, status: &NodeStatus) -> Result<()> {
+        put(&self.observed, node, status)
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        get(&self.tokens, id)
+    }
+    pub fn put_token(&self, id: &str, token: &TokenRecord) -> Result<()> {
+        put(&self.tokens, id, token)
+    }
+
+    pub fn revoke(&self, cert_fingerprint: &str) -> Result<()> {
+        self.revoked.insert(cert_fingerprint, &[])?;
+        Ok(())
+    }
+    pub fn is_revoked(&self, cert_fingerprint: &str) -> Result<bool> {
+        Ok(self.revoked.contains_key(cert_fingerprint)?)
+    }
+
+    /// Nodes chosen for each replica of hostless workloads, keyed `APP/WORKLOAD`.
+    pub fn placements(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        Ok(get(&self.placements, "all")?.unwrap_or_default())
+    }
+    pub fn set_placements(&self, placements: &BTreeMap<String, Vec<String>>) -> Result<()> {
+        put(&self.placements, "all", placements)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        get(&self.meta, key)
+    }
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        put(&self.meta, key, &value)
+    }
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>> {
+    match tree.get(key)? {
+        Some(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("corrupt store record '{key}'"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<()> {
+    tree.insert(key, serde_json::to_vec(value)?)?;
+    Ok(())
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>> {
+    tree.iter()
+        .map(|entry| {
+            let (key, bytes) = entry?;
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("corrupt store record '{}'", String::from_utf8_lossy(&key)))
+        })
+        .collect()
+}
