@@ -1,0 +1,260 @@
+//! The agent's link to the master: joining with a token, then a session
+//! loop that reconnects forever with exponential back-off and jitter.
+//!
+//! Invariant: a desired state is acked only after the local store flushed it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use fogmesh_common::codec::{read_frame, write_frame};
+use fogmesh_common::pki::{node_key_and_csr, JoinToken};
+use fogmesh_common::tls::{quic_join_client_config, quic_node_client_config};
+use fogmesh_common::wire::{AgentMessage, Capacity, DesiredState, Hello, JoinRequest, MasterMessage, NodeStatus, PROTOCOL_VERSION};
+use quinn::{Endpoint, RecvStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::identity::{Identity, NodeInfo};
+use crate::local_store::LocalStore;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+pub struct JoinOptions {
+    pub master: String,
+    pub token: String,
+    pub public_ip: Option<String>,
+    pub name: Option<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+/// Presents the join token and a CSR; returns the identity the master issued.
+pub async fn join(opts: &JoinOptions) -> Result<Identity> {
+    let token: JoinToken = opts.token.trim().parse().map_err(|e| anyhow!("malformed join token: {e}"))?;
+    let (addr, host) = resolve(&opts.master).await?;
+    let public_ip = match &opts.public_ip {
+        Some(ip) => ip.parse::<IpAddr>().with_context(|| format!("--public-ip {ip} is not an IP address"))?.to_string(),
+        None => detect_ip_towards(addr)?,
+    };
+    let asked_name = opts.name.clone().unwrap_or_else(|| format!("node-{}", public_ip.replace(['.', ':'], "-")));
+    let (key_pem, csr_pem) = node_key_and_csr(&asked_name)?;
+    let endpoint = client_endpoint(addr)?;
+    let config = quic_join_client_config(&token.ca_fingerprint)?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &host)?)
+        .await
+        .with_context(|| format!("no answer from the master at {} within {CONNECT_TIMEOUT:?}", opts.master))?
+        .with_context(|| format!("connect to the master at {} (does the token belong to this master?)", opts.master))?;
+    let (mut send, mut recv) = conn.open_bi().await.context("open the join stream")?;
+    let request = JoinRequest {
+        protocol_version: PROTOCOL_VERSION,
+        token: opts.token.trim().to_string(),
+        csr_pem,
+        name: opts.name.clone(),
+        public_ip: public_ip.clone(),
+        labels: opts.labels.clone(),
+    };
+    write_frame(&mut send, &AgentMessage::Join(request)).await?;
+    let reply: Option<MasterMessage> = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut recv)).await.context("the master did not answer the join")??;
+    conn.close(0u32.into(), b"joined");
+    match reply {
+        Some(MasterMessage::Joined(resp)) => Ok(Identity {
+            info: NodeInfo { node_name: resp.node_name, master: opts.master.clone(), public_ip, labels: opts.labels.clone() },
+            key_pem,
+            cert_pem: resp.cert_pem,
+            ca_pem: resp.ca_pem,
+        }),
+        Some(MasterMessage::Refused { reason }) => bail!("the master refused to join this node: {reason}"),
+        Some(_) => bail!("the master answered the join with an unexpected message"),
+        None => bail!("the master closed the connection without answering the join"),
+    }
+}
+
+/// What a session needs from the rest of the agent.
+pub struct SessionContext {
+    pub identity: Identity,
+    pub store: LocalStore,
+    pub desired: watch::Sender<DesiredState>,
+    pub status: watch::Receiver<NodeStatus>,
+    pub capacity: Capacity,
+    pub runtime_version: String,
+}
+
+/// Keeps a session with the master open, reconnecting forever. Workloads
+/// keep running whatever happens here.
+pub async fn run_forever(ctx: SessionContext) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match session(&ctx).await {
+            Ok(()) => tracing::info!("the master closed the session"),
+            Err(SessionError::Refused(reason)) => {
+                // Keep the identity and the workloads; an operator must act.
+                tracing::error!(%reason, "the master refused this node; workloads keep running; retrying later");
+                backoff = MAX_BACKOFF;
+            }
+            Err(SessionError::Failed(e)) => tracing::warn!(error = %format!("{e:#}"), "master unreachable or session failed; workloads keep running"),
+        }
+        // A session that lasted was a success: start over from the shortest wait.
+        if started.elapsed() > Duration::from_secs(30) && backoff < MAX_BACKOFF {
+            backoff = MIN_BACKOFF;
+        }
+        let wait = with_jitter(backoff);
+        tracing::info!(retry_in = ?wait, "reconnecting to the master");
+        tokio::time::sleep(wait).await;
+        backoff = next_backoff(backoff);
+    }
+}
+
+enum SessionError {
+    Refused(String),
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SessionError {
+    fn from(e: E) -> Self {
+        SessionError::Failed(e.into())
+    }
+}
+
+async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
+    let info = &ctx.identity.info;
+    let (addr, host) = resolve(&info.master).await?;
+    let endpoint = client_endpoint(addr)?;
+    let config = quic_node_client_config(&ctx.identity.ca_pem, &ctx.identity.cert_pem, &ctx.identity.key_pem)?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &host)?)
+        .await
+        .map_err(|_| anyhow!("no answer from the master at {} within {CONNECT_TIMEOUT:?}", info.master))??;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let stored = ctx.store.desired()?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node_name: info.node_name.clone(),
+        public_ip: info.public_ip.clone(),
+        labels: info.labels.clone(),
+        capacity: ctx.capacity.clone(),
+        runtime_version: ctx.runtime_version.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        acked_generation: stored.generation,
+    };
+    write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
+    let heartbeat = match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut recv)).await.map_err(|_| anyhow!("no welcome in time"))?? {
+        Some(MasterMessage::Welcome { heartbeat_interval_ms, .. }) => Duration::from_millis(heartbeat_interval_ms.clamp(500, 60_000)),
+        Some(MasterMessage::Refused { reason }) => return Err(SessionError::Refused(reason)),
+        Some(_) => return Err(anyhow!("the master did not welcome this node").into()),
+        None => return Err(anyhow!("the master closed the stream").into()),
+    };
+    tracing::info!(master = %info.master, node = %info.node_name, generation = stored.generation, "connected to the master");
+
+    let (tx, mut frames) = mpsc::channel(8);
+    let reader = tokio::spawn(read_frames(recv, tx));
+    let mut status = ctx.status.clone();
+    let mut tick = tokio::time::interval(heartbeat);
+    write_frame(&mut send, &AgentMessage::Status(status.borrow_and_update().clone())).await?;
+    let result = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(MasterMessage::Desired(state))) => accept_desired(ctx, &mut send, state).await?,
+                Some(Ok(MasterMessage::Refused { reason })) => break Err(SessionError::Refused(reason)),
+                Some(Ok(_)) => tracing::warn!("ignoring an unexpected message from the master"),
+                Some(Err(e)) => break Err(e.context("bad frame from the master").into()),
+                None => break Ok(()),
+            },
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                let current = status.borrow_and_update().clone();
+                write_frame(&mut send, &AgentMessage::Status(current)).await?;
+            }
+            _ = tick.tick() => write_frame(&mut send, &AgentMessage::Heartbeat).await?,
+        }
+    };
+    reader.abort();
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+/// Persist, then hand to the reconciler, then ack: never ack what is not durable.
+async fn accept_desired(ctx: &SessionContext, send: &mut quinn::SendStream, state: DesiredState) -> Result<()> {
+    let current = ctx.store.desired()?;
+    if state.generation > current.generation {
+        ctx.store.put_desired(&state).await?;
+        tracing::info!(generation = state.generation, containers = state.containers.len(), "new desired state stored");
+        ctx.desired.send_replace(state.clone());
+    }
+    write_frame(send, &AgentMessage::Ack { generation: state.generation.max(current.generation) }).await?;
+    Ok(())
+}
+
+async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<MasterMessage>>) {
+    loop {
+        let item = match read_frame::<_, MasterMessage>(&mut recv).await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => return,
+            Err(e) => Err(anyhow!(e)),
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// `HOST:PORT` to an address and the name to verify the master as.
+async fn resolve(master: &str) -> Result<(SocketAddr, String)> {
+    let (host, _) = master.rsplit_once(':').ok_or_else(|| anyhow!("--master {master} must be HOST:PORT"))?;
+    let addr = tokio::net::lookup_host(master)
+        .await
+        .with_context(|| format!("resolve the master address {master}"))?
+        .next()
+        .ok_or_else(|| anyhow!("the master address {master} resolves to nothing"))?;
+    Ok((addr, host.trim_matches(['[', ']']).to_string()))
+}
+
+fn client_endpoint(master: SocketAddr) -> Result<Endpoint> {
+    let bind: SocketAddr = if master.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
+    Endpoint::client(bind).context("open a UDP socket for QUIC")
+}
+
+/// The local address this machine uses to reach the master (no packet is
+/// sent). Behind NAT pass --public-ip instead.
+fn detect_ip_towards(master: SocketAddr) -> Result<String> {
+    let bind = if master.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.connect(master)?;
+    Ok(socket.local_addr()?.ip().to_string())
+}
+
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(MAX_BACKOFF)
+}
+
+/// Spreads reconnects of many agents: a random factor between 0.5 and 1.5.
+fn with_jitter(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let factor = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte) {
+        Ok(()) => 0.5 + f64::from(byte[0]) / 255.0,
+        Err(_) => 1.0,
+    };
+    base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap_and_jitter_stays_within_half() {
+        let mut b = MIN_BACKOFF;
+        let mut seen = vec![];
+        for _ in 0..8 {
+            seen.push(b.as_secs());
+            b = next_backoff(b);
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60]);
+        let waits: Vec<Duration> = (0..200).map(|_| with_jitter(Duration::from_secs(10))).collect();
+        assert!(waits.iter().all(|w| *w >= Duration::from_secs(5) && *w <= Duration::from_secs(15)));
+        assert!(waits.iter().any(|w| *w != waits[0]), "jitter varies");
+    }
+}

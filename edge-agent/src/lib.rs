@@ -1,0 +1,8 @@
+//! The fogmesh edge agent: runs one fog node's containers, online or not.
+
+pub mod agent;
+pub mod capacity;
+pub mod connector;
+pub mod identity;
+pub mod local_store;
+pub mod reconciler;

@@ -1,0 +1,318 @@
+//! The control plane end to end: a real master, real agents on distinct
+//! loopback addresses, real containers on the local Docker engine.
+
+use std::time::Duration;
+
+use fogmesh_tests::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Two Edge nodes by public IP, a container on each, and a volume.
+fn two_node_adt(dir: &std::path::Path, greeting: &str, port: u16) -> std::path::PathBuf {
+    let data = dir.join("hostdata");
+    let adt = format!(
+        r#"tosca_definitions_version: tosca_simple_yaml_1_2
+imports: [micado_types.yaml]
+topology_template:
+  inputs:
+    greeting: {{type: string, default: "{greeting}"}}
+  node_templates:
+    edge-a: {{type: tosca.nodes.MiCADO.Edge, properties: {{public_ip: 127.0.0.2}}}}
+    edge-b: {{type: tosca.nodes.MiCADO.Edge, properties: {{public_ip: 127.0.0.3}}}}
+    greeter:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      properties:
+        image: fogmesh/busybox:test
+        command: [/bin/httpd, -f, -p, "8080", -h, /www]
+        env: [{{name: GREETING, value: {{get_input: greeting}}}}]
+        ports: [{{containerPort: 8080, hostPort: {port}}}]
+        resources: {{limits: {{memory: 64Mi}}}}
+      requirements:
+        - host: edge-a
+        - volume: {{node: www, relationship: {{type: tosca.relationships.AttachesTo, properties: {{location: /www}}}}}}
+    worker:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      properties:
+        image: fogmesh/busybox:test
+        command: [/bin/sh, -c, "sleep 100000"]
+        env: [{{name: ROLE, value: worker}}]
+      requirements: [{{host: edge-b}}]
+    www:
+      type: tosca.nodes.MiCADO.Container.Volume.HostPath
+      properties: {{path: {}}}
+"#,
+        data.display()
+    );
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("index.html"), "hello from the fog\n").unwrap();
+    let path = dir.join("app.yaml");
+    std::fs::write(&path, adt).unwrap();
+    path
+}
+
+fn app_detail(master: &Master, app: &str) -> Value {
+    master.cli_json(&["app", "show", app])
+}
+
+fn running_of(detail: &Value, workload: &str) -> u64 {
+    detail["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["name"] == workload)
+        .flat_map(|w| w["placements"].as_array().unwrap().iter())
+        .map(|p| p["running"].as_u64().unwrap())
+        .sum()
+}
+
+fn container_id(node: &str, spec: &str) -> String {
+    inspect(node, spec).map(|c| c["Id"].as_str().unwrap().to_string()).unwrap_or_default()
+}
+
+fn env_of(node: &str, spec: &str) -> Vec<String> {
+    inspect(node, spec)
+        .map(|c| c["Config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn apps_land_on_the_right_nodes_update_and_delete() {
+    docker_ready();
+    let dir = test_dir("placement");
+    let master = Master::start(&dir);
+    let tag = std::process::id();
+    let a = Agent::join_and_run(&master, &format!("pa{tag}"), "127.0.0.2");
+    let b = Agent::join_and_run(&master, &format!("pb{tag}"), "127.0.0.3");
+    let port = free_port();
+
+    // Submit waits for the rollout and shows per-node progress.
+    let adt = two_node_adt(&dir, "hi", port);
+    let out = master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--name", "demo", "--timeout", "90s"]);
+    assert!(out.contains("greeter on pa") && out.contains("app demo is running"), "{out}");
+
+    // greeter on the node with public IP 127.0.0.2, with env, port, mount, limit.
+    let greeter = inspect(&a.name, "demo-greeter").expect("greeter runs on node a");
+    assert!(inspect(&b.name, "demo-greeter").is_none(), "greeter must not run on node b");
+    assert!(env_of(&a.name, "demo-greeter").contains(&"GREETING=hi".to_string()));
+    let binding = &greeter["HostConfig"]["PortBindings"]["8080/tcp"][0];
+    assert_eq!(binding["HostIp"], "127.0.0.2", "ports publish on the node's public IP");
+    assert_eq!(binding["HostPort"], port.to_string());
+    assert_eq!(greeter["HostConfig"]["Memory"], 64 * 1024 * 1024);
+    let mounts = greeter["Mounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["Destination"] == "/www"), "{mounts:?}");
+    // The container really serves the mounted file on the published port.
+    let body = wait_for("greeter to serve", T, || {
+        let out = std::process::Command::new("busybox").args(["wget", "-q", "-O", "-", &format!("http://127.0.0.2:{port}/index.html")]).output().ok()?;
+        out.status.success().then(|| text(&out.stdout))
+    });
+    assert_eq!(body, "hello from the fog\n");
+    assert!(env_of(&b.name, "demo-worker").contains(&"ROLE=worker".to_string()));
+
+    // node list shows both nodes ready with their IPs, labels and capacity.
+    let nodes = master.cli_json(&["node", "list"]);
+    let node_a = nodes.as_array().unwrap().iter().find(|n| n["name"] == a.name.as_str()).unwrap();
+    assert_eq!(node_a["public_ip"], "127.0.0.2");
+    assert_eq!(node_a["state"], "ready");
+    assert_eq!(node_a["labels"][0], serde_json::json!(["zone", "test"]));
+    assert!(node_a["capacity"]["cpus"].as_u64().unwrap() >= 1);
+
+    // Update: only the changed container is replaced.
+    let worker_before = container_id(&b.name, "demo-worker");
+    let greeter_before = container_id(&a.name, "demo-greeter");
+    let adt = two_node_adt(&dir, "hello again", port);
+    master.cli_ok(&["app", "update", "demo", adt.to_str().unwrap(), "--timeout", "90s"]);
+    wait_for("greeter to be replaced", T, || env_of(&a.name, "demo-greeter").contains(&"GREETING=hello again".to_string()).then_some(()));
+    assert_ne!(container_id(&a.name, "demo-greeter"), greeter_before);
+    assert_eq!(container_id(&b.name, "demo-worker"), worker_before, "unchanged worker must not restart");
+
+    // A killed container is restarted by its agent.
+    docker(&["kill", &container_id(&b.name, "demo-worker")]);
+    wait_for("worker restarted", T, || {
+        let c = inspect(&b.name, "demo-worker")?;
+        (c["State"]["Running"] == true).then_some(())
+    });
+    let detail = app_detail(&master, "demo");
+    let restarts: u64 = detail["workloads"].as_array().unwrap().iter()
+        .flat_map(|w| w["placements"].as_array().unwrap().iter())
+        .flat_map(|p| p["containers"].as_array().unwrap().iter())
+        .map(|c| c["restarts"].as_u64().unwrap())
+        .sum();
+    assert!(restarts >= 1, "restart is reported: {detail}");
+
+    // Delete removes the containers on every node.
+    master.cli_ok(&["app", "delete", "demo"]);
+    wait_for("containers removed", T, || (running_containers(&a.name).is_empty() && running_containers(&b.name).is_empty()).then_some(()));
+    assert!(master.cli_ok(&["app", "list"]).lines().count() == 1, "only the header remains");
+}
+
+#[test]
+fn edge_workload_waits_for_its_node_then_starts() {
+    docker_ready();
+    let dir = test_dir("pending");
+    let master = Master::start(&dir);
+    let adt = dir.join("late.yaml");
+    std::fs::write(
+        &adt,
+        "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    late: {type: tosca.nodes.MiCADO.Edge, properties: {public_ip: 127.0.0.9}}\n    probe:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      properties: {image: fogmesh/busybox:test, command: [/bin/sh, -c, sleep 100000]}\n      requirements: [{host: late}]\n",
+    )
+    .unwrap();
+    master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--no-wait"]);
+    let detail = app_detail(&master, "late");
+    let reason = detail["workloads"][0]["pending_reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("no fog node with public IP 127.0.0.9"), "{detail}");
+    let shown = master.cli_ok(&["app", "show", "late"]);
+    assert!(shown.contains("pending: no fog node with public IP 127.0.0.9"), "{shown}");
+
+    let node = Agent::join_and_run(&master, &format!("late{}", std::process::id()), "127.0.0.9");
+    wait_for("the pending workload to start", T, || (running_of(&app_detail(&master, "late"), "probe") == 1).then_some(()));
+    assert_eq!(running_containers(&node.name).len(), 1);
+}
+
+#[test]
+fn offline_agents_keep_and_restore_workloads_and_catch_up() {
+    docker_ready();
+    let dir = test_dir("offline");
+    let mut master = Master::start(&dir);
+    let mut agent = Agent::join_and_run(&master, &format!("off{}", std::process::id()), "127.0.0.4");
+    let adt = dir.join("solo.yaml");
+    let write_adt = |value: &str| {
+        std::fs::write(
+            &adt,
+            format!("tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    fog: {{type: tosca.nodes.MiCADO.Edge, properties: {{public_ip: 127.0.0.4}}}}\n    job:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      properties: {{image: fogmesh/busybox:test, command: [/bin/sh, -c, sleep 100000], env: [{{name: V, value: '{value}'}}]}}\n      requirements: [{{host: fog}}]\n"),
+        )
+        .unwrap();
+    };
+    write_adt("1");
+    master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--timeout", "60s"]);
+
+    // Master killed: the container keeps running and a killed container is still restarted.
+    master.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running_containers(&agent.name).len(), 1, "workload survives the master");
+    docker(&["kill", &container_id(&agent.name, "solo-job")]);
+    wait_for("restart while the master is down", T, || (running_containers(&agent.name).len() == 1).then_some(()));
+
+    // Agent restarted while the master is down ("reboot": its containers are gone too).
+    agent.kill();
+    remove_node_containers(&agent.name);
+    agent.start();
+    wait_for("the agent to restore its workload without the master", T, || (running_containers(&agent.name).len() == 1).then_some(()));
+    assert!(env_of(&agent.name, "solo-job").contains(&"V=1".to_string()));
+
+    // An update made while the agent is away reaches it once both are back.
+    master.restart();
+    agent.kill();
+    write_adt("2");
+    master.cli_ok(&["app", "update", "solo", adt.to_str().unwrap(), "--no-wait"]);
+    master.kill();
+    agent.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(env_of(&agent.name, "solo-job").contains(&"V=1".to_string()), "offline agent keeps the old state");
+    master.restart();
+    wait_for("the update made before the outage", T, || env_of(&agent.name, "solo-job").contains(&"V=2".to_string()).then_some(()));
+
+    // The master marks a silent node offline but keeps its workloads.
+    agent.kill();
+    wait_for("node offline", T, || {
+        let nodes = master.cli_json(&["node", "list"]);
+        (nodes[0]["state"] == "offline").then_some(())
+    });
+    assert_eq!(running_of(&app_detail(&master, "solo"), "job"), 1, "last report still counts the container");
+    let nodes = master.cli_json(&["node", "list"]);
+    assert_eq!(nodes[0]["containers_desired"], 1, "offline nodes keep their workloads");
+}
+
+#[test]
+fn bad_tokens_and_removed_nodes_are_refused() {
+    docker_ready();
+    let dir = test_dir("auth");
+    let master = Master::start(&dir);
+    let join = |token: &str, data: &str| {
+        std::process::Command::new(bin("fogmesh-agent"))
+            .args(["join", "--master", &master.address(), "--token", token, "--public-ip", "127.0.0.5"])
+            .arg("--data-dir")
+            .arg(dir.join(data))
+            .output()
+            .unwrap()
+    };
+    // Forged: a real token with another secret.
+    let good = master.token();
+    let parts: Vec<&str> = good.split('.').collect();
+    let forged = format!("{}.{}.{}.{}", parts[0], parts[1], "0".repeat(parts[2].len()), parts[3]);
+    let out = join(&forged, "forged");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("secret does not match"), "{}", text(&out.stderr));
+    // Malformed.
+    let out = join("not-a-token", "malformed");
+    assert!(text(&out.stderr).contains("malformed join token"), "{}", text(&out.stderr));
+    // Used twice.
+    let out = join(&good, "first");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = join(&good, "second");
+    assert!(text(&out.stderr).contains("already used"), "{}", text(&out.stderr));
+    // Expired.
+    let short = master.cli_ok(&["token", "create", "--ttl", "1s"]).trim().to_string();
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = join(&short, "expired");
+    assert!(text(&out.stderr).contains("expired"), "{}", text(&out.stderr));
+    // A wrong API token is refused too.
+    let out = std::process::Command::new(bin("fogmesh"))
+        .args(["node", "list"])
+        .env("FOGMESH_CONFIG", master.config())
+        .env("FOGMESH_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(text(&out.stderr).contains("invalid API token"), "{}", text(&out.stderr));
+
+    // A removed node's agent is refused at connect.
+    let mut agent = Agent::join_and_run(&master, &format!("rev{}", std::process::id()), "127.0.0.6");
+    wait_for("node ready", T, || {
+        master.cli_json(&["node", "list"]).as_array().unwrap().iter().any(|n| n["name"] == agent.name.as_str() && n["state"] == "ready").then_some(())
+    });
+    master.cli_ok(&["node", "remove", &agent.name]);
+    agent.kill();
+    agent.start();
+    wait_for("the revoked agent to be refused", T, || agent.log_text().contains("revoked").then_some(()));
+    assert!(!master.cli_ok(&["node", "list"]).contains(&agent.name));
+}
+
+#[test]
+fn garbage_on_the_quic_port_does_not_hurt_the_master() {
+    docker_ready();
+    let dir = test_dir("garbage");
+    let master = Master::start(&dir);
+    let agent = Agent::join_and_run(&master, &format!("gb{}", std::process::id()), "127.0.0.7");
+
+    // Raw UDP garbage.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u32 {
+        let _ = udp.send_to(&vec![i as u8; (i as usize * 7) % 1400 + 1], ("127.0.0.1", master.quic_port));
+    }
+    // Real QUIC connections (join-style, CA pinned) that send an oversized
+    // frame header, and garbage that is not a frame.
+    let token: fogmesh_common::pki::JoinToken = master.token().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for payload in [vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], vec![0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3], b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
+            let config = fogmesh_common::tls::quic_join_client_config(&token.ca_fingerprint).unwrap();
+            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            endpoint.set_default_client_config(config);
+            let addr = format!("127.0.0.1:{}", master.quic_port).parse().unwrap();
+            let conn = endpoint.connect(addr, "127.0.0.1").unwrap().await.expect("TLS to the master");
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&payload).await.unwrap();
+            let _ = send.finish();
+            // The master answers by closing; it must not hang or crash.
+            let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await;
+            conn.close(0u32.into(), b"done");
+        }
+    });
+    // Still serving: API answers, the agent is still connected and ready.
+    std::thread::sleep(Duration::from_secs(1));
+    let nodes = master.cli_json(&["node", "list"]);
+    assert_eq!(nodes[0]["name"], agent.name.as_str());
+    assert_eq!(nodes[0]["state"], "ready");
+    let log = master.proc.as_ref().unwrap().log_text();
+    assert!(log.contains("exceeds the") || log.contains("bad frame") || log.contains("agent connection ended"), "master logs the bad peers:\n{log}");
+}
