@@ -211,6 +211,7 @@ fn offline_agents_keep_and_restore_workloads_and_catch_up() {
     assert!(env_of(&agent.name, "solo-job").contains(&"V=1".to_string()), "offline agent keeps the old state");
     master.restart();
     wait_for("the update made before the outage", T, || env_of(&agent.name, "solo-job").contains(&"V=2".to_string()).then_some(()));
+    wait_for("the master to see the updated container running", T, || (running_of(&app_detail(&master, "solo"), "job") == 1).then_some(()));
 
     // The master marks a silent node offline but keeps its workloads.
     agent.kill();
