@@ -9,6 +9,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+# The classic builder is all a Debian docker.io has; say so to silence its notice.
+export DOCKER_BUILDKIT=0
 force=0
 only=()
 for arg in "$@"; do
