@@ -429,8 +429,7 @@ mod tests {
             decode::<AgentMessage>(&payload),
             Err(CodecError::Malformed(_))
         ));
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&payload);
+        let frame = frame_of(&payload);
         let mut input: &[u8] = &frame;
         assert!(matches!(
             read_frame::<_, AgentMessage>(&mut input).await,
@@ -505,12 +504,18 @@ mod tests {
     async fn trailing_bytes_inside_a_frame_are_rejected() {
         let mut payload = encode(&AgentMessage::Heartbeat).expect("encode");
         payload.extend_from_slice(&[1, 2]);
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&payload);
+        let frame = frame_of(&payload);
         let mut input: &[u8] = &frame;
         assert!(matches!(
             read_frame::<_, AgentMessage>(&mut input).await,
             Err(CodecError::Malformed(_))
         ));
+    }
+
+    /// A frame as it goes on the wire: big-endian length, then the payload.
+    fn frame_of(payload: &[u8]) -> Vec<u8> {
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        frame
     }
 }

@@ -190,14 +190,7 @@ async fn join_with_wrong_pin_fails() {
     let other = ClusterCa::generate("other").expect("ca");
     let server = start_server(c.ca.cert_pem(), &c.cert, &c.key);
     let client = quic_join_client_config(&other.fingerprint()).expect("join config");
-    let result = timeout(
-        LIMIT,
-        exchange(client, server.addr, SERVER_NAME, &join_message()),
-    )
-    .await
-    .expect("timed out");
-    eprintln!("{result:?}");
-    assert!(result.is_err(), "connected with a wrong pin: {result:?}");
+    expect_refused(client, server.addr, SERVER_NAME, &join_message(), "connected with a wrong pin").await;
 }
 
 #[tokio::test]
@@ -209,14 +202,7 @@ async fn join_pin_needs_a_server_cert_signed_by_that_ca() {
     let chain_cas = format!("{}{}", real.ca.cert_pem(), impostor.ca.cert_pem());
     let server = start_server(&chain_cas, &impostor.cert, &impostor.key);
     let client = quic_join_client_config(&real.ca.fingerprint()).expect("join config");
-    let result = timeout(
-        LIMIT,
-        exchange(client, server.addr, SERVER_NAME, &join_message()),
-    )
-    .await
-    .expect("timed out");
-    eprintln!("{result:?}");
-    assert!(result.is_err(), "trusted an impostor: {result:?}");
+    expect_refused(client, server.addr, SERVER_NAME, &join_message(), "trusted an impostor").await;
 }
 
 #[tokio::test]
@@ -224,14 +210,7 @@ async fn join_checks_the_server_name() {
     let c = cluster("name");
     let server = start_server(c.ca.cert_pem(), &c.cert, &c.key);
     let client = quic_join_client_config(&c.ca.fingerprint()).expect("join config");
-    let result = timeout(
-        LIMIT,
-        exchange(client, server.addr, "elsewhere.example", &join_message()),
-    )
-    .await
-    .expect("timed out");
-    eprintln!("{result:?}");
-    assert!(result.is_err(), "accepted a wrong server name: {result:?}");
+    expect_refused(client, server.addr, "elsewhere.example", &join_message(), "accepted a wrong server name").await;
 }
 
 #[tokio::test]
@@ -274,14 +253,7 @@ async fn client_cert_from_another_ca_is_refused() {
     // The client trusts the real master but its certificate is from a
     // CA the master does not know.
     let client = node_client(&rogue, c.ca.cert_pem(), "pi-rogue");
-    let result = timeout(
-        LIMIT,
-        exchange(client, server.addr, SERVER_NAME, &AgentMessage::Heartbeat),
-    )
-    .await
-    .expect("timed out");
-    eprintln!("{result:?}");
-    assert!(result.is_err(), "rogue client was served: {result:?}");
+    expect_refused(client, server.addr, SERVER_NAME, &AgentMessage::Heartbeat, "rogue client was served").await;
     match next_seen(&mut server).await {
         Seen::Failed(why) => assert!(why.to_lowercase().contains("cert"), "{why}"),
         other => panic!("server accepted a rogue client: {other:?}"),
@@ -294,12 +266,12 @@ async fn node_client_refuses_a_master_from_another_ca() {
     let other = cluster("b");
     let server = start_server(other.ca.cert_pem(), &other.cert, &other.key);
     let client = node_client(&c.ca, c.ca.cert_pem(), "pi-1");
-    let result = timeout(
-        LIMIT,
-        exchange(client, server.addr, SERVER_NAME, &AgentMessage::Heartbeat),
-    )
-    .await
-    .expect("timed out");
-    eprintln!("{result:?}");
-    assert!(result.is_err(), "trusted a foreign master: {result:?}");
+    expect_refused(client, server.addr, SERVER_NAME, &AgentMessage::Heartbeat, "trusted a foreign master").await;
+}
+
+/// Runs one exchange that must fail (within the time limit); `what` says
+/// what it would mean if it succeeded.
+async fn expect_refused(client: quinn::ClientConfig, addr: SocketAddr, server_name: &str, msg: &AgentMessage, what: &str) {
+    let result = timeout(LIMIT, exchange(client, addr, server_name, msg)).await.expect("timed out");
+    assert!(result.is_err(), "{what}: {result:?}");
 }
