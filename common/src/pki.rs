@@ -160,9 +160,9 @@ impl ClusterCa {
         }
         let cert_der = first_cert_der(cert_pem)?;
         let key = KeyPair::from_pem(key_pem)?;
-        let spki = der::subject_public_key_info(&cert_der)
+        let spki = x509::subject_public_key_info(&cert_der)
             .ok_or_else(|| PkiError::Pem("cannot read the CA certificate".into()))?;
-        if spki != key.subject_public_key_info().as_slice() {
+        if spki != key.subject_public_key_info() {
             return Err(PkiError::KeyMismatch);
         }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
@@ -300,7 +300,7 @@ pub fn cert_fingerprint_der(der: &[u8]) -> String {
 /// Only meaningful after the TLS layer verified the certificate against the
 /// cluster CA; it is the identity the CA wrote into it.
 pub fn node_name_from_cert(der: &[u8]) -> Option<String> {
-    let name = der::subject_common_name(der)?;
+    let name = x509::subject_common_name(der)?;
     validate_node_name(&name).ok()?;
     Some(name)
 }
@@ -539,102 +539,23 @@ fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
     }
 }
 
-/// Just enough DER to read a certificate's subject and public key.
-///
-/// x509-parser is only an indirect dependency (through rcgen), and rustls
-/// exposes no parsed subject, so this walks the few fields we need. It
-/// bounds-checks every length and returns `None` on anything unexpected.
-mod der {
-    const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const OID: u8 = 0x06;
-    const CONTEXT_0: u8 = 0xa0;
-    /// 2.5.4.3, id-at-commonName.
-    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
-    const UTF8_STRING: u8 = 0x0c;
-    const PRINTABLE_STRING: u8 = 0x13;
-    const IA5_STRING: u8 = 0x16;
-
-    /// One TLV: (tag, contents, whole TLV, rest of input).
-    type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-    fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
-        let (&tag, rest) = input.split_first()?;
-        if tag & 0x1f == 0x1f {
-            return None; // high tag numbers do not occur in these fields
-        }
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, &rest[n..])
-        };
-        if rest.len() < len {
-            return None;
-        }
-        let header = input.len() - rest.len();
-        Some((tag, &rest[..len], &input[..header + len], &rest[len..]))
-    }
-
-    fn expect(input: &[u8], want: u8) -> Option<(&[u8], &[u8], &[u8])> {
-        let (tag, content, whole, rest) = tlv(input)?;
-        (tag == want).then_some((content, whole, rest))
-    }
-
-    /// The TBSCertificate fields from `subject` on.
-    fn from_subject(cert: &[u8]) -> Option<&[u8]> {
-        let (cert, _, _) = expect(cert, SEQUENCE)?;
-        let (tbs, _, _) = expect(cert, SEQUENCE)?;
-        let mut rest = tbs;
-        if let Some((CONTEXT_0, _, _, after)) = tlv(rest) {
-            rest = after; // version
-        }
-        let (_, _, _, rest) = tlv(rest)?; // serial
-        let (_, _, rest) = expect(rest, SEQUENCE)?; // signature algorithm
-        let (_, _, rest) = expect(rest, SEQUENCE)?; // issuer
-        let (_, _, rest) = expect(rest, SEQUENCE)?; // validity
-        Some(rest)
-    }
+/// The two certificate fields we read, parsed by x509-parser (already in the
+/// build through rcgen): `None` on anything that does not parse.
+mod x509 {
+    use x509_parser::prelude::{FromDer, X509Certificate};
 
     /// The subject's single CN; `None` if absent or repeated.
-    pub(super) fn subject_common_name(cert: &[u8]) -> Option<String> {
-        let (mut rdns, _, _) = expect(from_subject(cert)?, SEQUENCE)?;
-        let mut found = None;
-        while !rdns.is_empty() {
-            let (mut set, _, rest) = expect(rdns, SET)?;
-            rdns = rest;
-            while !set.is_empty() {
-                let (atv, _, rest) = expect(set, SEQUENCE)?;
-                set = rest;
-                let (oid, _, value) = expect(atv, OID)?;
-                if oid != CN_OID {
-                    continue;
-                }
-                let (tag, content, _, _) = tlv(value)?;
-                if !matches!(tag, UTF8_STRING | PRINTABLE_STRING | IA5_STRING) {
-                    return None;
-                }
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(String::from_utf8(content.to_vec()).ok()?);
-            }
-        }
-        found
+    pub(super) fn subject_common_name(der: &[u8]) -> Option<String> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut names = cert.subject().iter_common_name();
+        let first = names.next()?.as_str().ok()?.to_string();
+        names.next().is_none().then_some(first)
     }
 
-    /// The whole SubjectPublicKeyInfo TLV.
-    pub(super) fn subject_public_key_info(cert: &[u8]) -> Option<&[u8]> {
-        let (_, _, rest) = expect(from_subject(cert)?, SEQUENCE)?;
-        let (_, spki, _) = expect(rest, SEQUENCE)?;
-        Some(spki)
+    /// The whole SubjectPublicKeyInfo, DER.
+    pub(super) fn subject_public_key_info(der: &[u8]) -> Option<Vec<u8>> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        Some(cert.public_key().raw.to_vec())
     }
 }
 
@@ -651,7 +572,7 @@ mod tests {
         assert_eq!(fp.len(), 64);
         assert_eq!(fp, ca.fingerprint());
         assert_eq!(
-            der::subject_common_name(ca.cert_der()).as_deref(),
+            x509::subject_common_name(ca.cert_der()).as_deref(),
             Some("fogmesh CA lab")
         );
 
