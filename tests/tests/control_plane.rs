@@ -317,3 +317,49 @@ fn garbage_on_the_quic_port_does_not_hurt_the_master() {
     let log = master.proc.as_ref().unwrap().log_text();
     assert!(log.contains("exceeds the") || log.contains("bad frame") || log.contains("agent connection ended"), "master logs the bad peers:\n{log}");
 }
+
+#[test]
+fn declared_nodes_hostless_spread_and_several_apps() {
+    docker_ready();
+    let dir = test_dir("spread");
+    let master = Master::start(&dir);
+    let tag = std::process::id();
+
+    // A node declared before its agent joins is pending, and keeps its name.
+    let declared = format!("decl{tag}");
+    master.cli_ok(&["node", "add", "--public-ip", "127.0.0.10", "--name", &declared]);
+    let nodes = master.cli_json(&["node", "list"]);
+    assert_eq!(nodes[0]["state"], "pending");
+    let a = Agent::join_and_run(&master, &declared, "127.0.0.10");
+    let b = Agent::join_and_run(&master, &format!("sp{tag}"), "127.0.0.11");
+    wait_for("both nodes ready", T, || {
+        let nodes = master.cli_json(&["node", "list"]);
+        nodes.as_array().unwrap().iter().all(|n| n["state"] == "ready").then_some(())
+    });
+
+    // Two replicas of a hostless workload go to different ready nodes.
+    let hostless = |name: &str| {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    spin:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      occurrences: [2, 2]\n      properties: {image: fogmesh/busybox:test}\n",
+        )
+        .unwrap();
+        path
+    };
+    master.cli_ok(&["app", "submit", hostless("one").to_str().unwrap(), "--timeout", "60s"]);
+    assert_eq!(running_containers(&a.name).len(), 1, "one replica per node");
+    assert_eq!(running_containers(&b.name).len(), 1, "one replica per node");
+
+    // A second app beside it, with its own id.
+    master.cli_ok(&["app", "submit", hostless("two").to_str().unwrap(), "--timeout", "60s"]);
+    let list = master.cli_ok(&["app", "list"]);
+    let ids: Vec<&str> = list.lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(running_containers(&a.name).len() + running_containers(&b.name).len(), 4);
+    // Deleting one app leaves the other running.
+    master.cli_ok(&["app", "delete", "one"]);
+    wait_for("app one removed", T, || (running_containers(&a.name).len() + running_containers(&b.name).len() == 2).then_some(()));
+    assert_eq!(running_of(&app_detail(&master, "two"), "spin"), 2);
+}
