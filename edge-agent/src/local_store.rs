@@ -9,6 +9,8 @@ use fogmesh_common::codec;
 use fogmesh_common::wire::DesiredState;
 
 const DESIRED_KEY: &str = "desired";
+/// The store holds one small record; sled's default cache (1 GiB) is for databases.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct LocalStore {
@@ -17,7 +19,11 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore> {
-        let db = sled::open(dir).with_context(|| format!("open the agent store in {}", dir.display()))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .with_context(|| format!("open the agent store in {}", dir.display()))?;
         Ok(LocalStore { db })
     }
 
