@@ -125,9 +125,14 @@ impl Cluster {
         self.store.set_meta("pending", &serde_json::to_string(&plan.pending)?)?;
         self.store.flush().await?;
         if changed > 0 {
-            self.desired_changed.send_modify(|n| *n += 1);
+            self.wake_connections();
         }
         Ok(())
+    }
+
+    /// Makes every agent connection re-check its node (desired state, registration).
+    pub fn wake_connections(&self) {
+        self.desired_changed.send_modify(|n| *n += 1);
     }
 
     /// Why workloads are not placed, keyed `APP_ID/WORKLOAD`, as of the last reschedule.

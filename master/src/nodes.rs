@@ -189,7 +189,8 @@ impl Cluster {
         Ok(node)
     }
 
-    /// Removes a node and revokes its certificate; its agent is refused from now on.
+    /// Removes a node and revokes its certificate; its agent is refused from
+    /// now on. A connected agent is first told to remove its containers.
     pub async fn remove_node(&self, name: &str) -> Result<(), Failure> {
         let Some(node) = self.store.node(name)? else {
             return Err(Failure::NotFound(format!("no node named '{name}'")));
@@ -199,6 +200,8 @@ impl Cluster {
         }
         self.store.remove_node(name)?;
         self.reschedule().await?;
+        // Its connection, if any, must learn that it was removed.
+        self.wake_connections();
         tracing::info!(node = %name, "node removed and its certificate revoked");
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use fogmesh_common::codec::{read_frame, write_frame};
 use fogmesh_common::tls::peer_certificate_der;
-use fogmesh_common::wire::{AgentMessage, MasterMessage};
+use fogmesh_common::wire::{AgentMessage, DesiredState, MasterMessage};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
@@ -94,6 +94,11 @@ async fn control_loop(
     cluster.mark_connected(&node, id);
     tracing::info!(%node, %peer, agent_generation, "agent connected");
     let result = run_session(&cluster, &mut send, recv, &node, id, agent_generation, peer).await;
+    if result.is_ok() {
+        // Dropping the connection discards unsent frames: let the agent read
+        // the last ones (e.g. a removal) and hang up first.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    }
     cluster.mark_disconnected(&node, id);
     tracing::info!(%node, %peer, "agent disconnected");
     result
@@ -144,6 +149,9 @@ async fn run_session(
                     break Ok(());
                 }
                 if !still_registered(cluster, node, fingerprint.as_deref())? {
+                    // Decommission: the agent drops its containers, then is refused.
+                    let empty = DesiredState { generation: cluster.store.next_generation()?, containers: vec![] };
+                    let _ = write_frame(send, &MasterMessage::Desired(empty)).await;
                     let reason = "this node was removed from the cluster and its certificate revoked".to_string();
                     let _ = write_frame(send, &MasterMessage::Refused { reason }).await;
                     let _ = send.finish();

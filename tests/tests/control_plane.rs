@@ -266,12 +266,19 @@ fn bad_tokens_and_removed_nodes_are_refused() {
         .unwrap();
     assert!(text(&out.stderr).contains("invalid API token"), "{}", text(&out.stderr));
 
-    // A removed node's agent is refused at connect.
+    // Removing a connected node stops its containers; its agent is refused at connect.
     let mut agent = Agent::join_and_run(&master, &format!("rev{}", std::process::id()), "127.0.0.6");
-    wait_for("node ready", T, || {
-        master.cli_json(&["node", "list"]).as_array().unwrap().iter().any(|n| n["name"] == agent.name.as_str() && n["state"] == "ready").then_some(())
-    });
+    let adt = dir.join("rev.yaml");
+    std::fs::write(
+        &adt,
+        "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    n: {type: tosca.nodes.MiCADO.Edge, properties: {public_ip: 127.0.0.6}}\n    c:\n      type: tosca.nodes.MiCADO.Container.Application.Docker\n      properties: {image: fogmesh/busybox:test}\n      requirements: [{host: n}]\n",
+    )
+    .unwrap();
+    master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--timeout", "60s"]);
+    assert_eq!(running_containers(&agent.name).len(), 1);
     master.cli_ok(&["node", "remove", &agent.name]);
+    wait_for("the removed node's containers to stop", T, || running_containers(&agent.name).is_empty().then_some(()));
+    wait_for("the agent to be told why", T, || agent.log_text().contains("revoked").then_some(()));
     agent.kill();
     agent.start();
     wait_for("the revoked agent to be refused", T, || agent.log_text().contains("revoked").then_some(()));
