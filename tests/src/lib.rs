@@ -253,7 +253,10 @@ pub fn running_containers(node: &str) -> Vec<String> {
 pub fn inspect(node: &str, spec_name: &str) -> Option<serde_json::Value> {
     let id = docker(&["ps", "-aq", "--filter", &format!("label=fogmesh.node={node}"), "--filter", &format!("label=fogmesh.name={spec_name}")]);
     let id = id.lines().next()?.to_string();
-    let json: serde_json::Value = serde_json::from_str(&docker(&["inspect", &id])).ok()?;
+    // The agent may replace the container between the two calls: then it is
+    // simply not there (yet).
+    let out = Command::new("docker").args(["inspect", &id]).output().ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     json.get(0).cloned()
 }
 
