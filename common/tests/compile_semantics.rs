@@ -21,7 +21,7 @@ fn problems(body: &str) -> Vec<String> {
             .problems
             .iter()
             .map(|p| {
-                let line = if p.pos.line > 2 { p.pos.line - 2 } else { 0 };
+                let line = p.pos.line.saturating_sub(2);
                 format!("{line}:{}: {}: {}", p.pos.column, p.subject, p.message)
             })
             .collect(),

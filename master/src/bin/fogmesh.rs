@@ -28,6 +28,13 @@ enum Command {
     /// Check and compile ADTs locally, without a master.
     #[command(subcommand)]
     Adt(AdtCommand),
+    #[command(flatten)]
+    Remote(RemoteCommand),
+}
+
+/// Commands that talk to a master.
+#[derive(Debug, Subcommand)]
+enum RemoteCommand {
     /// Submit, update, inspect and delete applications.
     #[command(subcommand)]
     App(AppCommand),
@@ -42,25 +49,10 @@ enum Command {
 fn main() -> ExitCode {
     fogmesh_master::logging::init("warn");
     let cli = Cli::parse();
-    let remote = match cli.command {
+    let result = match cli.command {
         Command::Adt(cmd) => return adt::run(cmd),
-        other => other,
+        Command::Remote(cmd) => run_remote(&cli.connection, cmd),
     };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| {
-            rt.block_on(async {
-                let client = cli.connection.client()?;
-                match remote {
-                    Command::App(cmd) => app::run(&client, cmd).await,
-                    Command::Node(cmd) => node::run(&client, cmd).await,
-                    Command::Token(cmd) => token::run(&client, cmd).await,
-                    Command::Adt(_) => unreachable!("handled above"),
-                }
-            })
-        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,4 +60,16 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn run_remote(connection: &Connection, command: RemoteCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = connection.client()?;
+        match command {
+            RemoteCommand::App(cmd) => app::run(&client, cmd).await,
+            RemoteCommand::Node(cmd) => node::run(&client, cmd).await,
+            RemoteCommand::Token(cmd) => token::run(&client, cmd).await,
+        }
+    })
 }
