@@ -189,6 +189,28 @@ where
     decode(&payload).map(Some)
 }
 
+/// Reads frames until the stream ends and hands each one to `tx`; a read
+/// error is handed on too and ends the loop. `read_frame` is not
+/// cancel-safe, so a peer that `select!`s over its stream runs this in a
+/// task of its own.
+pub async fn forward_frames<R, T>(mut r: R, tx: tokio::sync::mpsc::Sender<Result<T, CodecError>>)
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    loop {
+        let item = match read_frame(&mut r).await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

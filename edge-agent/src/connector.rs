@@ -7,11 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use fogmesh_common::codec::{read_frame, write_frame};
+use fogmesh_common::codec::{forward_frames, read_frame, write_frame};
 use fogmesh_common::pki::{node_key_and_csr, JoinToken};
 use fogmesh_common::tls::{quic_join_client_config, quic_node_client_config};
 use fogmesh_common::wire::{AgentMessage, Capacity, DesiredState, Hello, JoinRequest, MasterMessage, NodeStatus, PROTOCOL_VERSION};
-use quinn::{Endpoint, RecvStream};
+use quinn::Endpoint;
 use tokio::sync::{mpsc, watch};
 
 use crate::identity::{Identity, NodeInfo};
@@ -147,7 +147,7 @@ async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
     tracing::info!(master = %info.master, node = %info.node_name, generation = stored.generation, "connected to the master");
 
     let (tx, mut frames) = mpsc::channel(8);
-    let reader = tokio::spawn(read_frames(recv, tx));
+    let reader = tokio::spawn(forward_frames(recv, tx));
     let mut status = ctx.status.clone();
     let mut tick = tokio::time::interval(heartbeat);
     write_frame(&mut send, &AgentMessage::Status(status.borrow_and_update().clone())).await?;
@@ -157,7 +157,7 @@ async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
                 Some(Ok(MasterMessage::Desired(state))) => accept_desired(ctx, &mut send, state).await?,
                 Some(Ok(MasterMessage::Refused { reason })) => break Err(SessionError::Refused(reason)),
                 Some(Ok(_)) => tracing::warn!("ignoring an unexpected message from the master"),
-                Some(Err(e)) => break Err(e.context("bad frame from the master").into()),
+                Some(Err(e)) => break Err(anyhow::Error::from(e).context("bad frame from the master").into()),
                 None => break Ok(()),
             },
             changed = status.changed() => {
@@ -185,20 +185,6 @@ async fn accept_desired(ctx: &SessionContext, send: &mut quinn::SendStream, stat
     }
     write_frame(send, &AgentMessage::Ack { generation: state.generation.max(current.generation) }).await?;
     Ok(())
-}
-
-async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<MasterMessage>>) {
-    loop {
-        let item = match read_frame::<_, MasterMessage>(&mut recv).await {
-            Ok(Some(msg)) => Ok(msg),
-            Ok(None) => return,
-            Err(e) => Err(anyhow!(e)),
-        };
-        let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
-            return;
-        }
-    }
 }
 
 /// `HOST:PORT` to an address and the name to verify the master as.

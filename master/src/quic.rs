@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use fogmesh_common::codec::{read_frame, write_frame};
+use fogmesh_common::codec::{forward_frames, read_frame, write_frame, CodecError};
 use fogmesh_common::tls::peer_certificate_der;
 use fogmesh_common::wire::{AgentMessage, DesiredState, MasterMessage};
 use quinn::{RecvStream, SendStream};
@@ -123,9 +123,8 @@ async fn run_session(
     let mut sent = agent_generation;
     sent = push_if_newer(cluster, send, node, sent).await?;
 
-    // read_frame is not cancel-safe, so frames are read in their own task.
-    let (tx, mut frames) = mpsc::channel::<Result<AgentMessage>>(16);
-    let reader = tokio::spawn(read_frames(recv, tx));
+    let (tx, mut frames) = mpsc::channel::<Result<AgentMessage, CodecError>>(16);
+    let reader = tokio::spawn(forward_frames(recv, tx));
     let mut last_heard = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
@@ -133,7 +132,7 @@ async fn run_session(
             frame = frames.recv() => {
                 let msg = match frame {
                     Some(Ok(msg)) => msg,
-                    Some(Err(e)) => break Err(e.context(format!("bad frame from node {node} at {peer}"))),
+                    Some(Err(e)) => break Err(anyhow!(e).context(format!("bad frame from node {node} at {peer}"))),
                     None => break Ok(()),
                 };
                 last_heard = Instant::now();
@@ -171,21 +170,6 @@ async fn run_session(
     };
     reader.abort();
     result
-}
-
-async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Result<AgentMessage>>) {
-    loop {
-        let frame = read_frame::<_, AgentMessage>(&mut recv).await;
-        let done = !matches!(frame, Ok(Some(_)));
-        let item = match frame {
-            Ok(Some(msg)) => Ok(msg),
-            Ok(None) => return,
-            Err(e) => Err(anyhow!(e)),
-        };
-        if tx.send(item).await.is_err() || done {
-            return;
-        }
-    }
 }
 
 /// Sends the node's desired state if it is newer than what the agent has.
