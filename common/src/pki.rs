@@ -294,6 +294,11 @@ pub fn cert_fingerprint_der(der: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, der).as_ref())
 }
 
+/// [`cert_fingerprint_der`] of the first certificate in a PEM text.
+pub fn cert_fingerprint_pem(pem: &str) -> Result<String, PkiError> {
+    Ok(cert_fingerprint_der(&first_cert_der(pem)?))
+}
+
 /// The node name (subject CN) of a client certificate, or `None` when the
 /// certificate has no CN, more than one, or does not parse.
 ///

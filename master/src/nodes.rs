@@ -6,12 +6,12 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use fogmesh_common::pki::{cert_fingerprint_der, constant_time_eq, hash_secret, node_name_from_cert, JoinToken};
+use fogmesh_common::pki::{cert_fingerprint_der, cert_fingerprint_pem, constant_time_eq, hash_secret, node_name_from_cert, JoinToken};
 use fogmesh_common::wire::{Hello, JoinRequest, JoinResponse, NodeStatus, PROTOCOL_VERSION};
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
-use crate::model::{now_ms, DeclareNode, NodeRecord, NodeState, NodeView, TokenCreated, TokenRecord};
+use crate::model::{now_ms, DeclareNode, NodeRecord, NodeView, TokenCreated, TokenRecord};
 
 /// Node certificates live this long; agents rejoin or renew before that.
 const NODE_CERT_DAYS: u32 = 365;
@@ -73,7 +73,7 @@ impl Cluster {
         self.store.flush().await.map_err(internal)?;
 
         let cert_pem = self.ca.sign_node_csr(&req.csr_pem, &name, NODE_CERT_DAYS).map_err(|e| format!("bad certificate request: {e}"))?;
-        let fingerprint = pem_fingerprint(&cert_pem).ok_or("the master issued an unreadable certificate")?;
+        let fingerprint = cert_fingerprint_pem(&cert_pem).map_err(|e| format!("the master issued an unreadable certificate: {e}"))?;
         let previous = self.store.node(&name).map_err(internal)?;
         if let Some(old) = previous.as_ref().and_then(|n| n.cert_fingerprint.as_ref()) {
             // A node that joins again replaces its old identity.
@@ -233,13 +233,6 @@ impl Cluster {
         Ok(views)
     }
 
-    pub fn node_state_by_name(&self, name: &str) -> NodeState {
-        match self.store.node(name) {
-            Ok(Some(n)) => self.node_state(&n),
-            _ => NodeState::Offline,
-        }
-    }
-
     pub fn record_seen(&self, node: &str) -> anyhow::Result<()> {
         if let Some(mut n) = self.store.node(node)? {
             n.last_seen_ms = Some(now_ms());
@@ -270,9 +263,4 @@ fn check_protocol(version: u32) -> Result<(), String> {
             "the agent speaks fogmesh protocol {version}, this master speaks {PROTOCOL_VERSION}; install matching versions"
         ))
     }
-}
-
-fn pem_fingerprint(cert_pem: &str) -> Option<String> {
-    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes()).next()?.ok()?;
-    Some(cert_fingerprint_der(&der))
 }
