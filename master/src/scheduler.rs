@@ -62,6 +62,8 @@ pub fn schedule(
         }
     }
 
+    // Containers per node so far; each new replica goes to the least loaded.
+    let mut load: BTreeMap<String, usize> = out.per_node.iter().map(|(n, specs)| (n.clone(), specs.len())).collect();
     for (app, w) in hostless {
         let key = placement_key(&app.id, &w.name);
         // Keep earlier choices on nodes that still exist, ready or not.
@@ -70,11 +72,12 @@ pub fn schedule(
             .map(|p| p.iter().filter(|n| known.contains(n.as_str())).cloned().collect())
             .unwrap_or_default();
         chosen.truncate(w.replicas as usize);
+        let kept = chosen.len();
         while chosen.len() < w.replicas as usize {
             let least_loaded = nodes
                 .iter()
                 .filter(|(_, state)| *state == NodeState::Ready)
-                .min_by_key(|(n, _)| (out.per_node.get(&n.name).map_or(0, Vec::len), n.name.clone()));
+                .min_by_key(|(n, _)| (load.get(&n.name).copied().unwrap_or(0), n.name.clone()));
             let Some((node, _)) = least_loaded else {
                 out.pending.insert(
                     key.clone(),
@@ -82,14 +85,13 @@ pub fn schedule(
                 );
                 break;
             };
+            *load.entry(node.name.clone()).or_default() += 1;
             chosen.push(node.name.clone());
-            // Count it now so the next replica goes elsewhere.
-            out.per_node.entry(node.name.clone()).or_default().push(container_spec(app, w, 0));
         }
-        // Rebuild this workload's specs with stable replica numbers.
-        for specs in out.per_node.values_mut() {
-            specs.retain(|s| !(s.app_id == app.id && s.workload == w.name));
+        for node in &chosen[..kept] {
+            *load.entry(node.clone()).or_default() += 1;
         }
+        // Replica numbers follow the order of `chosen`, so they stay stable.
         for (i, node) in chosen.iter().enumerate() {
             out.per_node.entry(node.clone()).or_default().push(container_spec(app, w, i as u32 + 1));
         }
