@@ -1,12 +1,14 @@
 //! Applications: submit, update, delete, and their rollout status per node.
 
+use std::collections::BTreeMap;
+
 use fogmesh_common::adt::{compile, CompileOptions, Plan};
 use fogmesh_common::pki::random_hex;
-use fogmesh_common::wire::ContainerState;
+use fogmesh_common::wire::{ContainerState, DesiredState, NodeStatus};
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
-use crate::model::{now_ms, AppDetail, AppRecord, AppSummary, PlacementView, SubmitApp, WorkloadView};
+use crate::model::{now_ms, AppDetail, AppRecord, AppSummary, NodeRecord, NodeState, PlacementView, SubmitApp, WorkloadView};
 use crate::scheduler::placement_key;
 
 impl Cluster {
@@ -71,17 +73,19 @@ impl Cluster {
     }
 
     pub fn app_summaries(&self) -> Result<Vec<AppSummary>, Failure> {
+        // Node state is read once for all apps.
+        let nodes = self.node_snapshots()?;
+        let pending = self.pending_reasons()?;
         let mut out = Vec::new();
         for app in self.store.apps()? {
-            let detail = self.app_detail(&app.id)?;
-            let count = |f: fn(&PlacementView) -> u32| detail.workloads.iter().flat_map(|w| &w.placements).map(f).sum::<u32>();
+            let detail = detail_of(&app, &nodes, &pending);
             out.push(AppSummary {
+                workloads: detail.workloads.len(),
+                desired: detail.workloads.iter().map(|w| w.desired_replicas as usize).sum(),
+                running: detail.workloads.iter().flat_map(|w| &w.placements).map(|p| p.running as usize).sum(),
                 id: app.id,
                 name: app.name,
                 revision: app.revision,
-                workloads: detail.workloads.len(),
-                desired: detail.workloads.iter().map(|w| w.desired_replicas as usize).sum(),
-                running: count(|p| p.running) as usize,
                 updated_ms: app.updated_ms,
             });
         }
@@ -91,54 +95,61 @@ impl Cluster {
     /// Per workload and node: how many containers should run and how many do.
     pub fn app_detail(&self, id_or_name: &str) -> Result<AppDetail, Failure> {
         let app = self.app_record(id_or_name)?;
-        let pending = self.pending_reasons()?;
-        let nodes = self.store.nodes()?;
-        let mut per_node = Vec::new();
-        for node in &nodes {
-            per_node.push((node, self.store.desired(&node.name)?, self.store.observed(&node.name)?, self.node_state(node)));
-        }
-        let workloads = app
-            .plan
-            .workloads
-            .iter()
-            .map(|w| {
-                let placements = per_node
-                    .iter()
-                    .filter_map(|(node, desired, observed, state)| {
-                        let mine = |app_id: &str, workload: &str| app_id == app.id && workload == w.name;
-                        let want = desired.containers.iter().filter(|c| mine(&c.app_id, &c.workload)).count() as u32;
-                        if want == 0 {
-                            return None;
-                        }
-                        let containers: Vec<_> = observed
-                            .containers
-                            .iter()
-                            .filter(|c| mine(&c.app_id, &c.workload))
-                            .cloned()
-                            .collect();
-                        let running = containers.iter().filter(|c| c.state == ContainerState::Running).count() as u32;
-                        let reasons = containers.iter().filter_map(|c| c.last_error.clone()).collect();
-                        Some(PlacementView {
-                            node: node.name.clone(),
-                            node_state: *state,
-                            desired: want,
-                            running,
-                            reasons,
-                            containers,
-                        })
-                    })
-                    .collect();
-                WorkloadView {
-                    name: w.name.clone(),
-                    image: w.image.clone(),
-                    desired_replicas: w.replicas,
-                    placements,
-                    pending_reason: pending.get(&placement_key(&app.id, &w.name)).cloned(),
-                }
-            })
-            .collect();
-        Ok(AppDetail { id: app.id, name: app.name, revision: app.revision, workloads })
+        Ok(detail_of(&app, &self.node_snapshots()?, &self.pending_reasons()?))
     }
+
+    /// Every node with what it should run, what it reports, and its state.
+    fn node_snapshots(&self) -> Result<Vec<NodeSnapshot>, Failure> {
+        let mut out = Vec::new();
+        for node in self.store.nodes()? {
+            out.push(NodeSnapshot {
+                desired: self.store.desired(&node.name)?,
+                observed: self.store.observed(&node.name)?,
+                state: self.node_state(&node),
+                node,
+            });
+        }
+        Ok(out)
+    }
+}
+
+struct NodeSnapshot {
+    node: NodeRecord,
+    desired: DesiredState,
+    observed: NodeStatus,
+    state: NodeState,
+}
+
+fn detail_of(app: &AppRecord, nodes: &[NodeSnapshot], pending: &BTreeMap<String, String>) -> AppDetail {
+    let workloads = app
+        .plan
+        .workloads
+        .iter()
+        .map(|w| {
+            let mine = |app_id: &str, workload: &str| app_id == app.id && workload == w.name;
+            let placements = nodes
+                .iter()
+                .filter_map(|n| {
+                    let want = n.desired.containers.iter().filter(|c| mine(&c.app_id, &c.workload)).count() as u32;
+                    if want == 0 {
+                        return None;
+                    }
+                    let containers: Vec<_> = n.observed.containers.iter().filter(|c| mine(&c.app_id, &c.workload)).cloned().collect();
+                    let running = containers.iter().filter(|c| c.state == ContainerState::Running).count() as u32;
+                    let reasons = containers.iter().filter_map(|c| c.last_error.clone()).collect();
+                    Some(PlacementView { node: n.node.name.clone(), node_state: n.state, desired: want, running, reasons, containers })
+                })
+                .collect();
+            WorkloadView {
+                name: w.name.clone(),
+                image: w.image.clone(),
+                desired_replicas: w.replicas,
+                placements,
+                pending_reason: pending.get(&placement_key(&app.id, &w.name)).cloned(),
+            }
+        })
+        .collect();
+    AppDetail { id: app.id.clone(), name: app.name.clone(), revision: app.revision, workloads }
 }
 
 /// ADTs sent to the master compile without local imports: it reads no files
