@@ -137,6 +137,39 @@ where
     Ok(())
 }
 
+/// Largest record a local store keeps: a node's whole desired state, which
+/// may hold many apps (each of them within [`MAX_FRAME_BYTES`]).
+pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
+fn record_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_RECORD_BYTES>()
+}
+
+/// Encodes a value for a local store (same format as frames, larger limit).
+pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let bytes = bincode::serde::encode_to_vec(value, record_config())
+        .map_err(|e| CodecError::Malformed(format!("cannot encode: {e}")))?;
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(CodecError::TooLarge { len: bytes.len(), max: MAX_RECORD_BYTES });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a whole store record; trailing bytes are an error.
+pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.is_empty() {
+        return Err(CodecError::Empty);
+    }
+    let (value, used) = bincode::serde::decode_from_slice(bytes, record_config()).map_err(|e| match e {
+        bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
+        other => CodecError::Malformed(other.to_string()),
+    })?;
+    if used != bytes.len() {
+        return Err(CodecError::Malformed(format!("{} trailing bytes after the record", bytes.len() - used)));
+    }
+    Ok(value)
+}
+
 /// Reads one frame and decodes it.
 ///
 /// Returns `Ok(None)` when the stream ends cleanly before the first byte of
@@ -218,7 +251,7 @@ mod tests {
 
     fn spec() -> ContainerSpec {
         ContainerSpec {
-            name: "face-detect-detector-1".into(),
+            name: "7f3a0b1c.detector.1".into(),
             app_id: "app-7f3a".into(),
             app_name: "face-detect".into(),
             workload: "detector".into(),
@@ -266,8 +299,25 @@ mod tests {
             cpu_millis: Some(500),
             memory_bytes: Some(256 * 1024 * 1024),
             privileged: false,
+            host_network: false,
             working_dir: Some("/app".into()),
             labels: vec![("tier".into(), "fog".into())],
+            liveness: Some(Probe {
+                action: ProbeAction::Http { port: 8080, path: "/healthz".into() },
+                initial_delay_ms: 1000,
+                period_ms: 5000,
+                timeout_ms: 1000,
+                failure_threshold: 3,
+                success_threshold: 1,
+            }),
+            readiness: Some(Probe {
+                action: ProbeAction::Exec(vec!["/bin/true".into()]),
+                initial_delay_ms: 0,
+                period_ms: 1000,
+                timeout_ms: 1000,
+                failure_threshold: 1,
+                success_threshold: 1,
+            }),
         }
     }
 
@@ -282,6 +332,7 @@ mod tests {
                 name: Some("pi-kitchen".into()),
                 public_ip: "192.0.2.10".into(),
                 labels: vec![("site".into(), "kitchen".into())],
+                replace: false,
             }),
             AgentMessage::Join(JoinRequest {
                 protocol_version: PROTOCOL_VERSION,
@@ -290,6 +341,7 @@ mod tests {
                 name: None,
                 public_ip: "2001:db8::1".into(),
                 labels: vec![],
+                replace: true,
             }),
             AgentMessage::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
@@ -322,15 +374,23 @@ mod tests {
                 .into_iter()
                 .enumerate()
                 .map(|(i, state)| ContainerStatus {
-                    name: format!("face-detect-detector-{i}"),
-                    app_id: "app-7f3a".into(),
+                    name: format!("7f3a0b1c.detector.{i}"),
+                    app_id: "7f3a0b1c".into(),
                     workload: "detector".into(),
                     state,
+                    spec_hash: "ab".repeat(32),
+                    running_spec: (i > 0).then(|| "cd".repeat(32)),
+                    ready: (i == 1).then_some(false),
                     restarts: i as u32,
                     last_error: (state == ContainerState::Failed)
                         .then(|| "image fogmesh/x:1 is not on this node".into()),
                 })
                 .collect(),
+                conditions: vec![Condition {
+                    kind: "StoreWriteFailed".into(),
+                    message: "No space left on device".into(),
+                    since_ms: 1_700_000_000_000,
+                }],
             }),
         ]
     }
@@ -348,12 +408,23 @@ mod tests {
             },
             MasterMessage::Refused {
                 reason: "agent speaks protocol 2, master speaks 1".into(),
+                kind: Refusal::Other,
             },
-            MasterMessage::Desired(DesiredState::default()),
-            MasterMessage::Desired(DesiredState {
+            MasterMessage::Refused {
+                reason: "revoked".into(),
+                kind: Refusal::Revoked,
+            },
+            MasterMessage::DesiredApp {
                 generation: 43,
-                containers: vec![spec(), spec()],
-            }),
+                app: AppDesired {
+                    app_id: "7f3a0b1c".into(),
+                    containers: vec![spec(), spec()],
+                },
+            },
+            MasterMessage::DesiredDone {
+                generation: 43,
+                apps: 1,
+            },
         ]
     }
 
@@ -426,6 +497,7 @@ mod tests {
         );
         let huge = MasterMessage::Refused {
             reason: "x".repeat(MAX_FRAME_BYTES),
+            kind: Refusal::Other,
         };
         assert!(matches!(encode(&huge), Err(CodecError::TooLarge { .. })));
     }
@@ -460,10 +532,12 @@ mod tests {
         // A string that is not UTF-8.
         let bad_utf8 = encode(&MasterMessage::Refused {
             reason: "ab".into(),
+            kind: Refusal::Other,
         })
         .expect("encode");
         let mut bad = bad_utf8.clone();
-        let last = bad.len() - 1;
+        // The last string byte sits before the one-byte `kind`.
+        let last = bad.len() - 2;
         bad[last] = 0xff;
         assert!(matches!(
             decode::<MasterMessage>(&bad),
@@ -476,11 +550,13 @@ mod tests {
         // Refused { reason } with a u64 length claim of 2^40 bytes.
         let mut payload = encode(&MasterMessage::Refused {
             reason: String::new(),
+            kind: Refusal::Other,
         })
         .expect("encode");
-        payload.pop(); // the zero length
+        payload.truncate(payload.len() - 2); // the zero length and the kind
         payload.push(253); // varint marker for u64
         payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        payload.push(0);
         assert!(decode::<MasterMessage>(&payload).is_err());
     }
 
@@ -504,6 +580,7 @@ mod tests {
         // A payload that ends before the message does.
         let payload = encode(&MasterMessage::Refused {
             reason: "a long enough reason".into(),
+            kind: Refusal::Other,
         })
         .expect("encode");
         assert!(matches!(

@@ -291,7 +291,7 @@ pub fn node_key_and_csr(node_name: &str) -> Result<(String, String), PkiError> {
 
 /// Lowercase hex SHA-256 of a certificate's DER.
 pub fn cert_fingerprint_der(der: &[u8]) -> String {
-    hex(digest::digest(&digest::SHA256, der).as_ref())
+    sha256_hex(der)
 }
 
 /// [`cert_fingerprint_der`] of the first certificate in a PEM text.
@@ -427,7 +427,12 @@ fn token_err(e: PkiError) -> PkiError {
 
 /// Hex SHA-256 of a token secret: what the master stores instead of it.
 pub fn hash_secret(secret: &str) -> String {
-    hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
+    sha256_hex(secret.as_bytes())
+}
+
+/// Lowercase hex SHA-256 of any bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, bytes).as_ref())
 }
 
 /// `bytes` random bytes from the OS generator as lowercase hex, for admin

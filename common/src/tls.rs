@@ -21,11 +21,29 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use crate::pki::cert_fingerprint_der;
 use crate::wire::ALPN;
 
-/// How often an idle connection pings, well under the idle timeout so NAT
-/// bindings in front of fog nodes stay open.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// A connection silent for this long is dead; heartbeats notice sooner.
-const MAX_IDLE: Duration = Duration::from_secs(30);
+/// How quickly either side notices that the other is gone: QUIC pings every
+/// `keep_alive` and gives a connection up after `idle_timeout` of silence.
+/// The smaller idle timeout of the two peers applies, so an agent can ask
+/// for faster detection than the master's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuicTiming {
+    pub keep_alive: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl QuicTiming {
+    /// Pings four times per idle period, so one lost ping is not a death.
+    pub fn with_idle_timeout(idle_timeout: Duration) -> QuicTiming {
+        QuicTiming { keep_alive: (idle_timeout / 4).max(Duration::from_millis(250)), idle_timeout }
+    }
+}
+
+impl Default for QuicTiming {
+    /// A silent partition or a dead peer is noticed within 10 s.
+    fn default() -> Self {
+        QuicTiming::with_idle_timeout(Duration::from_secs(10))
+    }
+}
 /// Control stream plus a few log/exec streams; more is a misbehaving peer.
 const MAX_BIDI_STREAMS: u32 = 32;
 const MAX_UNI_STREAMS: u32 = 8;
@@ -92,6 +110,7 @@ pub fn quic_server_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    timing: &QuicTiming,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let roots = Arc::new(root_store(ca_pem)?);
@@ -105,7 +124,7 @@ pub fn quic_server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()?));
+    config.transport_config(Arc::new(transport(timing)?));
     Ok(config)
 }
 
@@ -133,7 +152,7 @@ pub fn quic_join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConf
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    quic_client(tls)
+    quic_client(tls, &QuicTiming::default())
 }
 
 /// QUIC client config of a joined node: mutual TLS with its node
@@ -142,13 +161,14 @@ pub fn quic_node_client_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    timing: &QuicTiming,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(root_store(ca_pem)?)
         .with_client_auth_cert(certs(cert_pem)?, private_key(key_pem)?)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    quic_client(tls)
+    quic_client(tls, timing)
 }
 
 /// TLS config of the master's REST API: server auth only (clients present
@@ -179,11 +199,12 @@ pub fn peer_certificate_der(conn: &quinn::Connection) -> Option<Vec<u8>> {
     certs.first().map(|c| c.as_ref().to_vec())
 }
 
-fn transport() -> Result<quinn::TransportConfig, TlsError> {
+fn transport(timing: &QuicTiming) -> Result<quinn::TransportConfig, TlsError> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.keep_alive_interval(Some(timing.keep_alive));
     t.max_idle_timeout(Some(
-        MAX_IDLE
+        timing
+            .idle_timeout
             .try_into()
             .map_err(|e: quinn::VarIntBoundsExceeded| TlsError::Quic(e.to_string()))?,
     ));
@@ -192,10 +213,10 @@ fn transport() -> Result<quinn::TransportConfig, TlsError> {
     Ok(t)
 }
 
-fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
+fn quic_client(tls: rustls::ClientConfig, timing: &QuicTiming) -> Result<quinn::ClientConfig, TlsError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport()?));
+    config.transport_config(Arc::new(transport(timing)?));
     Ok(config)
 }
 
@@ -322,7 +343,7 @@ mod tests {
     fn configs_build() {
         let ca = ClusterCa::generate("t").expect("ca");
         let (cert, key) = ca.issue_server_cert(&[]).expect("server cert");
-        quic_server_config(ca.cert_pem(), &cert, &key).expect("quic server");
+        quic_server_config(ca.cert_pem(), &cert, &key, &QuicTiming::default()).expect("quic server");
         https_server_config(ca.cert_pem(), &cert, &key).expect("https server");
         quic_join_client_config(&ca.fingerprint()).expect("join client");
         https_client_roots(ca.cert_pem()).expect("roots");
@@ -339,13 +360,13 @@ mod tests {
             Err(TlsError::InvalidFingerprint(_))
         ));
         assert!(matches!(
-            quic_server_config("", &cert, &key),
+            quic_server_config("", &cert, &key, &QuicTiming::default()),
             Err(TlsError::Pem(_))
         ));
         assert!(matches!(
-            quic_server_config(ca.cert_pem(), &cert, ""),
+            quic_server_config(ca.cert_pem(), &cert, "", &QuicTiming::default()),
             Err(TlsError::Pem(_))
         ));
-        assert!(quic_node_client_config(ca.cert_pem(), "junk", &key).is_err());
+        assert!(quic_node_client_config(ca.cert_pem(), "junk", &key, &QuicTiming::default()).is_err());
     }
 }

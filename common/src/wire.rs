@@ -6,14 +6,18 @@
 //! updates, acks and status for the life of the connection. Frames are
 //! encoded by [`crate::codec`]. Types here avoid self-describing values
 //! (no `serde_json::Value`): the codec is not self-describing.
+//!
+//! A desired state travels as one `DesiredApp` frame per app followed by
+//! `DesiredDone`, so the frame limit bounds one app on one node, never the
+//! sum of all apps a node runs.
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; an agent with another version is
 /// refused with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// TLS application protocol of the control plane.
-pub const ALPN: &[u8] = b"fogmesh/1";
+pub const ALPN: &[u8] = b"fogmesh/2";
 
 /// Agent -> master.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,8 +36,28 @@ pub enum MasterMessage {
     Joined(JoinResponse),
     Welcome { node_name: String, heartbeat_interval_ms: u64 },
     /// The master will not serve this agent; the reason is for its operator.
-    Refused { reason: String },
-    Desired(DesiredState),
+    Refused { reason: String, kind: Refusal },
+    /// One app's part of the desired state `generation`.
+    DesiredApp { generation: u64, app: AppDesired },
+    /// The desired state `generation` is complete: `apps` parts were sent
+    /// for it, and every app not among them must not run on the node.
+    DesiredDone { generation: u64, apps: u32 },
+}
+
+/// Why the master refused; agents act on some kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Something the operator must fix (versions, unknown node, ...).
+    Other,
+    /// The node was removed and its certificate revoked: its workloads must go.
+    Revoked,
+}
+
+/// The containers of one app on one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppDesired {
+    pub app_id: String,
+    pub containers: Vec<ContainerSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,6 +70,9 @@ pub struct JoinRequest {
     pub name: Option<String>,
     pub public_ip: String,
     pub labels: Vec<(String, String)>,
+    /// Take over a node already registered with this public IP (its old
+    /// certificate is revoked).
+    pub replace: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +93,7 @@ pub struct Hello {
     pub runtime_version: String,
     pub agent_version: String,
     /// Newest generation the agent has stored; the master sends only newer.
+    /// 0 when the agent holds none (new, or its store was lost).
     pub acked_generation: u64,
 }
 
@@ -85,10 +113,24 @@ pub struct DesiredState {
     pub containers: Vec<ContainerSpec>,
 }
 
+impl DesiredState {
+    /// The state split into one part per app, in the order apps first appear.
+    pub fn per_app(&self) -> Vec<AppDesired> {
+        let mut parts: Vec<AppDesired> = Vec::new();
+        for c in &self.containers {
+            match parts.iter_mut().find(|p| p.app_id == c.app_id) {
+                Some(part) => part.containers.push(c.clone()),
+                None => parts.push(AppDesired { app_id: c.app_id.clone(), containers: vec![c.clone()] }),
+            }
+        }
+        parts
+    }
+}
+
 /// One container as the agent must run it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContainerSpec {
-    /// Unique on the node: `APP-WORKLOAD` or `APP-WORKLOAD-N` for replicas.
+    /// Unique on the node and across apps: [`container_key`].
     pub name: String,
     pub app_id: String,
     pub app_name: String,
@@ -104,14 +146,49 @@ pub struct ContainerSpec {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub privileged: bool,
+    /// Share the node's network namespace (no port mapping).
+    pub host_network: bool,
     pub working_dir: Option<String>,
     pub labels: Vec<(String, String)>,
+    pub liveness: Option<Probe>,
+    pub readiness: Option<Probe>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The key of one replica of a workload of an app: `APP_ID.WORKLOAD.REPLICA`.
+/// Workload names never contain `.` and app ids are fixed-length hex, so two
+/// apps can never produce the same key.
+pub fn container_key(app_id: &str, workload: &str, replica: u32) -> String {
+    format!("{app_id}.{workload}.{replica}")
+}
+
+impl ContainerSpec {
+    /// Hex SHA-256 of the spec's canonical JSON: master and agent compute it
+    /// the same way, so "runs the spec it was given" is one comparison.
+    pub fn spec_hash(&self) -> String {
+        // Plain data: serialising cannot fail; Debug is a stable fallback.
+        let bytes = serde_json::to_vec(self).unwrap_or_else(|_| format!("{self:?}").into_bytes());
+        crate::pki::sha256_hex(&bytes)
+    }
+
+    /// `(port, protocol)` pairs this spec publishes on the node.
+    pub fn host_ports(&self) -> Vec<(u16, Protocol)> {
+        self.ports.iter().filter_map(|p| p.host_port.map(|h| (h, p.protocol))).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Protocol {
     Tcp,
     Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,12 +217,46 @@ pub enum MountSource {
     Nfs { server: String, path: String },
 }
 
-/// What the agent observes, sent on change and periodically.
+/// A liveness or readiness check the agent runs against a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub action: ProbeAction,
+    pub initial_delay_ms: u64,
+    pub period_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failures that count as failed.
+    pub failure_threshold: u32,
+    /// Consecutive successes that count as passing again.
+    pub success_threshold: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeAction {
+    /// Runs inside the container; exit code 0 passes.
+    Exec(Vec<String>),
+    /// GET on the container's address; 200-399 passes.
+    Http { port: u16, path: String },
+    /// A TCP connection to the container's address that opens passes.
+    Tcp { port: u16 },
+}
+
+/// What the agent observes, sent on change.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    /// Generation the agent is reconciling towards.
+    /// Generation the agent is reconciling towards (0: none yet).
     pub generation: u64,
     pub containers: Vec<ContainerStatus>,
+    /// Node-level problems the operator should see, e.g. a full disk.
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// Short stable name, e.g. `StoreWriteFailed`, `StoreLost`.
+    pub kind: String,
+    pub message: String,
+    /// Unix milliseconds when it was first seen.
+    pub since_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,21 +265,39 @@ pub struct ContainerStatus {
     pub name: String,
     pub app_id: String,
     pub workload: String,
+    /// State of the container that runs now (the desired spec's, or during a
+    /// failed update the previous spec's; see `running_spec`).
     pub state: ContainerState,
+    /// Hash of the spec this status is for (the desired one).
+    pub spec_hash: String,
+    /// Hash of the spec of the container that is running, if one is.
+    pub running_spec: Option<String>,
+    /// Readiness probe result; `None` when the spec has no readiness probe.
+    pub ready: Option<bool>,
     /// Restarts by the agent after the container exited.
     pub restarts: u32,
-    /// Why it is not running, e.g. "image fogmesh/x:1 is not on this node".
+    /// Why it is not (yet) running the desired spec, e.g. "image x:1 is missing".
     pub last_error: Option<String>,
+}
+
+impl ContainerStatus {
+    /// Runs the spec it was given, and is ready if it has a readiness probe.
+    pub fn runs_desired(&self) -> bool {
+        self.state == ContainerState::Running
+            && self.running_spec.as_deref() == Some(self.spec_hash.as_str())
+            && self.ready != Some(false)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContainerState {
     Running,
-    /// Created or being (re)started.
+    /// Created or being (re)started, or its image is being pulled.
     Starting,
     /// Exited and waiting for its restart back-off.
     Exited,
-    /// Could not be created or started (see `last_error`).
+    /// The desired spec cannot run (see `last_error`); a previous version
+    /// may still be running (`running_spec`).
     Failed,
 }
 

@@ -55,7 +55,7 @@ proptest! {
     /// Valid messages with random bytes flipped.
     #[test]
     fn mutated_messages(pos in any::<usize>(), val in any::<u8>(), reason in ".{0,64}") {
-        let msg = MasterMessage::Refused { reason };
+        let msg = MasterMessage::Refused { reason, kind: fogmesh_common::wire::Refusal::Other };
         let mut bytes = match encode(&msg) {
             Ok(b) => b,
             Err(e) => panic!("encode: {e}"),

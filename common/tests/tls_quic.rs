@@ -42,7 +42,7 @@ struct Server {
 /// `Welcome` naming the peer (or "anonymous"), then waits for the client to
 /// close.
 fn start_server(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Server {
-    let config = quic_server_config(ca_pem, cert_pem, key_pem).expect("server config");
+    let config = quic_server_config(ca_pem, cert_pem, key_pem, &Default::default()).expect("server config");
     let endpoint =
         quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     let addr = endpoint.local_addr().expect("local addr");
@@ -125,6 +125,7 @@ fn join_message() -> AgentMessage {
         name: Some("pi-1".into()),
         public_ip: "192.0.2.1".into(),
         labels: vec![],
+        replace: false,
     })
 }
 
@@ -145,7 +146,7 @@ fn cluster(name: &str) -> Cluster {
 fn node_client(ca: &ClusterCa, trust_pem: &str, name: &str) -> quinn::ClientConfig {
     let (key, csr) = node_key_and_csr(name).expect("csr");
     let cert = ca.sign_node_csr(&csr, name, 30).expect("sign");
-    quic_node_client_config(trust_pem, &cert, &key).expect("node client config")
+    quic_node_client_config(trust_pem, &cert, &key, &Default::default()).expect("node client config")
 }
 
 async fn next_seen(server: &mut Server) -> Seen {

@@ -1,44 +1,66 @@
 //! The running agent: starts the stored workloads at once (master or not),
 //! reconciles them forever, and keeps a session with the master.
+//!
+//! ```text
+//! connector ──Apply──▶ persister ──stored──▶ reconcile loop ──statuses──▶ status board ──▶ connector
+//!     ▲                   │ durable generation                    ▲ docker events, probes
+//!     └───────Ack─────────┘
+//! ```
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fogmesh_common::wire::NodeStatus;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::capacity;
 use crate::connector::{run_forever, SessionContext};
 use crate::identity::IdentityFiles;
 use crate::local_store::LocalStore;
-use crate::reconciler::Reconciler;
+use crate::persister::{self, Applied};
+use crate::reconciler::{events, Owner, Reconciler};
+use crate::status::StatusBoard;
+use fogmesh_common::tls::QuicTiming;
 
-/// How often the engine is checked against the desired state without a change.
-const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest time between two passes when nothing happens.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
+/// Events that arrive together are handled in one pass.
+const EVENT_DEBOUNCE: Duration = Duration::from_millis(20);
 
-pub async fn run(data_dir: &Path, bind_ip: Option<IpAddr>) -> Result<()> {
+pub struct RunOptions {
+    /// Address to publish ports on; default: the public IP if this machine has it.
+    pub bind_ip: Option<IpAddr>,
+    /// Labels put on every container this agent creates.
+    pub container_labels: Vec<(String, String)>,
+    /// How fast a dead master or a silent partition is noticed.
+    pub master_timeout: Duration,
+}
+
+pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
     let identity = IdentityFiles::new(data_dir).load()?;
     let node = identity.info.node_name.clone();
-    let store = LocalStore::open(&data_dir.join("store"))?;
-    let stored = store.desired()?;
-    tracing::info!(%node, generation = stored.generation, containers = stored.containers.len(), "starting from the stored desired state");
-    let bind_ip = bind_ip.or_else(|| local_address(&identity.info.public_ip));
+    let board = StatusBoard::default();
+    let persist = persister::start(LocalStore::new(data_dir), board.clone(), &node);
+    let bind_ip = options.bind_ip.or_else(|| local_address(&identity.info.public_ip));
 
-    let reconciler = connect_engine(&node, data_dir, bind_ip).await;
+    let wake = Arc::new(Notify::new());
+    let owner = Owner { node: node.clone(), bind_ip, extra_labels: options.container_labels };
+    let reconciler = connect_engine(owner, data_dir, wake.clone()).await;
     let runtime_version = reconciler.runtime_version().await.unwrap_or_else(|e| format!("unknown ({e})"));
-    let (desired_tx, desired_rx) = watch::channel(stored);
-    let (status_tx, status_rx) = watch::channel(NodeStatus::default());
-    tokio::spawn(reconcile_forever(reconciler, desired_rx, status_tx));
+    tokio::spawn(events::watch_forever(reconciler.docker(), node.clone(), wake.clone()));
+    tokio::spawn(reconcile_forever(reconciler, persist.applied, board.clone(), wake));
 
     let ctx = SessionContext {
         identity,
-        store,
-        desired: desired_tx,
-        status: status_rx,
+        commands: persist.commands,
+        durable: persist.durable,
+        status: board.subscribe(),
         capacity: capacity::detect(),
         runtime_version,
+        timing: QuicTiming::with_idle_timeout(options.master_timeout),
+        endpoint: None,
     };
     tokio::select! {
         _ = run_forever(ctx) => {}
@@ -49,10 +71,10 @@ pub async fn run(data_dir: &Path, bind_ip: Option<IpAddr>) -> Result<()> {
 
 /// Waits for the container engine: an agent that starts before Docker
 /// (at boot) must not give up.
-async fn connect_engine(node: &str, data_dir: &Path, bind_ip: Option<IpAddr>) -> Reconciler {
+async fn connect_engine(owner: Owner, data_dir: &Path, wake: Arc<Notify>) -> Reconciler {
     let mut wait = Duration::from_secs(1);
     loop {
-        match Reconciler::connect(node, data_dir, bind_ip).await {
+        match Reconciler::connect(owner.clone(), data_dir, wake.clone()).await {
             Ok(r) => return r,
             Err(e) => {
                 tracing::error!(error = %e, retry_in = ?wait, "cannot reach the container engine");
@@ -63,25 +85,20 @@ async fn connect_engine(node: &str, data_dir: &Path, bind_ip: Option<IpAddr>) ->
     }
 }
 
-async fn reconcile_forever(
-    mut reconciler: Reconciler,
-    mut desired: watch::Receiver<fogmesh_common::wire::DesiredState>,
-    status: watch::Sender<NodeStatus>,
-) {
+/// Passes run when the desired state changes, when Docker reports that a
+/// container of this node died, when a probe result changes, when the
+/// reconciler has something scheduled (a restart back-off ends), and at
+/// least every `RECONCILE_INTERVAL`.
+async fn reconcile_forever(mut reconciler: Reconciler, mut desired: watch::Receiver<Applied>, board: StatusBoard, wake: Arc<Notify>) {
     loop {
         let state = desired.borrow_and_update().clone();
-        let containers = reconciler.reconcile(&state.containers).await;
-        let observed = NodeStatus { generation: state.generation, containers };
-        status.send_if_modified(|current| {
-            let changed = *current != observed;
-            if changed {
-                *current = observed;
-            }
-            changed
-        });
+        let containers = reconciler.reconcile(state.as_ref().map(|s| s.containers.as_slice())).await;
+        board.set_containers(state.as_ref().map_or(0, |s| s.generation), containers);
+        let next = reconciler.next_wake().map_or(RECONCILE_INTERVAL, |at| at.saturating_duration_since(Instant::now())).min(RECONCILE_INTERVAL);
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            _ = wake.notified() => tokio::time::sleep(EVENT_DEBOUNCE).await,
+            _ = tokio::time::sleep(next) => {}
         }
     }
 }

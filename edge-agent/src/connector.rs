@@ -1,7 +1,8 @@
 //! The agent's link to the master: joining with a token, then a session
 //! loop that reconnects forever with exponential back-off and jitter.
 //!
-//! Invariant: a desired state is acked only after the local store flushed it.
+//! Invariant: a desired state is acked only after the persister reported it
+//! durable; the session loop never waits for the disk itself.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -9,13 +10,15 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use fogmesh_common::codec::{forward_frames, read_frame, write_frame};
 use fogmesh_common::pki::{node_key_and_csr, JoinToken};
-use fogmesh_common::tls::{quic_join_client_config, quic_node_client_config};
-use fogmesh_common::wire::{AgentMessage, Capacity, DesiredState, Hello, JoinRequest, MasterMessage, NodeStatus, PROTOCOL_VERSION};
+use fogmesh_common::tls::{quic_join_client_config, quic_node_client_config, QuicTiming};
+use fogmesh_common::wire::{
+    AgentMessage, AppDesired, Capacity, DesiredState, Hello, JoinRequest, MasterMessage, NodeStatus, Refusal, PROTOCOL_VERSION,
+};
 use quinn::Endpoint;
 use tokio::sync::{mpsc, watch};
 
 use crate::identity::{Identity, NodeInfo};
-use crate::local_store::LocalStore;
+use crate::persister::Command;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -27,6 +30,8 @@ pub struct JoinOptions {
     pub public_ip: Option<String>,
     pub name: Option<String>,
     pub labels: Vec<(String, String)>,
+    /// Take over a node already registered with this public IP.
+    pub replace: bool,
 }
 
 /// Presents the join token and a CSR; returns the identity the master issued.
@@ -53,6 +58,7 @@ pub async fn join(opts: &JoinOptions) -> Result<Identity> {
         name: opts.name.clone(),
         public_ip: public_ip.clone(),
         labels: opts.labels.clone(),
+        replace: opts.replace,
     };
     write_frame(&mut send, &AgentMessage::Join(request)).await?;
     let reply: Option<MasterMessage> = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut recv)).await.context("the master did not answer the join")??;
@@ -64,7 +70,7 @@ pub async fn join(opts: &JoinOptions) -> Result<Identity> {
             cert_pem: resp.cert_pem,
             ca_pem: resp.ca_pem,
         }),
-        Some(MasterMessage::Refused { reason }) => bail!("the master refused to join this node: {reason}"),
+        Some(MasterMessage::Refused { reason, .. }) => bail!("the master refused to join this node: {reason}"),
         Some(_) => bail!("the master answered the join with an unexpected message"),
         None => bail!("the master closed the connection without answering the join"),
     }
@@ -73,41 +79,53 @@ pub async fn join(opts: &JoinOptions) -> Result<Identity> {
 /// What a session needs from the rest of the agent.
 pub struct SessionContext {
     pub identity: Identity,
-    pub store: LocalStore,
-    pub desired: watch::Sender<DesiredState>,
+    /// Where complete desired states go to be stored (and then applied).
+    pub commands: mpsc::UnboundedSender<Command>,
+    /// Newest durably stored generation: what the agent acks.
+    pub durable: watch::Receiver<u64>,
     pub status: watch::Receiver<NodeStatus>,
     pub capacity: Capacity,
     pub runtime_version: String,
+    pub timing: QuicTiming,
+    /// A shared client endpoint (the simulator runs many nodes on one); the
+    /// agent opens one per session when `None`.
+    pub endpoint: Option<Endpoint>,
 }
 
 /// Keeps a session with the master open, reconnecting forever. Workloads
 /// keep running whatever happens here.
 pub async fn run_forever(ctx: SessionContext) {
+    let node = ctx.identity.info.node_name.clone();
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
         match session(&ctx).await {
-            Ok(()) => tracing::info!("the master closed the session"),
-            Err(SessionError::Refused(reason)) => {
-                // Keep the identity and the workloads; an operator must act.
-                tracing::error!(%reason, "the master refused this node; workloads keep running; retrying later");
+            Ok(()) => tracing::info!(%node, "the master closed the session; workloads keep running"),
+            Err(SessionError::Refused { reason, kind: Refusal::Revoked }) => {
+                tracing::error!(%node, %reason, "the master removed this node: removing its workloads; join again with a new token to return");
+                let _ = ctx.commands.send(Command::Decommission { reason });
                 backoff = MAX_BACKOFF;
             }
-            Err(SessionError::Failed(e)) => tracing::warn!(error = %format!("{e:#}"), "master unreachable or session failed; workloads keep running"),
+            Err(SessionError::Refused { reason, .. }) => {
+                // Keep the identity and the workloads; an operator must act.
+                tracing::error!(%node, %reason, "the master refused this node; workloads keep running; retrying later");
+                backoff = MAX_BACKOFF;
+            }
+            Err(SessionError::Failed(e)) => tracing::warn!(%node, "{e:#}; workloads keep running"),
         }
         // A session that lasted was a success: start over from the shortest wait.
         if started.elapsed() > Duration::from_secs(30) && backoff < MAX_BACKOFF {
             backoff = MIN_BACKOFF;
         }
         let wait = with_jitter(backoff);
-        tracing::info!(retry_in = ?wait, "reconnecting to the master");
+        tracing::info!(%node, retry_in = ?wait, "reconnecting to the master");
         tokio::time::sleep(wait).await;
         backoff = next_backoff(backoff);
     }
 }
 
 enum SessionError {
-    Refused(String),
+    Refused { reason: String, kind: Refusal },
     Failed(anyhow::Error),
 }
 
@@ -120,13 +138,43 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
 async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
     let info = &ctx.identity.info;
     let (addr, host) = resolve(&info.master).await?;
-    let endpoint = client_endpoint(addr)?;
-    let config = quic_node_client_config(&ctx.identity.ca_pem, &ctx.identity.cert_pem, &ctx.identity.key_pem)?;
+    let endpoint = match &ctx.endpoint {
+        Some(e) => e.clone(),
+        None => client_endpoint(addr)?,
+    };
+    let config = quic_node_client_config(&ctx.identity.ca_pem, &ctx.identity.cert_pem, &ctx.identity.key_pem, &ctx.timing)?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &host)?)
         .await
-        .map_err(|_| anyhow!("no answer from the master at {} within {CONNECT_TIMEOUT:?}", info.master))??;
+        .map_err(|_| anyhow!("master unreachable: no answer from {} within {CONNECT_TIMEOUT:?}", info.master))?
+        .map_err(|e| anyhow!("master unreachable at {}: {e}", info.master))?;
+    let result = run_session(ctx, &conn).await;
+    // Say why the link ended in terms of the link when it was the link.
+    let result = match (result, conn.close_reason()) {
+        (Err(SessionError::Failed(e)), Some(reason)) => Err(SessionError::Failed(link_failure(&info.master, &reason, &ctx.timing).unwrap_or(e))),
+        (other, _) => other,
+    };
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+/// A readable account of a connection that ended, or `None` when the
+/// connection itself is fine (the failure was elsewhere).
+fn link_failure(master: &str, reason: &quinn::ConnectionError, timing: &QuicTiming) -> Option<anyhow::Error> {
+    use quinn::ConnectionError::*;
+    Some(match reason {
+        TimedOut => anyhow!("master unreachable: no answer from {master} for {:?}", timing.idle_timeout),
+        ApplicationClosed(close) => anyhow!("the master at {master} closed the connection: {}", String::from_utf8_lossy(&close.reason)),
+        Reset => anyhow!("master unreachable: {master} reset the connection (it restarted?)"),
+        LocallyClosed => return None,
+        other => anyhow!("lost the connection to the master at {master}: {other}"),
+    })
+}
+
+async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(), SessionError> {
+    let info = &ctx.identity.info;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let stored = ctx.store.desired()?;
+    let mut durable = ctx.durable.clone();
+    let acked = *durable.borrow_and_update();
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         node_name: info.node_name.clone(),
@@ -135,31 +183,54 @@ async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
         capacity: ctx.capacity.clone(),
         runtime_version: ctx.runtime_version.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        acked_generation: stored.generation,
+        acked_generation: acked,
     };
     write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
     let heartbeat = match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut recv)).await.map_err(|_| anyhow!("no welcome in time"))?? {
         Some(MasterMessage::Welcome { heartbeat_interval_ms, .. }) => Duration::from_millis(heartbeat_interval_ms.clamp(500, 60_000)),
-        Some(MasterMessage::Refused { reason }) => return Err(SessionError::Refused(reason)),
+        Some(MasterMessage::Refused { reason, kind }) => return Err(SessionError::Refused { reason, kind }),
         Some(_) => return Err(anyhow!("the master did not welcome this node").into()),
         None => return Err(anyhow!("the master closed the stream").into()),
     };
-    tracing::info!(master = %info.master, node = %info.node_name, generation = stored.generation, "connected to the master");
+    tracing::info!(master = %info.master, node = %info.node_name, generation = acked, "connected to the master");
 
     let (tx, mut frames) = mpsc::channel(8);
     let reader = tokio::spawn(forward_frames(recv, tx));
     let mut status = ctx.status.clone();
     let mut tick = tokio::time::interval(heartbeat);
-    write_frame(&mut send, &AgentMessage::Status(status.borrow_and_update().clone())).await?;
+    let mut incoming = IncomingState::default();
+    let first = status.borrow_and_update().clone();
+    write_frame(&mut send, &AgentMessage::Status(first)).await?;
     let result = loop {
         tokio::select! {
             frame = frames.recv() => match frame {
-                Some(Ok(MasterMessage::Desired(state))) => accept_desired(ctx, &mut send, state).await?,
-                Some(Ok(MasterMessage::Refused { reason })) => break Err(SessionError::Refused(reason)),
+                Some(Ok(MasterMessage::DesiredApp { generation, app })) => incoming.add(generation, app),
+                Some(Ok(MasterMessage::DesiredDone { generation, apps })) => {
+                    let state = match incoming.finish(generation, apps) {
+                        Ok(state) => state,
+                        Err(e) => break Err(e.into()),
+                    };
+                    let stored = *durable.borrow();
+                    if state.generation <= stored {
+                        // Already durable: ack at once (e.g. a resend after reconnect).
+                        write_frame(&mut send, &AgentMessage::Ack { generation: stored }).await?;
+                    } else {
+                        tracing::info!(generation = state.generation, containers = state.containers.len(), "new desired state received");
+                        let _ = ctx.commands.send(Command::Apply(state));
+                    }
+                }
+                Some(Ok(MasterMessage::Refused { reason, kind })) => break Err(SessionError::Refused { reason, kind }),
                 Some(Ok(_)) => tracing::warn!("ignoring an unexpected message from the master"),
                 Some(Err(e)) => break Err(anyhow::Error::from(e).context("bad frame from the master").into()),
                 None => break Ok(()),
             },
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                let generation = *durable.borrow_and_update();
+                write_frame(&mut send, &AgentMessage::Ack { generation }).await?;
+            }
             changed = status.changed() => {
                 if changed.is_err() {
                     break Ok(());
@@ -171,20 +242,33 @@ async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
         }
     };
     reader.abort();
-    conn.close(0u32.into(), b"bye");
     result
 }
 
-/// Persist, then hand to the reconciler, then ack: never ack what is not durable.
-async fn accept_desired(ctx: &SessionContext, send: &mut quinn::SendStream, state: DesiredState) -> Result<()> {
-    let current = ctx.store.desired()?;
-    if state.generation > current.generation {
-        ctx.store.put_desired(&state).await?;
-        tracing::info!(generation = state.generation, containers = state.containers.len(), "new desired state stored");
-        ctx.desired.send_replace(state.clone());
+/// A desired state arriving app by app.
+#[derive(Default)]
+struct IncomingState {
+    generation: u64,
+    parts: Vec<AppDesired>,
+}
+
+impl IncomingState {
+    fn add(&mut self, generation: u64, app: AppDesired) {
+        if generation != self.generation {
+            self.generation = generation;
+            self.parts.clear();
+        }
+        self.parts.push(app);
     }
-    write_frame(send, &AgentMessage::Ack { generation: state.generation.max(current.generation) }).await?;
-    Ok(())
+
+    /// The whole state once `DesiredDone` arrived, if every part came.
+    fn finish(&mut self, generation: u64, apps: u32) -> Result<DesiredState> {
+        let parts = if generation == self.generation { std::mem::take(&mut self.parts) } else { Vec::new() };
+        if parts.len() != apps as usize {
+            bail!("the master sent {} of {apps} app parts of desired state {generation}", parts.len());
+        }
+        Ok(DesiredState { generation, containers: parts.into_iter().flat_map(|p| p.containers).collect() })
+    }
 }
 
 /// `HOST:PORT` to an address and the name to verify the master as.

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use fogmesh_agent::agent::RunOptions;
 use fogmesh_agent::connector::{join, JoinOptions};
+use fogmesh_agent::simulate::SimulateOptions;
 use fogmesh_agent::identity::IdentityFiles;
 
 /// fogmesh-agent: the agent on a fog or edge device.
@@ -24,12 +26,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Join a cluster with a single-use token: gets this node its certificate.
+    /// Join a cluster with a join token: gets this node its certificate.
     Join {
         #[command(flatten)]
         join: JoinArgs,
+        /// The master's agent endpoint (QUIC), e.g. 203.0.113.5:7401.
         #[arg(long, value_name = "HOST:PORT")]
         master: String,
+        /// Join token from `fogmesh token create`; prefer the environment
+        /// variable, so the token does not show in the process list.
         #[arg(long, env = "FOGMESH_JOIN_TOKEN", hide_env_values = true)]
         token: String,
     },
@@ -38,15 +43,67 @@ enum Command {
     Run {
         #[command(flatten)]
         join: JoinArgs,
+        /// The master's agent endpoint (QUIC), e.g. 203.0.113.5:7401; needed only to join.
         #[arg(long, value_name = "HOST:PORT", requires = "token")]
         master: Option<String>,
+        /// Join token, needed only to join (see `join --token`).
         #[arg(long, env = "FOGMESH_JOIN_TOKEN", hide_env_values = true, requires = "master")]
         token: Option<String>,
-        /// Address to publish container ports on (default: the public IP if
-        /// this machine has it, else all addresses).
-        #[arg(long, value_name = "IP")]
-        bind_ip: Option<IpAddr>,
+        #[command(flatten)]
+        run: RunArgs,
     },
+    /// Simulate a fleet: COUNT nodes in this process, each joined with its
+    /// own certificate and its own QUIC session, with a fake container
+    /// runtime. For fleet-scale tests and benchmarks.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// The master's agent endpoint (QUIC), e.g. 127.0.0.1:7401.
+    #[arg(long, value_name = "HOST:PORT")]
+    master: String,
+    /// Join token good for --count joins (`fogmesh token create --uses N`);
+    /// needed only for nodes that have not joined yet.
+    #[arg(long, env = "FOGMESH_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Number of simulated nodes.
+    #[arg(long)]
+    count: usize,
+    /// Folder with one sub-folder (identity, store) per simulated node.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Node names are PREFIX-N.
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    /// Node N gets the public IP IP_BASE + N.
+    #[arg(long, default_value = "10.200.0.0")]
+    ip_base: std::net::Ipv4Addr,
+    /// How long a simulated container takes to start.
+    #[arg(long, default_value = "0s", value_parser = duration_arg_zero)]
+    start_delay: std::time::Duration,
+    /// Joins in flight at once.
+    #[arg(long, default_value_t = 32)]
+    join_concurrency: usize,
+    /// A master silent for this long counts as unreachable.
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    master_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Address to publish container ports on (default: the public IP if
+    /// this machine has it, else all addresses).
+    #[arg(long, value_name = "IP")]
+    bind_ip: Option<IpAddr>,
+    /// Label K=V put on every container this agent creates (repeatable),
+    /// e.g. to find them later.
+    #[arg(long = "container-label", value_name = "K=V", value_parser = label)]
+    container_labels: Vec<(String, String)>,
+    /// A master silent for this long counts as unreachable (QUIC idle
+    /// timeout; the agent pings four times as often).
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    master_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -57,11 +114,33 @@ struct JoinArgs {
     /// The node's public IP, its identity in ADTs (default: the local address towards the master).
     #[arg(long, value_name = "IP")]
     public_ip: Option<String>,
+    /// Node name (default: the name of a node declared with this public IP,
+    /// else node-IP).
     #[arg(long)]
     name: Option<String>,
-    /// Label k=v (repeatable).
+    /// Node label K=V (repeatable).
     #[arg(long = "label", value_name = "K=V", value_parser = label)]
     labels: Vec<(String, String)>,
+    /// Take over the node already registered with this public IP: its old
+    /// certificate is revoked and its old agent is refused from then on.
+    #[arg(long)]
+    replace: bool,
+}
+
+fn duration_arg_zero(text: &str) -> Result<std::time::Duration, String> {
+    if let Some(ms) = text.strip_suffix("ms").and_then(|n| n.parse::<u64>().ok()) {
+        return Ok(std::time::Duration::from_millis(ms));
+    }
+    fogmesh_common::adt::quantity::parse_duration_seconds(text)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is not a duration like 200ms, 0s or 2s"))
+}
+
+fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    fogmesh_common::adt::quantity::parse_duration_seconds(text)
+        .filter(|s| *s > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is not a duration like 10s or 1m"))
 }
 
 fn label(arg: &str) -> Result<(String, String), String> {
@@ -98,19 +177,34 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             do_join(&files, args, master, token).await
         }
-        Command::Run { join: args, master, token, bind_ip } => {
+        Command::Run { join: args, master, token, run } => {
             let files = IdentityFiles::new(&args.data_dir);
+            let data_dir = args.data_dir.clone();
             if let (Some(master), Some(token), false) = (master, token, files.exists()) {
-                do_join(&files, JoinArgs { data_dir: args.data_dir.clone(), ..args }, master, token).await?;
+                do_join(&files, args, master, token).await?;
             }
-            let data_dir = args.data_dir;
-            fogmesh_agent::agent::run(&data_dir, bind_ip).await
+            let options = RunOptions { bind_ip: run.bind_ip, container_labels: run.container_labels, master_timeout: run.master_timeout };
+            fogmesh_agent::agent::run(&data_dir, options).await
+        }
+        Command::Simulate(a) => {
+            fogmesh_agent::simulate::run(SimulateOptions {
+                master: a.master,
+                token: a.token,
+                count: a.count,
+                data_dir: a.data_dir,
+                prefix: a.prefix,
+                ip_base: a.ip_base,
+                start_delay: a.start_delay,
+                join_concurrency: a.join_concurrency,
+                master_timeout: a.master_timeout,
+            })
+            .await
         }
     }
 }
 
 async fn do_join(files: &IdentityFiles, args: JoinArgs, master: String, token: String) -> Result<()> {
-    let identity = join(&JoinOptions { master, token, public_ip: args.public_ip, name: args.name, labels: args.labels }).await?;
+    let identity = join(&JoinOptions { master, token, public_ip: args.public_ip, name: args.name, labels: args.labels, replace: args.replace }).await?;
     files.save(&identity)?;
     println!("joined as node {} (public IP {})", identity.info.node_name, identity.info.public_ip);
     Ok(())

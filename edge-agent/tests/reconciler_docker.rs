@@ -10,12 +10,15 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use bollard::models::ContainerInspectResponse;
 use bollard::Docker;
-use fogmesh_agent::reconciler::Reconciler;
+use fogmesh_agent::reconciler::{container_name, Owner, Reconciler};
 use fogmesh_common::wire::{
-    ContainerSpec, ContainerState, ContainerStatus, MountSource, MountSpec, PortSpec, Protocol,
+    ContainerSpec, ContainerState, ContainerStatus, MountSource, MountSpec, PortSpec, Probe, ProbeAction, Protocol,
 };
+use tokio::sync::Notify;
 
 const IMAGE: &str = "fogmesh/busybox:test";
 
@@ -68,13 +71,14 @@ fn setup(test: &str, nodes: &[&str]) -> (Vec<String>, PathBuf, Cleanup) {
     (names, dir, cleanup)
 }
 
-fn spec(name: &str) -> ContainerSpec {
+/// A spec keyed `app1.WORKLOAD.1`, running `sleep` forever.
+fn spec(workload: &str) -> ContainerSpec {
     ContainerSpec {
-        name: name.into(),
+        name: format!("app1.{workload}.1"),
         app_id: "app1".into(),
-        app_name: "App one".into(),
-        workload: name.into(),
-        replica: 0,
+        app_name: "one".into(),
+        workload: workload.into(),
+        replica: 1,
         image: IMAGE.into(),
         command: vec![],
         args: vec![],
@@ -84,9 +88,22 @@ fn spec(name: &str) -> ContainerSpec {
         cpu_millis: None,
         memory_bytes: None,
         privileged: false,
+        host_network: false,
         working_dir: None,
         labels: vec![],
+        liveness: None,
+        readiness: None,
     }
+}
+
+/// The Docker name of the container of this very version of `s`.
+fn cname(node: &str, s: &ContainerSpec) -> String {
+    container_name(node, s, &s.spec_hash())
+}
+
+async fn connect(node: &str, dir: &Path, bind_ip: Option<&str>) -> Reconciler {
+    let owner = Owner { node: node.into(), bind_ip: bind_ip.map(|ip| ip.parse().unwrap()), extra_labels: vec![] };
+    Reconciler::connect(owner, dir, Arc::new(Notify::new())).await.expect("connect").with_rollback_window(Duration::from_secs(2))
 }
 
 async fn docker() -> Docker {
@@ -121,22 +138,35 @@ fn by_name<'a>(statuses: &'a [ContainerStatus], name: &str) -> &'a ContainerStat
     statuses.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no status for {name}: {statuses:?}"))
 }
 
-/// Reconciles every 200 ms until every desired container reports Running.
+/// Reconciles every 100 ms until every desired container runs its spec.
 async fn reconcile_until_running(rec: &mut Reconciler, desired: &[ContainerSpec]) -> Vec<ContainerStatus> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let statuses = rec.reconcile(desired).await;
-        if statuses.iter().all(|s| s.state == ContainerState::Running) {
+        let statuses = rec.reconcile(Some(desired)).await;
+        if statuses.iter().all(|s| s.runs_desired()) {
             return statuses;
         }
         assert!(Instant::now() < deadline, "containers did not all run within 10 s: {statuses:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reconciles until `done` holds for the statuses, or panics after `secs`.
+async fn reconcile_until(rec: &mut Reconciler, desired: &[ContainerSpec], secs: u64, done: impl Fn(&[ContainerStatus]) -> bool) -> Vec<ContainerStatus> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let statuses = rec.reconcile(Some(desired)).await;
+        if done(&statuses) {
+            return statuses;
+        }
+        assert!(Instant::now() < deadline, "not reached within {secs} s: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Reconciles to nothing and checks the node has no containers left.
 async fn remove_all(rec: &mut Reconciler, node: &str) {
-    assert!(rec.reconcile(&[]).await.is_empty());
+    assert!(rec.reconcile(Some(&[])).await.is_empty());
     assert_eq!(owned_ids(node), Vec::<String>::new(), "containers of {node} left behind");
 }
 
@@ -175,14 +205,12 @@ async fn creates_containers_with_their_settings_and_leaves_them_alone() {
     let (nodes, dir, _cleanup) = setup("create", &["n"]);
     let node = &nodes[0];
     let docker = docker().await;
-    let mut rec = Reconciler::connect(node, &dir.join("data"), Some("127.0.0.1".parse().unwrap()))
-        .await
-        .expect("connect");
+    let mut rec = connect(node, &dir.join("data"), Some("127.0.0.1")).await;
     assert!(rec.runtime_version().await.expect("version").starts_with("docker "));
 
     let host_dir = dir.join("host/does/not/exist/yet");
     let port = free_port();
-    let mut web = spec("app1-web");
+    let mut web = spec("web");
     web.env = vec![("GREETING".into(), "hello world".into())];
     web.ports = vec![PortSpec { container_port: 8080, host_port: Some(port), protocol: Protocol::Tcp }];
     web.memory_bytes = Some(64 * 1024 * 1024);
@@ -199,24 +227,28 @@ async fn creates_containers_with_their_settings_and_leaves_them_alone() {
     web.command = vec!["/bin/sh".into(), "-c".into()];
     web.args = vec!["echo \"$GREETING\" > /data/env; cat /etc/fm/motd > /data/motd; exec sleep 3600".into()];
 
-    let first = rec.reconcile(std::slice::from_ref(&web)).await;
-    assert_eq!(by_name(&first, "app1-web").last_error, None, "{first:?}");
+    let first = rec.reconcile(Some(std::slice::from_ref(&web))).await;
+    assert_eq!(by_name(&first, "app1.web.1").last_error, None, "{first:?}");
     let statuses = reconcile_until_running(&mut rec, std::slice::from_ref(&web)).await;
     assert_eq!(statuses[0].restarts, 0);
     assert_eq!(statuses[0].app_id, "app1");
+    assert_eq!(statuses[0].running_spec.as_deref(), Some(web.spec_hash().as_str()));
 
-    let cname = format!("fm-{node}-app1-web");
-    let info = inspect(&docker, &cname).await.expect("container exists");
+    let name = cname(node, &web);
+    assert!(name.starts_with(&format!("fm-{node}-one-web-1-")), "{name}");
+    let info = inspect(&docker, &name).await.expect("container exists");
     let config = info.config.clone().expect("config");
     assert!(config.env.unwrap_or_default().contains(&"GREETING=hello world".to_string()));
     assert_eq!(config.entrypoint, Some(web.command.clone()));
     assert_eq!(config.cmd, Some(web.args.clone()));
     let labels = config.labels.unwrap_or_default();
     assert_eq!(labels.get("fogmesh.node"), Some(node));
-    assert_eq!(labels.get("fogmesh.name").map(String::as_str), Some("app1-web"));
+    assert_eq!(labels.get("fogmesh.name").map(String::as_str), Some("app1.web.1"));
     assert_eq!(labels.get("fogmesh.app").map(String::as_str), Some("app1"));
+    assert_eq!(labels.get("fogmesh.app-name").map(String::as_str), Some("one"));
     assert_eq!(labels.get("team").map(String::as_str), Some("edge"));
-    assert_eq!(labels.get("fogmesh.spec").map(String::len), Some(64));
+    assert_eq!(labels.get("fogmesh.spec"), Some(&web.spec_hash()));
+    assert_eq!(labels.get("fogmesh.host-ports"), Some(&format!("{port}/tcp")));
 
     let hc = info.host_config.clone().expect("host config");
     assert_eq!(hc.memory, Some(64 * 1024 * 1024));
@@ -241,9 +273,9 @@ async fn creates_containers_with_their_settings_and_leaves_them_alone() {
 
     // A second pass with the same spec touches nothing.
     let started_at = info.state.and_then(|s| s.started_at);
-    let again = rec.reconcile(std::slice::from_ref(&web)).await;
+    let again = rec.reconcile(Some(std::slice::from_ref(&web))).await;
     assert_eq!(again[0].state, ContainerState::Running);
-    let info2 = inspect(&docker, &cname).await.expect("still exists");
+    let info2 = inspect(&docker, &name).await.expect("still exists");
     assert_eq!(info2.id, info.id);
     assert_eq!(info2.state.and_then(|s| s.started_at), started_at);
 
@@ -251,26 +283,104 @@ async fn creates_containers_with_their_settings_and_leaves_them_alone() {
 }
 
 #[tokio::test]
-async fn a_changed_spec_replaces_only_its_container() {
+async fn a_changed_spec_replaces_only_its_container_new_before_old() {
     let (nodes, dir, _cleanup) = setup("update", &["n"]);
     let node = &nodes[0];
     let docker = docker().await;
-    let mut rec = Reconciler::connect(node, &dir, None).await.expect("connect");
+    let mut rec = connect(node, &dir, None).await;
 
-    let mut a = spec("app1-a");
+    let mut a = spec("a");
     a.env = vec![("V".into(), "1".into())];
-    let b = spec("app1-b");
+    let b = spec("b");
     reconcile_until_running(&mut rec, &[a.clone(), b.clone()]).await;
-    let (a_name, b_name) = (format!("fm-{node}-app1-a"), format!("fm-{node}-app1-b"));
-    let (a_id, b_id) = (id_of(&docker, &a_name).await, id_of(&docker, &b_name).await);
+    let (a_old, b_id) = (id_of(&docker, &cname(node, &a)).await, id_of(&docker, &cname(node, &b)).await);
 
     a.env = vec![("V".into(), "2".into())];
     reconcile_until_running(&mut rec, &[a.clone(), b.clone()]).await;
-    let a_info = inspect(&docker, &a_name).await.expect("a exists");
-    assert_ne!(a_info.id.as_deref(), Some(a_id.as_str()), "a was not replaced");
+    let a_info = inspect(&docker, &cname(node, &a)).await.expect("new a exists");
     assert!(a_info.config.and_then(|c| c.env).unwrap_or_default().contains(&"V=2".to_string()));
-    assert!(inspect(&docker, &a_id).await.is_none(), "old a is still there");
-    assert_eq!(id_of(&docker, &b_name).await, b_id, "b was replaced");
+    // Make before break: the old version still runs while the new one proves itself.
+    assert!(is_running(&docker, &a_old).await, "the old version went before the new one settled");
+    assert_eq!(id_of(&docker, &cname(node, &b)).await, b_id, "b was replaced");
+    // After the rollback window the old version goes.
+    reconcile_until(&mut rec, &[a.clone(), b.clone()], 10, |_| owned_ids(node).len() == 2).await;
+    assert!(inspect(&docker, &a_old).await.is_none(), "old a is still there");
+
+    remove_all(&mut rec, node).await;
+}
+
+#[tokio::test]
+async fn an_update_to_a_missing_image_keeps_the_old_version_serving() {
+    let (nodes, dir, _cleanup) = setup("badimage", &["n"]);
+    let node = &nodes[0];
+    let docker = docker().await;
+    let mut rec = connect(node, &dir, None).await;
+    let good = spec("web");
+    reconcile_until_running(&mut rec, std::slice::from_ref(&good)).await;
+    let old = id_of(&docker, &cname(node, &good)).await;
+
+    let mut bad = good.clone();
+    bad.image = "nosuch:tag".into();
+    let st = reconcile_until(&mut rec, std::slice::from_ref(&bad), 25, |s| s[0].state == ContainerState::Failed).await;
+    let err = st[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("nosuch:tag"), "{err}");
+    assert_eq!(st[0].running_spec.as_deref(), Some(good.spec_hash().as_str()), "the old version is reported serving");
+    assert!(!st[0].runs_desired());
+    assert!(is_running(&docker, &old).await, "the old container must keep running");
+    assert_eq!(owned_ids(node), vec![old.clone()]);
+
+    remove_all(&mut rec, node).await;
+}
+
+#[tokio::test]
+async fn same_host_port_stops_old_first_and_brings_it_back_when_the_new_one_cannot_start() {
+    let (nodes, dir, _cleanup) = setup("portswap", &["n"]);
+    let node = &nodes[0];
+    let docker = docker().await;
+    let mut rec = connect(node, &dir, Some("127.0.0.1")).await;
+    let port = free_port();
+    let mut web = spec("web");
+    // Stops at once on SIGTERM (a bare httpd as PID 1 would take the 10 s grace).
+    web.command = vec!["/bin/sh".into(), "-c".into(), "trap 'exit 0' TERM; /bin/httpd -f -p 8080 & wait".into()];
+    web.ports = vec![PortSpec { container_port: 8080, host_port: Some(port), protocol: Protocol::Tcp }];
+    reconcile_until_running(&mut rec, std::slice::from_ref(&web)).await;
+    let old = id_of(&docker, &cname(node, &web)).await;
+
+    // The new version cannot start (no such executable): the old one is back.
+    let mut broken = web.clone();
+    broken.command = vec!["/no/such/binary".into()];
+    let st = reconcile_until(&mut rec, std::slice::from_ref(&broken), 15, |s| s[0].state == ContainerState::Failed).await;
+    assert!(st[0].last_error.as_deref().unwrap_or("").contains("previous version keeps running"), "{st:?}");
+    assert!(is_running(&docker, &old).await, "the old version was not brought back");
+    assert_eq!(st[0].running_spec.as_deref(), Some(web.spec_hash().as_str()));
+
+    // A good new version with the same port takes over.
+    let mut v2 = web.clone();
+    v2.env = vec![("V".into(), "2".into())];
+    reconcile_until_running(&mut rec, std::slice::from_ref(&v2)).await;
+    assert!(is_running(&docker, &cname(node, &v2)).await);
+    assert!(!is_running(&docker, &old).await, "old and new cannot both hold the port");
+
+    remove_all(&mut rec, node).await;
+}
+
+#[tokio::test]
+async fn a_new_version_that_dies_right_after_the_update_is_rolled_back() {
+    let (nodes, dir, _cleanup) = setup("rollback", &["n"]);
+    let node = &nodes[0];
+    let docker = docker().await;
+    let mut rec = connect(node, &dir, None).await;
+    let good = spec("worker");
+    reconcile_until_running(&mut rec, std::slice::from_ref(&good)).await;
+    let old = id_of(&docker, &cname(node, &good)).await;
+
+    let mut crashing = good.clone();
+    crashing.command = vec!["/bin/sh".into(), "-c".into(), "sleep 0.5; exit 3".into()];
+    let st = reconcile_until(&mut rec, std::slice::from_ref(&crashing), 15, |s| s[0].state == ContainerState::Failed).await;
+    let err = st[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("exited with code 3") && err.contains("brought back the previous version"), "{err}");
+    assert!(is_running(&docker, &old).await);
+    assert_eq!(owned_ids(node), vec![old]);
 
     remove_all(&mut rec, node).await;
 }
@@ -280,7 +390,7 @@ async fn removes_only_its_own_undesired_containers() {
     let (nodes, dir, mut cleanup) = setup("removal", &["n"]);
     let node = &nodes[0];
     let docker = docker().await;
-    let mut rec = Reconciler::connect(node, &dir, None).await.expect("connect");
+    let mut rec = connect(node, &dir, None).await;
 
     // Not ours: another node's container and an operator's unlabelled one.
     let pid = std::process::id();
@@ -295,14 +405,14 @@ async fn removes_only_its_own_undesired_containers() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
-    let (a, b) = (spec("app1-a"), spec("app1-b"));
+    let (a, b) = (spec("a"), spec("b"));
     reconcile_until_running(&mut rec, &[a.clone(), b.clone()]).await;
-    let a_id = id_of(&docker, &format!("fm-{node}-app1-a")).await;
+    let a_id = id_of(&docker, &cname(node, &a)).await;
 
-    let statuses = rec.reconcile(std::slice::from_ref(&a)).await;
+    let statuses = rec.reconcile(Some(std::slice::from_ref(&a))).await;
     assert_eq!(statuses.len(), 1);
-    assert!(inspect(&docker, &format!("fm-{node}-app1-b")).await.is_none(), "b was not removed");
-    assert_eq!(id_of(&docker, &format!("fm-{node}-app1-a")).await, a_id);
+    assert!(inspect(&docker, &cname(node, &b)).await.is_none(), "b was not removed");
+    assert_eq!(id_of(&docker, &cname(node, &a)).await, a_id);
     assert!(is_running(&docker, &other).await, "another node's container was touched");
     assert!(is_running(&docker, &plain).await, "an unlabelled container was touched");
 
@@ -311,37 +421,61 @@ async fn removes_only_its_own_undesired_containers() {
 }
 
 #[tokio::test]
-async fn restarts_a_killed_container_with_back_off() {
+async fn without_a_desired_state_it_keeps_everything_and_restarts_the_dead() {
+    let (nodes, dir, _cleanup) = setup("adopt", &["n"]);
+    let node = &nodes[0];
+    let docker = docker().await;
+    let mut rec = connect(node, &dir, None).await;
+    let (a, b) = (spec("a"), spec("b"));
+    reconcile_until_running(&mut rec, &[a.clone(), b.clone()]).await;
+
+    // A new reconciler that knows nothing (lost store): removes nothing.
+    let mut lost = connect(node, &dir, None).await;
+    let out = Command::new("docker").args(["kill", &cname(node, &b)]).output().expect("docker kill");
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = lost.reconcile(None).await;
+        assert_eq!(st.len(), 2, "{st:?}");
+        if is_running(&docker, &cname(node, &a)).await && is_running(&docker, &cname(node, &b)).await {
+            assert!(st.iter().any(|s| s.name == "app1.b.1"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the killed container was not restarted: {st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(owned_ids(node).len(), 2);
+
+    remove_all(&mut rec, node).await;
+}
+
+#[tokio::test]
+async fn a_killed_container_is_restarted_at_once() {
     let (nodes, dir, _cleanup) = setup("restart", &["n"]);
     let node = &nodes[0];
     let docker = docker().await;
-    let mut rec = Reconciler::connect(node, &dir, None).await.expect("connect");
+    let mut rec = connect(node, &dir, None).await;
 
-    let s = spec("app1-worker");
+    let s = spec("worker");
     reconcile_until_running(&mut rec, std::slice::from_ref(&s)).await;
-    let cname = format!("fm-{node}-app1-worker");
-    let id = id_of(&docker, &cname).await;
+    let name = cname(node, &s);
+    let id = id_of(&docker, &name).await;
 
-    let out = Command::new("docker").args(["kill", &cname]).output().expect("docker kill");
+    let out = Command::new("docker").args(["kill", &name]).output().expect("docker kill");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The first restart has no back-off: one pass brings it back.
+    let st = rec.reconcile(Some(std::slice::from_ref(&s))).await.remove(0);
+    assert_eq!(st.restarts, 1, "{st:?}");
+    assert!(is_running(&docker, &name).await);
+    assert_eq!(id_of(&docker, &name).await, id, "restarted, not recreated");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut saw_exited = false;
-    loop {
-        let st = rec.reconcile(std::slice::from_ref(&s)).await.remove(0);
-        if st.state == ContainerState::Exited {
-            saw_exited = true;
-            assert!(st.last_error.as_deref().unwrap_or("").contains("exited with code"), "{st:?}");
-        }
-        if st.state == ContainerState::Running && saw_exited {
-            assert!(st.restarts >= 1, "{st:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not restarted within 10 s: {st:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(is_running(&docker, &cname).await);
-    assert_eq!(id_of(&docker, &cname).await, id, "restarted, not recreated");
+    // Killed again at once: the second restart waits (back-off).
+    let out = Command::new("docker").args(["kill", &name]).output().expect("docker kill");
+    assert!(out.status.success());
+    let st = rec.reconcile(Some(std::slice::from_ref(&s))).await.remove(0);
+    assert_eq!(st.state, ContainerState::Exited, "{st:?}");
+    assert!(st.last_error.as_deref().unwrap_or("").contains("restarting in"), "{st:?}");
+    reconcile_until_running(&mut rec, std::slice::from_ref(&s)).await;
 
     remove_all(&mut rec, node).await;
 }
@@ -351,29 +485,20 @@ async fn a_missing_image_fails_that_container_only() {
     let (nodes, dir, _cleanup) = setup("image", &["n"]);
     let node = &nodes[0];
     let docker = docker().await;
-    let mut rec = Reconciler::connect(node, &dir, None).await.expect("connect");
+    let mut rec = connect(node, &dir, None).await;
 
-    let mut bad = spec("app1-bad");
+    let mut bad = spec("bad");
     bad.image = "fogmesh/does-not-exist:1".into();
-    let good = spec("app1-good");
+    let good = spec("good");
     let desired = [bad.clone(), good.clone()];
 
-    let deadline = Instant::now() + Duration::from_secs(25);
-    loop {
-        let statuses = rec.reconcile(&desired).await;
-        let (b, g) = (by_name(&statuses, "app1-bad"), by_name(&statuses, "app1-good"));
-        if b.state == ContainerState::Failed && g.state == ContainerState::Running {
-            let err = b.last_error.as_deref().unwrap_or("");
-            assert!(err.contains("fogmesh/does-not-exist:1") && err.contains("could not be pulled"), "{err}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "unexpected statuses: {statuses:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(is_running(&docker, &format!("fm-{node}-app1-good")).await);
-    assert!(inspect(&docker, &format!("fm-{node}-app1-bad")).await.is_none());
+    let statuses = reconcile_until(&mut rec, &desired, 25, |s| s[0].state == ContainerState::Failed && s[1].runs_desired()).await;
+    let err = by_name(&statuses, "app1.bad.1").last_error.clone().unwrap_or_default();
+    assert!(err.contains("fogmesh/does-not-exist:1") && err.contains("could not be pulled"), "{err}");
+    assert!(is_running(&docker, &cname(node, &good)).await);
+    assert_eq!(owned_ids(node).len(), 1);
     // A second pass does not pull again within a minute, and still says why.
-    let again = rec.reconcile(&desired).await;
+    let again = rec.reconcile(Some(&desired)).await;
     assert_eq!(again[0].state, ContainerState::Failed);
     assert!(again[0].last_error.as_deref().unwrap_or("").contains("fogmesh/does-not-exist:1"));
 
@@ -384,19 +509,19 @@ async fn a_missing_image_fails_that_container_only() {
 async fn two_agents_on_one_engine_manage_only_their_own() {
     let (nodes, dir, _cleanup) = setup("two", &["n1", "n2"]);
     let docker = docker().await;
-    let mut r1 = Reconciler::connect(&nodes[0], &dir.join("n1"), None).await.expect("connect n1");
-    let mut r2 = Reconciler::connect(&nodes[1], &dir.join("n2"), None).await.expect("connect n2");
+    let mut r1 = connect(&nodes[0], &dir.join("n1"), None).await;
+    let mut r2 = connect(&nodes[1], &dir.join("n2"), None).await;
 
-    // Same spec name on both nodes.
-    let web = spec("app1-web");
-    let api = spec("app1-api");
+    // Same spec on both nodes.
+    let web = spec("web");
+    let api = spec("api");
     reconcile_until_running(&mut r1, std::slice::from_ref(&web)).await;
     reconcile_until_running(&mut r2, &[web.clone(), api.clone()]).await;
     // n1 does not see n2's extra container as its own to remove.
     reconcile_until_running(&mut r1, std::slice::from_ref(&web)).await;
 
-    assert_eq!(names_of(&docker, owned_ids(&nodes[0])).await, ["app1-web"]);
-    assert_eq!(names_of(&docker, owned_ids(&nodes[1])).await, ["app1-api", "app1-web"]);
+    assert_eq!(names_of(&docker, owned_ids(&nodes[0])).await, ["app1.web.1"]);
+    assert_eq!(names_of(&docker, owned_ids(&nodes[1])).await, ["app1.api.1", "app1.web.1"]);
 
     let n2_ids = {
         let mut ids = owned_ids(&nodes[1]);
@@ -407,7 +532,7 @@ async fn two_agents_on_one_engine_manage_only_their_own() {
     let mut after = owned_ids(&nodes[1]);
     after.sort();
     assert_eq!(after, n2_ids, "n1 touched n2's containers");
-    let statuses = r2.reconcile(&[web, api]).await;
+    let statuses = r2.reconcile(Some(&[web, api])).await;
     assert!(statuses.iter().all(|s| s.state == ContainerState::Running), "{statuses:?}");
 
     remove_all(&mut r2, &nodes[1]).await;
@@ -417,20 +542,52 @@ async fn two_agents_on_one_engine_manage_only_their_own() {
 async fn an_unreachable_nfs_mount_is_reported_not_fatal() {
     let (nodes, dir, _cleanup) = setup("nfs", &["n"]);
     let node = &nodes[0];
-    let mut rec = Reconciler::connect(node, &dir, None).await.expect("connect");
+    let mut rec = connect(node, &dir, None).await;
 
-    let mut nfs = spec("app1-nfs");
+    let mut nfs = spec("nfs");
     nfs.mounts = vec![MountSpec {
         source: MountSource::Nfs { server: "127.0.0.1".into(), path: "/exports/nothing".into() },
         target: "/shared".into(),
     }];
-    let ok = spec("app1-ok");
-    let statuses = rec.reconcile(&[nfs, ok]).await;
-    let st = by_name(&statuses, "app1-nfs");
+    let ok = spec("ok");
+    let statuses = rec.reconcile(Some(&[nfs.clone(), ok])).await;
+    let st = by_name(&statuses, "app1.nfs.1");
     assert_eq!(st.state, ContainerState::Failed, "{statuses:?}");
     let err = st.last_error.as_deref().unwrap_or("");
-    assert!(err.contains(&format!("fm-{node}-app1-nfs")), "{err}");
-    assert_ne!(by_name(&statuses, "app1-ok").state, ContainerState::Failed, "{statuses:?}");
+    assert!(err.contains(&cname(node, &nfs)), "{err}");
+    assert_ne!(by_name(&statuses, "app1.ok.1").state, ContainerState::Failed, "{statuses:?}");
+
+    remove_all(&mut rec, node).await;
+}
+
+fn probe(action: ProbeAction) -> Probe {
+    Probe { action, initial_delay_ms: 0, period_ms: 200, timeout_ms: 1000, failure_threshold: 2, success_threshold: 1 }
+}
+
+#[tokio::test]
+async fn readiness_shows_and_a_failing_liveness_probe_restarts() {
+    let (nodes, dir, _cleanup) = setup("probes", &["n"]);
+    let node = &nodes[0];
+    let docker = docker().await;
+    let mut rec = connect(node, &dir, None).await;
+
+    // Ready once /tmp/ready exists; alive while /tmp/alive exists.
+    let mut s = spec("probed");
+    s.command = vec!["/bin/sh".into(), "-c".into(), "touch /tmp/alive; (sleep 1; touch /tmp/ready) & exec /bin/httpd -f -p 8080 -h /tmp".into()];
+    s.readiness = Some(probe(ProbeAction::Exec(vec!["test".into(), "-e".into(), "/tmp/ready".into()])));
+    s.liveness = Some(probe(ProbeAction::Http { port: 8080, path: "/alive".into() }));
+    let desired = std::slice::from_ref(&s);
+    let first = reconcile_until(&mut rec, desired, 10, |st| st[0].state == ContainerState::Running).await;
+    assert_eq!(first[0].ready, Some(false), "not ready before the probe passed: {first:?}");
+    assert!(!first[0].runs_desired());
+    reconcile_until(&mut rec, desired, 10, |st| st[0].ready == Some(true) && st[0].runs_desired()).await;
+
+    // Liveness fails (HTTP 404 once /tmp/alive is gone): the agent restarts it.
+    let name = cname(node, &s);
+    let out = Command::new("docker").args(["exec", &name, "rm", "/tmp/alive"]).output().expect("docker exec");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    reconcile_until(&mut rec, desired, 15, |st| st[0].restarts >= 1).await;
+    assert!(is_running(&docker, &name).await);
 
     remove_all(&mut rec, node).await;
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -16,6 +16,7 @@ use fogmesh_common::pki::{constant_time_eq, hash_secret};
 use crate::cluster::Cluster;
 use crate::failure::Failure;
 use crate::model::{ApiError, CreateToken, DeclareNode, SubmitApp};
+use serde::Deserialize;
 
 /// Largest request body: an ADT (1 MiB) plus JSON escaping.
 const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -38,11 +39,14 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
 }
 
 async fn require_token(State(cluster): State<Arc<Cluster>>, request: Request, next: Next) -> Response {
+    // The scheme is case-insensitive (RFC 9110).
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     let expected = cluster.store.meta(ADMIN_TOKEN_KEY).ok().flatten();
     match (presented, expected) {
         (Some(token), Some(hash)) if constant_time_eq(&hash_secret(token.trim()), &hash) => next.run(request).await,
@@ -61,6 +65,8 @@ impl IntoResponse for Failure {
             Failure::Invalid { message, problems } => error(StatusCode::UNPROCESSABLE_ENTITY, message, problems),
             Failure::NotFound(m) => error(StatusCode::NOT_FOUND, m, vec![]),
             Failure::Conflict(m) => error(StatusCode::CONFLICT, m, vec![]),
+            Failure::StaleRevision(m) => error(StatusCode::PRECONDITION_FAILED, m, vec![]),
+            Failure::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, m, vec![]),
             Failure::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "API request failed");
                 error(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e:#}"), vec![])
@@ -73,16 +79,23 @@ fn error(status: StatusCode, error: String, problems: Vec<String>) -> Response {
     (status, Json(ApiError { error, problems })).into_response()
 }
 
-/// A JSON body, with a readable 400 when it is not one.
+/// A JSON body, with a readable 400 when it is not one and 413 when it is
+/// over the size limit.
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
-    payload.map(|Json(v)| v).map_err(|e| Failure::BadRequest(format!("bad request body: {}", e.body_text())))
+    payload.map(|Json(v)| v).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Failure::TooLarge(format!("request body is over the {MAX_BODY_BYTES} byte limit"))
+        } else {
+            Failure::BadRequest(format!("bad request body: {}", e.body_text()))
+        }
+    })
 }
 
 type ApiResult<T> = Result<Json<T>, Failure>;
 
 async fn create_token(State(c): State<Arc<Cluster>>, payload: Result<Json<CreateToken>, JsonRejection>) -> ApiResult<crate::model::TokenCreated> {
     let req = body(payload)?;
-    Ok(Json(c.create_token(Duration::from_secs(req.ttl_seconds)).await?))
+    Ok(Json(c.create_token(Duration::from_secs(req.ttl_seconds), req.uses).await?))
 }
 
 async fn list_nodes(State(c): State<Arc<Cluster>>) -> ApiResult<Vec<crate::model::NodeView>> {
@@ -104,16 +117,40 @@ async fn list_apps(State(c): State<Arc<Cluster>>) -> ApiResult<Vec<crate::model:
 
 async fn submit_app(State(c): State<Arc<Cluster>>, payload: Result<Json<SubmitApp>, JsonRejection>) -> Result<(StatusCode, Json<crate::model::AppDetail>), Failure> {
     let app = c.submit_app(&body(payload)?).await?;
-    Ok((StatusCode::CREATED, Json(c.app_detail(&app.id)?)))
+    Ok((StatusCode::CREATED, Json(c.app_detail(&app.id, None, Duration::ZERO).await?)))
 }
 
-async fn show_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>) -> ApiResult<crate::model::AppDetail> {
-    Ok(Json(c.app_detail(&id)?))
+/// `?wait_after=VERSION&timeout=SECONDS`: long-poll for the next change.
+#[derive(Deserialize)]
+struct ShowQuery {
+    wait_after: Option<u64>,
+    #[serde(default = "default_watch_seconds")]
+    timeout: u64,
 }
 
-async fn update_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>, payload: Result<Json<SubmitApp>, JsonRejection>) -> ApiResult<crate::model::AppDetail> {
-    let app = c.update_app(&id, &body(payload)?).await?;
-    Ok(Json(c.app_detail(&app.id)?))
+fn default_watch_seconds() -> u64 {
+    25
+}
+
+async fn show_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>, query: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<crate::model::AppDetail> {
+    let Query(q) = query.map_err(|e| Failure::BadRequest(format!("bad query: {}", e.body_text())))?;
+    Ok(Json(c.app_detail(&id, q.wait_after, Duration::from_secs(q.timeout)).await?))
+}
+
+/// `If-Match: "REVISION"` makes the update conditional.
+async fn update_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>, headers: HeaderMap, payload: Result<Json<SubmitApp>, JsonRejection>) -> ApiResult<crate::model::AppDetail> {
+    let expected = match headers.get(header::IF_MATCH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .map(|t| t.trim().trim_matches('"'))
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| Failure::BadRequest("If-Match must hold an app revision number, e.g. \"3\"".into()))?,
+        ),
+    };
+    let app = c.update_app(&id, &body(payload)?, expected).await?;
+    Ok(Json(c.app_detail(&app.id, None, Duration::ZERO).await?))
 }
 
 async fn delete_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>) -> Result<StatusCode, Failure> {

@@ -1,61 +1,79 @@
-//! Applications: submit, update, delete, and their rollout status per node.
+//! Applications: submit, update, delete, and their rollout views.
+//!
+//! Every write holds the cluster's write lock from reading the app to
+//! flushing the new desired states, so revisions are unique and increase,
+//! and an update that races a delete either lands first or finds no app.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use fogmesh_common::adt::{compile, CompileOptions, Plan};
+use fogmesh_common::adt::{compile, declared_input_names, CompileOptions, Plan};
+use fogmesh_common::codec::{self, MAX_FRAME_BYTES};
 use fogmesh_common::pki::random_hex;
-use fogmesh_common::wire::{ContainerState, DesiredState, NodeStatus};
+use fogmesh_common::wire::{AppDesired, MasterMessage};
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
-use crate::model::{now_ms, AppDetail, AppRecord, AppSummary, NodeRecord, NodeState, PlacementView, SubmitApp, WorkloadView};
-use crate::scheduler::placement_key;
+use crate::model::{now_ms, AppDetail, AppRecord, AppSummary, SubmitApp};
+use crate::rollout::{app_view, NodeSnapshot};
+use crate::scheduler::{container_spec, schedule};
+
+/// Longest a rollout watcher may wait for one change.
+pub const MAX_WATCH: Duration = Duration::from_secs(30);
 
 impl Cluster {
     pub async fn submit_app(&self, req: &SubmitApp) -> Result<AppRecord, Failure> {
-        let plan = compile_adt(req)?;
+        let plan = compile_adt(&req.adt, &req.params)?;
         let id = random_hex(4);
         let name = req.name.clone().unwrap_or_else(|| format!("app-{id}"));
         check_name("app", &name)?;
+        let _write = self.write_lock().await;
         if self.store.apps()?.iter().any(|a| a.name == name) {
             return Err(Failure::Conflict(format!("an app named '{name}' exists; choose another --name or update it")));
         }
         let now = now_ms();
-        let app = AppRecord {
-            id,
-            name,
-            adt: req.adt.clone(),
-            params: req.params.clone(),
-            plan,
-            revision: 1,
-            created_ms: now,
-            updated_ms: now,
-        };
+        let app = AppRecord { id, name, adt: req.adt.clone(), params: req.params.clone(), plan, revision: 1, created_ms: now, updated_ms: now };
+        self.check_wire_size(&app)?;
         self.store.put_app(&app)?;
-        self.reschedule().await?;
+        self.reschedule_locked().await?;
         tracing::info!(app = %app.name, id = %app.id, workloads = app.plan.workloads.len(), "app submitted");
         Ok(app)
     }
 
-    /// Replaces an app's ADT. Containers whose spec did not change keep running.
-    pub async fn update_app(&self, id: &str, req: &SubmitApp) -> Result<AppRecord, Failure> {
+    /// Replaces an app's ADT. Containers whose spec did not change keep
+    /// running. Parameters of earlier revisions are kept unless given again
+    /// or `reset_params`. With `expected_revision`, the update applies only
+    /// if the app is still at that revision.
+    pub async fn update_app(&self, id: &str, req: &SubmitApp, expected_revision: Option<u64>) -> Result<AppRecord, Failure> {
+        let _write = self.write_lock().await;
         let mut app = self.app_record(id)?;
-        app.plan = compile_adt(req)?;
+        if let Some(expected) = expected_revision {
+            if expected != app.revision {
+                return Err(Failure::StaleRevision(format!(
+                    "app {} is at revision {}, not {expected}: it changed since you read it; read it again and retry",
+                    app.name, app.revision
+                )));
+            }
+        }
+        let params = merged_params(&app.params, req);
+        app.plan = compile_adt(&req.adt, &params)?;
         app.adt = req.adt.clone();
-        app.params = req.params.clone();
+        app.params = params;
         app.revision += 1;
         app.updated_ms = now_ms();
+        self.check_wire_size(&app)?;
         self.store.put_app(&app)?;
-        self.reschedule().await?;
+        self.reschedule_locked().await?;
         tracing::info!(app = %app.name, id = %app.id, revision = app.revision, "app updated");
         Ok(app)
     }
 
     /// Deletes an app; every node drops its containers, offline ones when they return.
     pub async fn delete_app(&self, id: &str) -> Result<(), Failure> {
+        let _write = self.write_lock().await;
         let app = self.app_record(id)?;
         self.store.remove_app(&app.id)?;
-        self.reschedule().await?;
+        self.reschedule_locked().await?;
         tracing::info!(app = %app.name, id = %app.id, "app deleted");
         Ok(())
     }
@@ -73,37 +91,50 @@ impl Cluster {
     }
 
     pub fn app_summaries(&self) -> Result<Vec<AppSummary>, Failure> {
+        let version = *self.watch_changes().borrow();
         // Node state is read once for all apps.
         let nodes = self.node_snapshots()?;
         let pending = self.pending_reasons()?;
-        let mut out = Vec::new();
-        for app in self.store.apps()? {
-            let detail = detail_of(&app, &nodes, &pending);
-            out.push(AppSummary {
-                workloads: detail.workloads.len(),
-                desired: detail.workloads.iter().map(|w| w.desired_replicas as usize).sum(),
-                running: detail.workloads.iter().flat_map(|w| &w.placements).map(|p| p.running as usize).sum(),
-                id: app.id,
-                name: app.name,
-                revision: app.revision,
-                updated_ms: app.updated_ms,
-            });
+        let mut apps = self.store.apps()?;
+        apps.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(apps
+            .iter()
+            .map(|app| {
+                let detail = app_view(app, &nodes, &pending, version);
+                let placements = || detail.workloads.iter().flat_map(|w| &w.placements);
+                AppSummary {
+                    workloads: detail.workloads.len(),
+                    desired: placements().map(|p| p.desired as usize).sum(),
+                    current: placements().map(|p| p.current as usize).sum(),
+                    phase: detail.rollout.phase,
+                    id: app.id.clone(),
+                    name: app.name.clone(),
+                    revision: app.revision,
+                    updated_ms: app.updated_ms,
+                }
+            })
+            .collect())
+    }
+
+    /// The app's rollout view. With `wait_after`, first waits (at most
+    /// `timeout`) until something changed after that version.
+    pub async fn app_detail(&self, id_or_name: &str, wait_after: Option<u64>, timeout: Duration) -> Result<AppDetail, Failure> {
+        if let Some(after) = wait_after {
+            self.app_record(id_or_name)?;
+            self.wait_for_change(after, timeout.min(MAX_WATCH)).await;
         }
-        Ok(out)
-    }
-
-    /// Per workload and node: how many containers should run and how many do.
-    pub fn app_detail(&self, id_or_name: &str) -> Result<AppDetail, Failure> {
+        let version = *self.watch_changes().borrow();
         let app = self.app_record(id_or_name)?;
-        Ok(detail_of(&app, &self.node_snapshots()?, &self.pending_reasons()?))
+        Ok(app_view(&app, &self.node_snapshots()?, &self.pending_reasons()?, version))
     }
 
-    /// Every node with what it should run, what it reports, and its state.
+    /// Every node with what it should run, what it acked and reports, and its state.
     fn node_snapshots(&self) -> Result<Vec<NodeSnapshot>, Failure> {
         let mut out = Vec::new();
         for node in self.store.nodes()? {
             out.push(NodeSnapshot {
                 desired: self.store.desired(&node.name)?,
+                acked: self.store.acked(&node.name)?,
                 observed: self.store.observed(&node.name)?,
                 state: self.node_state(&node),
                 node,
@@ -111,53 +142,90 @@ impl Cluster {
         }
         Ok(out)
     }
-}
 
-struct NodeSnapshot {
-    node: NodeRecord,
-    desired: DesiredState,
-    observed: NodeStatus,
-    state: NodeState,
-}
-
-fn detail_of(app: &AppRecord, nodes: &[NodeSnapshot], pending: &BTreeMap<String, String>) -> AppDetail {
-    let workloads = app
-        .plan
-        .workloads
-        .iter()
-        .map(|w| {
-            let mine = |app_id: &str, workload: &str| app_id == app.id && workload == w.name;
-            let placements = nodes
-                .iter()
-                .filter_map(|n| {
-                    let want = n.desired.containers.iter().filter(|c| mine(&c.app_id, &c.workload)).count() as u32;
-                    if want == 0 {
-                        return None;
-                    }
-                    let containers: Vec<_> = n.observed.containers.iter().filter(|c| mine(&c.app_id, &c.workload)).cloned().collect();
-                    let running = containers.iter().filter(|c| c.state == ContainerState::Running).count() as u32;
-                    let reasons = containers.iter().filter_map(|c| c.last_error.clone()).collect();
-                    Some(PlacementView { node: n.node.name.clone(), node_state: n.state, desired: want, running, reasons, containers })
-                })
-                .collect();
-            WorkloadView {
-                name: w.name.clone(),
-                image: w.image.clone(),
-                desired_replicas: w.replicas,
-                placements,
-                pending_reason: pending.get(&placement_key(&app.id, &w.name)).cloned(),
+    /// Refuses an app whose part of some node's desired state would not fit
+    /// in one wire frame. Hostless replicas may all land on one node, so
+    /// they count fully against every node.
+    fn check_wire_size(&self, app: &AppRecord) -> Result<(), Failure> {
+        let nodes: Vec<_> = self.store.nodes()?.into_iter().map(|n| {
+            let state = self.node_state(&n);
+            (n, state)
+        }).collect();
+        let bound = schedule(std::slice::from_ref(app), &nodes, &BTreeMap::new(), &self.config.agent_endpoint);
+        let hostless: Vec<_> = app
+            .plan
+            .workloads
+            .iter()
+            .filter(|w| w.host.is_none())
+            .flat_map(|w| (1..=w.replicas).map(move |r| container_spec(app, w, r)))
+            .collect();
+        let mut worst: Option<(String, usize)> = None;
+        let mut candidates: Vec<(String, Vec<_>)> = bound
+            .per_node
+            .into_iter()
+            .map(|(node, specs)| (node, specs.into_iter().filter(|s| app.plan.workload(&s.workload).is_some_and(|w| w.host.is_some())).collect()))
+            .collect();
+        if candidates.is_empty() {
+            candidates.push(("any node".to_string(), Vec::new()));
+        }
+        for (node, mut containers) in candidates {
+            containers.extend(hostless.iter().cloned());
+            let frame = MasterMessage::DesiredApp { generation: u64::MAX, app: AppDesired { app_id: app.id.clone(), containers } };
+            let size = match codec::encode(&frame) {
+                Ok(bytes) => bytes.len(),
+                Err(codec::CodecError::TooLarge { len, .. }) => len,
+                Err(e) => return Err(Failure::Internal(anyhow::anyhow!("encode the desired state: {e}"))),
+            };
+            if worst.as_ref().is_none_or(|(_, s)| size > *s) {
+                worst = Some((node, size));
             }
-        })
+        }
+        match worst {
+            Some((node, size)) if size > MAX_FRAME_BYTES => Err(Failure::TooLarge(format!(
+                "app {} would need {size} bytes of desired state on node {node}, over the {MAX_FRAME_BYTES} byte limit per app and node; use fewer replicas per node or smaller config maps",
+                app.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Earlier parameters that the new ADT still declares, overridden by the new ones.
+fn merged_params(old: &[(String, String)], req: &SubmitApp) -> Vec<(String, String)> {
+    if req.reset_params {
+        return req.params.clone();
+    }
+    let declared = declared_input_names(&req.adt);
+    let mut merged: Vec<(String, String)> = old
+        .iter()
+        .filter(|(k, _)| declared.contains(k) && !req.params.iter().any(|(n, _)| n == k))
+        .cloned()
         .collect();
-    AppDetail { id: app.id.clone(), name: app.name.clone(), revision: app.revision, workloads }
+    merged.extend(req.params.iter().cloned());
+    merged
 }
 
 /// ADTs sent to the master compile without local imports: it reads no files
 /// on a client's behalf.
-fn compile_adt(req: &SubmitApp) -> Result<Plan, Failure> {
-    let options = CompileOptions { params: req.params.clone(), local_imports: None };
-    compile(&req.adt, &options).map_err(|e| Failure::Invalid {
+fn compile_adt(adt: &str, params: &[(String, String)]) -> Result<Plan, Failure> {
+    let options = CompileOptions { params: params.to_vec(), local_imports: None };
+    compile(adt, &options).map_err(|e| Failure::Invalid {
         message: format!("the ADT has {} problem(s)", e.problems.len()),
         problems: e.problems.iter().map(|p| p.to_string()).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_carry_over_unless_reset_or_undeclared() {
+        let adt = "topology_template:\n  inputs:\n    a: {type: string}\n    b: {type: string}\n";
+        let old = vec![("a".to_string(), "1".to_string()), ("gone".to_string(), "x".to_string()), ("b".to_string(), "2".to_string())];
+        let req = SubmitApp { name: None, adt: adt.into(), params: vec![("b".into(), "3".into())], reset_params: false };
+        assert_eq!(merged_params(&old, &req), vec![("a".to_string(), "1".to_string()), ("b".to_string(), "3".to_string())]);
+        let reset = SubmitApp { reset_params: true, ..req };
+        assert_eq!(merged_params(&old, &reset), vec![("b".to_string(), "3".to_string())]);
+    }
 }

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::api::ADMIN_TOKEN_KEY;
 use crate::store::Store;
 
+/// Store key of the host agents dial (the first `--advertise` of `init`).
+pub const ADVERTISE_HOST_KEY: &str = "advertise_host";
+
 /// What the CLI needs to reach a master, like a kubeconfig.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClientConfig {
@@ -77,6 +80,9 @@ impl DataDir {
         let token = random_hex(32);
         let store = Store::open(&self.store_dir())?;
         store.set_meta(ADMIN_TOKEN_KEY, &fogmesh_common::pki::hash_secret(&token))?;
+        // The name agents dial, for hints such as the join command.
+        let host = advertise.first().cloned().unwrap_or_else(|| names.last().cloned().unwrap_or_else(|| "127.0.0.1".into()));
+        store.set_meta(ADVERTISE_HOST_KEY, &host)?;
         store.flush_blocking()?;
         let client = ClientConfig { api: format!("https://{api_addr}"), ca_pem: ca.cert_pem().to_string(), token };
         let path = self.client_config_path();

@@ -11,6 +11,10 @@ pub enum Failure {
     NotFound(String),
     /// Conflicts with existing state, e.g. a name in use (HTTP 409).
     Conflict(String),
+    /// The app changed since the revision the client named (HTTP 412).
+    StaleRevision(String),
+    /// The request or what it would make is over a size limit (HTTP 413).
+    TooLarge(String),
     /// Our fault: the store or the CA failed (HTTP 500).
     Internal(anyhow::Error),
 }
@@ -18,7 +22,11 @@ pub enum Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::BadRequest(m) | Failure::NotFound(m) | Failure::Conflict(m) => f.write_str(m),
+            Failure::BadRequest(m)
+            | Failure::NotFound(m)
+            | Failure::Conflict(m)
+            | Failure::StaleRevision(m)
+            | Failure::TooLarge(m) => f.write_str(m),
             Failure::Invalid { message, .. } => f.write_str(message),
             Failure::Internal(e) => write!(f, "internal error: {e:#}"),
         }

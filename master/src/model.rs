@@ -1,8 +1,10 @@
 //! The master's records and the REST API's request/response bodies. The CLI
 //! uses the same types, so client and server cannot drift apart.
 
+use std::collections::BTreeMap;
+
 use fogmesh_common::adt::Plan;
-use fogmesh_common::wire::{Capacity, ContainerStatus};
+use fogmesh_common::wire::{Capacity, Condition, ContainerState};
 use serde::{Deserialize, Serialize};
 
 /// A fog node known to the master: pre-declared, joined, or both.
@@ -38,14 +40,17 @@ pub struct NodeView {
     pub public_ip: String,
     pub state: NodeState,
     pub last_seen_ms: Option<u64>,
-    pub labels: Vec<(String, String)>,
+    pub labels: BTreeMap<String, String>,
     pub capacity: Option<Capacity>,
     pub runtime_version: Option<String>,
+    pub agent_version: Option<String>,
     /// Containers the node should run / reports running.
     pub containers_desired: usize,
     pub containers_running: usize,
     pub desired_generation: u64,
     pub acked_generation: u64,
+    /// Problems the agent reports, e.g. a full disk.
+    pub conditions: Vec<Condition>,
 }
 
 /// A submitted application: its ADT, parameters and compiled plan.
@@ -67,6 +72,10 @@ pub struct SubmitApp {
     pub adt: String,
     #[serde(default)]
     pub params: Vec<(String, String)>,
+    /// Update only: forget the parameters of earlier revisions instead of
+    /// keeping those not given again.
+    #[serde(default)]
+    pub reset_params: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,18 +84,70 @@ pub struct AppSummary {
     pub name: String,
     pub revision: u64,
     pub workloads: usize,
-    pub running: usize,
+    /// Containers that run their current spec / that should run.
+    pub current: usize,
     pub desired: usize,
+    pub phase: RolloutPhase,
     pub updated_ms: u64,
 }
 
-/// `GET /v1/apps/{id}`: per workload, per node, desired against running.
+/// `GET /v1/apps/{id}`: the rollout verdict, and per workload and node
+/// what should run against what runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AppDetail {
     pub id: String,
     pub name: String,
     pub revision: u64,
+    /// Parameters in effect (values of `secret` inputs shown as `<secret>`).
+    pub params: Vec<(String, String)>,
+    pub rollout: Rollout,
+    /// Per node the app runs on: the desired state it must ack.
+    pub nodes: Vec<NodeRollout>,
     pub workloads: Vec<WorkloadView>,
+    /// The master's change counter when this view was taken: pass it back as
+    /// `wait_after` to wait for the next change.
+    pub version: u64,
+}
+
+/// Whether the app runs what its current revision says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub phase: RolloutPhase,
+    /// What is in the way, one line each (empty when running).
+    pub reasons: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutPhase {
+    /// Every node acked, every container runs its current spec (and is ready).
+    Running,
+    /// On its way: images pulling, containers starting, acks outstanding.
+    Progressing,
+    /// Waiting for something outside fogmesh: a node to join or come back.
+    Waiting,
+    /// Cannot complete without an operator: a container fails, a workload
+    /// can never be placed, a host port is taken.
+    Failed,
+}
+
+impl RolloutPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Running => "running",
+            RolloutPhase::Progressing => "progressing",
+            RolloutPhase::Waiting => "waiting",
+            RolloutPhase::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRollout {
+    pub node: String,
+    pub node_state: NodeState,
+    pub desired_generation: u64,
+    pub acked_generation: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,9 +155,11 @@ pub struct WorkloadView {
     pub name: String,
     pub image: String,
     pub desired_replicas: u32,
+    /// Replicas that run their current spec.
+    pub current_replicas: u32,
     pub placements: Vec<PlacementView>,
     /// Why some or all replicas have no node, e.g. no node with the public IP.
-    pub pending_reason: Option<String>,
+    pub pending: Option<Pending>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,21 +167,62 @@ pub struct PlacementView {
     pub node: String,
     pub node_state: NodeState,
     pub desired: u32,
-    pub running: u32,
-    /// Reported problems of this workload's containers on the node.
-    pub reasons: Vec<String>,
-    pub containers: Vec<ContainerStatus>,
+    /// Containers that run the current spec.
+    pub current: u32,
+    pub containers: Vec<ContainerView>,
+}
+
+/// One replica on one node, as its agent last reported it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerView {
+    /// The container key (`APP_ID.WORKLOAD.REPLICA`).
+    pub name: String,
+    pub replica: u32,
+    /// `None`: the agent has not reported this container yet.
+    pub state: Option<ContainerState>,
+    /// Runs the spec of the current revision.
+    pub current: bool,
+    /// Readiness probe result, when the workload has one.
+    pub ready: Option<bool>,
+    pub restarts: u32,
+    pub error: Option<String>,
+}
+
+/// Why a workload is not (fully) placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub kind: PendingKind,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PendingKind {
+    /// A node has to join or come back; it resolves by itself.
+    Waiting,
+    /// Cannot be placed with this ADT (e.g. a cloud node set).
+    Unplaceable,
+    /// Collides with something already placed (a host port).
+    Conflict,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateToken {
     pub ttl_seconds: u64,
+    /// How many agents may join with it (default 1).
+    #[serde(default = "one")]
+    pub uses: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenCreated {
     pub token: String,
     pub expires_ms: u64,
+    pub uses: u32,
 }
 
 /// A stored join token: only the hash of its secret.
@@ -126,7 +230,8 @@ pub struct TokenCreated {
 pub struct TokenRecord {
     pub secret_hash: String,
     pub expires_ms: u64,
-    pub used: bool,
+    /// Joins it still allows.
+    pub uses_left: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

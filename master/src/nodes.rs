@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use fogmesh_common::pki::{cert_fingerprint_der, cert_fingerprint_pem, constant_time_eq, hash_secret, node_name_from_cert, JoinToken};
-use fogmesh_common::wire::{Hello, JoinRequest, JoinResponse, NodeStatus, PROTOCOL_VERSION};
+use fogmesh_common::wire::{ContainerState, Hello, JoinRequest, JoinResponse, NodeStatus, Refusal, PROTOCOL_VERSION};
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
@@ -17,22 +17,27 @@ use crate::model::{now_ms, DeclareNode, NodeRecord, NodeView, TokenCreated, Toke
 const NODE_CERT_DAYS: u32 = 365;
 /// Longest join token lifetime accepted.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most agents one token may join (a fleet rollout).
+const MAX_TOKEN_USES: u32 = 100_000;
 
 impl Cluster {
-    pub async fn create_token(&self, ttl: Duration) -> Result<TokenCreated, Failure> {
+    pub async fn create_token(&self, ttl: Duration, uses: u32) -> Result<TokenCreated, Failure> {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(Failure::BadRequest(format!(
                 "token lifetime must be between 1 second and {} days",
                 MAX_TOKEN_TTL.as_secs() / 86400
             )));
         }
+        if uses == 0 || uses > MAX_TOKEN_USES {
+            return Err(Failure::BadRequest(format!("token uses must be between 1 and {MAX_TOKEN_USES}")));
+        }
         let token = JoinToken::generate(&self.ca.fingerprint())?;
         let expires_ms = now_ms() + ttl.as_millis() as u64;
-        let record = TokenRecord { secret_hash: hash_secret(&token.secret), expires_ms, used: false };
+        let record = TokenRecord { secret_hash: hash_secret(&token.secret), expires_ms, uses_left: uses };
         self.store.put_token(&token.id, &record)?;
         self.store.flush().await?;
-        tracing::info!(token_id = %token.id, expires_ms, "join token created");
-        Ok(TokenCreated { token: token.to_string(), expires_ms })
+        tracing::info!(token_id = %token.id, expires_ms, uses, "join token created");
+        Ok(TokenCreated { token: token.to_string(), expires_ms, uses })
     }
 
     /// Validates a join request and issues the node certificate. The error is
@@ -47,15 +52,15 @@ impl Cluster {
             tracing::error!(error = %format!("{e:#}"), "join failed inside the master");
             "the master failed to process the join; see its log".to_string()
         };
-        let Some(mut record) = self.store.token(&token.id).map_err(internal)? else {
+        let Some(record) = self.store.token(&token.id).map_err(internal)? else {
             return Err("unknown join token (create one with `fogmesh token create`)".into());
         };
         if !constant_time_eq(&hash_secret(&token.secret), &record.secret_hash) {
             tracing::warn!(token_id = %token.id, "join with a forged token secret");
             return Err("invalid join token: its secret does not match".into());
         }
-        if record.used {
-            return Err("this join token was already used; tokens are single-use".into());
+        if record.uses_left == 0 {
+            return Err("this join token was already used up; create a new one with `fogmesh token create`".into());
         }
         if record.expires_ms < now_ms() {
             return Err("this join token has expired; create a new one".into());
@@ -65,10 +70,16 @@ impl Cluster {
             .parse()
             .map_err(|_| format!("public IP '{}' is not an IP address", req.public_ip))?;
         let public_ip = public_ip.to_string();
-        let name = self.choose_node_name(req.name.as_deref(), &public_ip).map_err(|f| f.to_string())?;
+        // Joins change the registry: one at a time, like every write.
+        let _write = self.write_lock().await;
+        // Read again under the lock: a parallel join may have used it up.
+        let Some(mut record) = self.store.token(&token.id).map_err(internal)?.filter(|r| r.uses_left > 0) else {
+            return Err("this join token was already used up; create a new one with `fogmesh token create`".into());
+        };
+        let name = self.choose_node_name(req.name.as_deref(), &public_ip, req.replace).map_err(|f| f.to_string())?;
 
-        // Single use even if a later step fails.
-        record.used = true;
+        // Used even if a later step fails.
+        record.uses_left -= 1;
         self.store.put_token(&token.id, &record).map_err(internal)?;
         self.store.flush().await.map_err(internal)?;
 
@@ -76,8 +87,9 @@ impl Cluster {
         let fingerprint = cert_fingerprint_pem(&cert_pem).map_err(|e| format!("the master issued an unreadable certificate: {e}"))?;
         let previous = self.store.node(&name).map_err(internal)?;
         if let Some(old) = previous.as_ref().and_then(|n| n.cert_fingerprint.as_ref()) {
-            // A node that joins again replaces its old identity.
+            // Only with --replace (checked above): the old agent is refused from now on.
             self.store.revoke(old).map_err(internal)?;
+            tracing::warn!(node = %name, "node joined again with --replace; its previous certificate is revoked");
         }
         let node = NodeRecord {
             name: name.clone(),
@@ -90,20 +102,28 @@ impl Cluster {
             last_seen_ms: Some(now_ms()),
         };
         self.store.put_node(&node).map_err(internal)?;
-        self.reschedule().await.map_err(internal)?;
+        self.reschedule_locked().await.map_err(internal)?;
+        // A connection of the replaced agent must learn that it is revoked.
+        self.wake_connections();
         tracing::info!(node = %name, public_ip = %node.public_ip, "node joined");
         Ok(JoinResponse { node_name: name, cert_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 
     /// The name a joining node gets: the declared node with its public IP, else
-    /// the name it asked for, else one made from the IP.
-    fn choose_node_name(&self, asked: Option<&str>, public_ip: &str) -> Result<String, Failure> {
+    /// the name it asked for, else one made from the IP. A node that already
+    /// joined with this public IP is taken over only with `replace`.
+    fn choose_node_name(&self, asked: Option<&str>, public_ip: &str, replace: bool) -> Result<String, Failure> {
         let nodes = self.store.nodes()?;
         if let Some(same_ip) = nodes.iter().find(|n| n.public_ip == public_ip) {
+            let joined = same_ip.cert_fingerprint.is_some();
             return match asked {
-                Some(a) if a != same_ip.name && same_ip.cert_fingerprint.is_some() => Err(Failure::Conflict(format!(
-                    "public IP {public_ip} is already registered as node '{}'; remove it first (fogmesh node remove {})",
-                    same_ip.name, same_ip.name
+                Some(a) if a != same_ip.name && joined => Err(Failure::Conflict(format!(
+                    "public IP {public_ip} is already registered as node '{}'; join as that node with --name {} --replace, or remove it first (fogmesh node remove {})",
+                    same_ip.name, same_ip.name, same_ip.name
+                ))),
+                _ if joined && !replace => Err(Failure::Conflict(format!(
+                    "public IP {public_ip} is already registered as node '{}', whose agent joined before; to take its place (the old agent is then refused), join again with --replace",
+                    same_ip.name
                 ))),
                 _ => Ok(same_ip.name.clone()),
             };
@@ -123,39 +143,47 @@ impl Cluster {
     }
 
     /// Checks that a connecting agent is the node its certificate names and
-    /// records what it reports about itself. Returns the node name.
-    pub async fn hello(&self, cert_der: Option<&[u8]>, hello: &Hello) -> Result<String, String> {
-        check_protocol(hello.protocol_version)?;
+    /// records what it reports about itself. Returns the node name, or the
+    /// refusal reason and its kind.
+    pub async fn hello(&self, cert_der: Option<&[u8]>, hello: &Hello) -> Result<String, (String, Refusal)> {
+        let other = |reason: String| (reason, Refusal::Other);
+        check_protocol(hello.protocol_version).map_err(other)?;
         let Some(der) = cert_der else {
-            return Err("no client certificate: join first with a token (fogmesh-agent join)".into());
+            return Err(other("no client certificate: join first with a token (fogmesh-agent join)".into()));
         };
         let fingerprint = cert_fingerprint_der(der);
         let internal = |e: anyhow::Error| {
             tracing::error!(error = %format!("{e:#}"), "hello failed inside the master");
-            "the master failed to process the connection; see its log".to_string()
+            ("the master failed to process the connection; see its log".to_string(), Refusal::Other)
         };
         if self.store.is_revoked(&fingerprint).map_err(internal)? {
-            return Err("this node's certificate was revoked (the node was removed or joined again); join again with a new token".into());
+            return Err((
+                "this node's certificate was revoked (the node was removed, or another agent replaced it); join again with a new token".into(),
+                Refusal::Revoked,
+            ));
         }
-        let cert_name = node_name_from_cert(der).ok_or("the client certificate names no node")?;
+        let cert_name = node_name_from_cert(der).ok_or_else(|| other("the client certificate names no node".into()))?;
         if cert_name != hello.node_name {
-            return Err(format!("the certificate is for node '{cert_name}', but the agent says it is '{}'", hello.node_name));
+            return Err(other(format!("the certificate is for node '{cert_name}', but the agent says it is '{}'", hello.node_name)));
         }
         let Some(mut node) = self.store.node(&cert_name).map_err(internal)? else {
-            return Err(format!("node '{cert_name}' is not registered; join again with a new token"));
+            return Err(other(format!("node '{cert_name}' is not registered; join again with a new token")));
         };
         if node.cert_fingerprint.as_deref() != Some(fingerprint.as_str()) {
-            return Err(format!("this certificate is not the current one of node '{cert_name}'; join again with a new token"));
+            return Err(other(format!("this certificate is not the current one of node '{cert_name}'; join again with a new token")));
         }
         if hello.public_ip != node.public_ip {
             tracing::warn!(node = %cert_name, registered = %node.public_ip, reported = %hello.public_ip, "agent reports another public IP than it joined with; keeping the registered one");
         }
-        node.labels = hello.labels.clone();
-        node.capacity = Some(hello.capacity.clone());
-        node.runtime_version = Some(hello.runtime_version.clone());
-        node.agent_version = Some(hello.agent_version.clone());
-        node.last_seen_ms = Some(now_ms());
-        self.store.put_node(&node).map_err(internal)?;
+        let fresh = (Some(hello.capacity.clone()), Some(hello.runtime_version.clone()), Some(hello.agent_version.clone()));
+        if node.labels != hello.labels || (node.capacity.clone(), node.runtime_version.clone(), node.agent_version.clone()) != fresh {
+            node.labels = hello.labels.clone();
+            (node.capacity, node.runtime_version, node.agent_version) = fresh;
+            node.last_seen_ms = Some(now_ms());
+            self.store.put_node(&node).map_err(internal)?;
+            self.store.flush_soon();
+        }
+        self.record_seen(&cert_name);
         Ok(cert_name)
     }
 
@@ -165,12 +193,13 @@ impl Cluster {
             .parse()
             .map_err(|_| Failure::BadRequest(format!("public IP '{}' is not an IP address", req.public_ip)))?;
         let public_ip = ip.to_string();
+        let name = req.name.clone().unwrap_or_else(|| format!("node-{}", public_ip.replace(['.', ':'], "-")));
+        check_name("node", &name)?;
+        let _write = self.write_lock().await;
         let nodes = self.store.nodes()?;
         if let Some(n) = nodes.iter().find(|n| n.public_ip == public_ip) {
             return Err(Failure::Conflict(format!("public IP {public_ip} is already known as node '{}'", n.name)));
         }
-        let name = req.name.clone().unwrap_or_else(|| format!("node-{}", public_ip.replace(['.', ':'], "-")));
-        check_name("node", &name)?;
         if nodes.iter().any(|n| n.name == name) {
             return Err(Failure::Conflict(format!("node name '{name}' is taken")));
         }
@@ -185,13 +214,14 @@ impl Cluster {
             last_seen_ms: None,
         };
         self.store.put_node(&node)?;
-        self.reschedule().await?;
+        self.reschedule_locked().await?;
         Ok(node)
     }
 
     /// Removes a node and revokes its certificate; its agent is refused from
     /// now on. A connected agent is first told to remove its containers.
     pub async fn remove_node(&self, name: &str) -> Result<(), Failure> {
+        let _write = self.write_lock().await;
         let Some(node) = self.store.node(name)? else {
             return Err(Failure::NotFound(format!("no node named '{name}'")));
         };
@@ -199,7 +229,7 @@ impl Cluster {
             self.store.revoke(fp)?;
         }
         self.store.remove_node(name)?;
-        self.reschedule().await?;
+        self.reschedule_locked().await?;
         // Its connection, if any, must learn that it was removed.
         self.wake_connections();
         tracing::info!(node = %name, "node removed and its certificate revoked");
@@ -211,47 +241,45 @@ impl Cluster {
         for node in self.store.nodes()? {
             let desired = self.store.desired(&node.name)?;
             let observed = self.store.observed(&node.name)?;
-            let running = observed
-                .containers
-                .iter()
-                .filter(|c| c.state == fogmesh_common::wire::ContainerState::Running)
-                .count();
+            let running = observed.containers.iter().filter(|c| c.state == ContainerState::Running).count();
             views.push(NodeView {
                 state: self.node_state(&node),
+                last_seen_ms: self.last_seen(&node),
                 containers_desired: desired.containers.len(),
                 containers_running: running,
                 desired_generation: desired.generation,
                 acked_generation: self.store.acked(&node.name)?,
+                conditions: observed.conditions,
+                labels: node.labels.into_iter().collect(),
                 name: node.name,
                 public_ip: node.public_ip,
-                last_seen_ms: node.last_seen_ms,
-                labels: node.labels,
                 capacity: node.capacity,
                 runtime_version: node.runtime_version,
+                agent_version: node.agent_version,
             });
         }
         Ok(views)
     }
 
-    pub fn record_seen(&self, node: &str) -> anyhow::Result<()> {
-        if let Some(mut n) = self.store.node(node)? {
-            n.last_seen_ms = Some(now_ms());
-            self.store.put_node(&n)?;
-        }
-        Ok(())
-    }
-
-    pub async fn record_ack(&self, node: &str, generation: u64) -> anyhow::Result<()> {
+    /// An agent acked a generation: stored without waiting for the disk
+    /// (the agent resends its generation at every connect anyway).
+    pub fn record_ack(&self, node: &str, generation: u64) -> anyhow::Result<()> {
+        self.record_seen(node);
         if generation > self.store.acked(node)? {
             self.store.set_acked(node, generation)?;
-            self.store.flush().await?;
+            self.store.flush_soon();
+            self.note_change();
         }
         Ok(())
     }
 
+    /// What an agent observes; stored without waiting for the disk.
     pub fn record_status(&self, node: &str, status: &NodeStatus) -> anyhow::Result<()> {
+        self.record_seen(node);
         self.store.set_observed(node, status)?;
-        self.record_seen(node)
+        self.store.flush_soon();
+        self.note_change();
+        Ok(())
     }
 }
 

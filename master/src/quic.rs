@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use fogmesh_common::codec::{forward_frames, read_frame, write_frame, CodecError};
 use fogmesh_common::tls::peer_certificate_der;
-use fogmesh_common::wire::{AgentMessage, DesiredState, MasterMessage};
+use fogmesh_common::wire::{AgentMessage, DesiredState, MasterMessage, Refusal};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
@@ -51,7 +51,7 @@ async fn handle_connection(cluster: Arc<Cluster>, incoming: quinn::Incoming) -> 
                 Ok(resp) => MasterMessage::Joined(resp),
                 Err(reason) => {
                     tracing::warn!(%peer, public_ip = %req.public_ip, %reason, "join refused");
-                    MasterMessage::Refused { reason }
+                    MasterMessage::Refused { reason, kind: Refusal::Other }
                 }
             };
             finish_with(&conn, &mut send, &reply).await
@@ -60,15 +60,15 @@ async fn handle_connection(cluster: Arc<Cluster>, incoming: quinn::Incoming) -> 
             let cert = peer_certificate_der(&conn);
             match cluster.hello(cert.as_deref(), &hello).await {
                 Ok(node) => control_loop(cluster, conn, send, recv, node, hello.acked_generation).await,
-                Err(reason) => {
+                Err((reason, kind)) => {
                     tracing::warn!(%peer, node = %hello.node_name, %reason, "agent refused");
-                    finish_with(&conn, &mut send, &MasterMessage::Refused { reason }).await
+                    finish_with(&conn, &mut send, &MasterMessage::Refused { reason, kind }).await
                 }
             }
         }
         other => {
             let reason = format!("expected Join or Hello as the first frame, got {}", message_name(&other));
-            finish_with(&conn, &mut send, &MasterMessage::Refused { reason }).await
+            finish_with(&conn, &mut send, &MasterMessage::Refused { reason, kind: Refusal::Other }).await
         }
     }
 }
@@ -117,7 +117,7 @@ async fn run_session(
     let heartbeat_ms = cluster.config.heartbeat_interval.as_millis() as u64;
     write_frame(send, &MasterMessage::Welcome { node_name: node.to_string(), heartbeat_interval_ms: heartbeat_ms }).await?;
     // The node is ready now: hostless workloads may be placed on it.
-    cluster.reschedule().await?;
+    cluster.reschedule_soon();
 
     let mut desired_changed = cluster.watch_desired();
     let mut sent = agent_generation;
@@ -136,9 +136,10 @@ async fn run_session(
                     None => break Ok(()),
                 };
                 last_heard = Instant::now();
+                // None of these waits for the disk: heartbeats keep flowing.
                 match msg {
-                    AgentMessage::Heartbeat => cluster.record_seen(node)?,
-                    AgentMessage::Ack { generation } => cluster.record_ack(node, generation).await?,
+                    AgentMessage::Heartbeat => cluster.record_seen(node),
+                    AgentMessage::Ack { generation } => cluster.record_ack(node, generation)?,
                     AgentMessage::Status(status) => cluster.record_status(node, &status)?,
                     other => break Err(anyhow!("unexpected {} from node {node}", message_name(&other))),
                 }
@@ -150,9 +151,9 @@ async fn run_session(
                 if !still_registered(cluster, node, fingerprint.as_deref())? {
                     // Decommission: the agent drops its containers, then is refused.
                     let empty = DesiredState { generation: cluster.store.next_generation()?, containers: vec![] };
-                    let _ = write_frame(send, &MasterMessage::Desired(empty)).await;
-                    let reason = "this node was removed from the cluster and its certificate revoked".to_string();
-                    let _ = write_frame(send, &MasterMessage::Refused { reason }).await;
+                    let _ = push(send, &empty).await;
+                    let reason = "this node was removed from the cluster (or replaced by another agent) and its certificate revoked".to_string();
+                    let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Revoked }).await;
                     let _ = send.finish();
                     break Ok(());
                 }
@@ -177,11 +178,22 @@ async fn push_if_newer(cluster: &Cluster, send: &mut SendStream, node: &str, sen
     let desired = cluster.store.desired(node)?;
     if desired.generation > sent {
         tracing::info!(%node, generation = desired.generation, containers = desired.containers.len(), "sending desired state");
-        let generation = desired.generation;
-        write_frame(send, &MasterMessage::Desired(desired)).await?;
-        return Ok(generation);
+        push(send, &desired).await?;
+        return Ok(desired.generation);
     }
     Ok(sent)
+}
+
+/// One frame per app, then the end marker: the frame limit bounds one app
+/// on one node (checked at submit), never the node's whole state.
+async fn push(send: &mut SendStream, desired: &DesiredState) -> Result<()> {
+    let parts = desired.per_app();
+    let apps = parts.len() as u32;
+    for app in parts {
+        write_frame(send, &MasterMessage::DesiredApp { generation: desired.generation, app }).await?;
+    }
+    write_frame(send, &MasterMessage::DesiredDone { generation: desired.generation, apps }).await?;
+    Ok(())
 }
 
 fn still_registered(cluster: &Cluster, node: &str, fingerprint: Option<&str>) -> Result<bool> {

@@ -6,13 +6,17 @@
 //! - Hostless workloads are spread over ready nodes, least loaded first, and
 //!   stay where they were placed: a node going offline never moves or drops
 //!   its workloads (offline is normal at the edge).
+//! - Two containers never publish the same host port on one node: apps are
+//!   placed oldest first, and a replica whose port is taken stays pending
+//!   with a reason naming who holds the port.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use fogmesh_common::adt::plan::{self, NodeKind, VolumeSource, Workload};
-use fogmesh_common::wire::{ContainerSpec, MountSource, MountSpec, PortSpec, Protocol};
+use fogmesh_common::adt::probes::parse_probe;
+use fogmesh_common::wire::{container_key, ContainerSpec, MountSource, MountSpec, PortSpec, Protocol};
 
-use crate::model::{AppRecord, NodeRecord, NodeState};
+use crate::model::{AppRecord, NodeRecord, NodeState, Pending, PendingKind};
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Schedule {
@@ -21,42 +25,86 @@ pub struct Schedule {
     /// Nodes of each replica of hostless workloads, keyed `APP_ID/WORKLOAD`.
     pub placements: BTreeMap<String, Vec<String>>,
     /// Why a workload (keyed `APP_ID/WORKLOAD`) is not (fully) placed.
-    pub pending: BTreeMap<String, String>,
+    pub pending: BTreeMap<String, Pending>,
 }
 
 pub fn placement_key(app_id: &str, workload: &str) -> String {
     format!("{app_id}/{workload}")
 }
 
+/// Host ports in use per node: `(port, protocol)` -> `APP/WORKLOAD` holding it.
+#[derive(Default)]
+struct PortBook {
+    used: HashMap<String, HashMap<(u16, Protocol), String>>,
+}
+
+impl PortBook {
+    /// The first of `ports` already taken on `node`, with its holder.
+    fn clash(&self, node: &str, ports: &[(u16, Protocol)]) -> Option<String> {
+        let used = self.used.get(node)?;
+        ports.iter().find_map(|p| used.get(p).map(|holder| format!("host port {}/{} on node {node} is already used by {holder}", p.0, p.1.as_str())))
+    }
+
+    fn take(&mut self, node: &str, ports: &[(u16, Protocol)], holder: &str) {
+        let used = self.used.entry(node.to_string()).or_default();
+        for p in ports {
+            used.insert(*p, holder.to_string());
+        }
+    }
+}
+
+/// Host ports a replica of `w` occupies on its node.
+fn host_ports(w: &Workload) -> Vec<(u16, Protocol)> {
+    let proto = |p: plan::Protocol| match p {
+        plan::Protocol::Tcp => Protocol::Tcp,
+        plan::Protocol::Udp => Protocol::Udp,
+    };
+    w.ports
+        .iter()
+        .filter_map(|p| if w.host_network { Some(p.container_port) } else { p.host_port }.map(|port| (port, proto(p.protocol))))
+        .collect()
+}
+
 pub fn schedule(
     apps: &[AppRecord],
     nodes: &[(NodeRecord, NodeState)],
     previous: &BTreeMap<String, Vec<String>>,
+    agent_endpoint: &str,
 ) -> Schedule {
     let mut out = Schedule::default();
     for (node, _) in nodes {
         out.per_node.insert(node.name.clone(), Vec::new());
     }
     let known: BTreeSet<&str> = nodes.iter().map(|(n, _)| n.name.as_str()).collect();
+    // Older apps first: they keep what they hold when a newer one collides.
+    let mut apps: Vec<&AppRecord> = apps.iter().collect();
+    apps.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+    let mut ports = PortBook::default();
 
     // Node-bound workloads first, so hostless ones see the real load.
     let mut hostless = Vec::new();
-    for app in apps {
+    for app in &apps {
         for w in &app.plan.workloads {
             let key = placement_key(&app.id, &w.name);
             let Some(host) = &w.host else {
-                hostless.push((app, w));
+                hostless.push((*app, w));
                 continue;
             };
-            match bind_host(app, host, nodes) {
+            match bind_host(app, host, nodes, agent_endpoint) {
                 Ok(node) => {
-                    let specs = out.per_node.entry(node.to_string()).or_default();
+                    let holder = format!("{}/{}", app.name, w.name);
+                    let wanted = host_ports(w);
                     for replica in 1..=w.replicas {
-                        specs.push(container_spec(app, w, replica));
+                        if let Some(clash) = ports.clash(node, &wanted) {
+                            out.pending.insert(key.clone(), Pending { kind: PendingKind::Conflict, reason: format!("replica {replica} of {}: {clash}", w.name) });
+                            break;
+                        }
+                        ports.take(node, &wanted, &holder);
+                        out.per_node.entry(node.to_string()).or_default().push(container_spec(app, w, replica));
                     }
                 }
-                Err(reason) => {
-                    out.pending.insert(key, reason);
+                Err(pending) => {
+                    out.pending.insert(key, pending);
                 }
             }
         }
@@ -66,30 +114,36 @@ pub fn schedule(
     let mut load: BTreeMap<String, usize> = out.per_node.iter().map(|(n, specs)| (n.clone(), specs.len())).collect();
     for (app, w) in hostless {
         let key = placement_key(&app.id, &w.name);
+        let holder = format!("{}/{}", app.name, w.name);
+        let wanted = host_ports(w);
         // Keep earlier choices on nodes that still exist, ready or not.
         let mut chosen: Vec<String> = previous
             .get(&key)
             .map(|p| p.iter().filter(|n| known.contains(n.as_str())).cloned().collect())
             .unwrap_or_default();
         chosen.truncate(w.replicas as usize);
-        let kept = chosen.len();
+        for node in &chosen {
+            *load.entry(node.clone()).or_default() += 1;
+            ports.take(node, &wanted, &holder);
+        }
         while chosen.len() < w.replicas as usize {
             let least_loaded = nodes
                 .iter()
-                .filter(|(_, state)| *state == NodeState::Ready)
+                .filter(|(n, state)| *state == NodeState::Ready && ports.clash(&n.name, &wanted).is_none())
                 .min_by_key(|(n, _)| (load.get(&n.name).copied().unwrap_or(0), n.name.clone()));
             let Some((node, _)) = least_loaded else {
-                out.pending.insert(
-                    key.clone(),
-                    format!("no ready node to run {} more replica(s) on", w.replicas as usize - chosen.len()),
-                );
+                let missing = w.replicas as usize - chosen.len();
+                let reason = if wanted.is_empty() {
+                    format!("no ready node to run {missing} more replica(s) on")
+                } else {
+                    format!("no ready node with its host ports free to run {missing} more replica(s) on")
+                };
+                out.pending.insert(key.clone(), Pending { kind: PendingKind::Waiting, reason });
                 break;
             };
             *load.entry(node.name.clone()).or_default() += 1;
+            ports.take(&node.name, &wanted, &holder);
             chosen.push(node.name.clone());
-        }
-        for node in &chosen[..kept] {
-            *load.entry(node.clone()).or_default() += 1;
         }
         // Replica numbers follow the order of `chosen`, so they stay stable.
         for (i, node) in chosen.iter().enumerate() {
@@ -104,44 +158,37 @@ pub fn schedule(
 }
 
 /// The node a workload's host means, or why there is none.
-fn bind_host<'n>(app: &AppRecord, host: &str, nodes: &'n [(NodeRecord, NodeState)]) -> Result<&'n str, String> {
+fn bind_host<'n>(app: &AppRecord, host: &str, nodes: &'n [(NodeRecord, NodeState)], agent_endpoint: &str) -> Result<&'n str, Pending> {
     let Some(plan_node) = app.plan.node(host) else {
-        return Err(format!("host '{host}' is not a node of the app"));
+        return Err(Pending { kind: PendingKind::Unplaceable, reason: format!("host '{host}' is not a node of the app") });
     };
     match plan_node.kind {
-        NodeKind::Cloud => Err(format!(
-            "host '{host}' is a cloud node set ({}); fogmesh does not provision cloud nodes yet",
-            plan_node.tosca_type
-        )),
+        NodeKind::Cloud => Err(Pending {
+            kind: PendingKind::Unplaceable,
+            reason: format!("host '{host}' is a cloud node set ({}); fogmesh does not provision cloud nodes yet", plan_node.tosca_type),
+        }),
         NodeKind::Edge => {
             let ip = plan_node.public_ip.as_deref().unwrap_or_default();
-            nodes
-                .iter()
-                .find(|(n, _)| n.public_ip == ip)
-                .map(|(n, _)| n.name.as_str())
-                .ok_or_else(|| {
-                    format!(
-                        "no fog node with public IP {ip} (Edge node '{host}') has joined; join one with `fogmesh-agent join --public-ip {ip}` or declare it with `fogmesh node add --public-ip {ip}`"
-                    )
-                })
+            nodes.iter().find(|(n, _)| n.public_ip == ip).map(|(n, _)| n.name.as_str()).ok_or_else(|| Pending {
+                kind: PendingKind::Waiting,
+                reason: format!(
+                    "no fog node with public IP {ip} (Edge node '{host}') has joined; create a token with `fogmesh token create`, then on that node run `FOGMESH_JOIN_TOKEN=<token> fogmesh-agent run --master {agent_endpoint} --public-ip {ip} --data-dir /var/lib/fogmesh-agent` (or declare it first with `fogmesh node add --public-ip {ip}`)"
+                ),
+            })
         }
     }
 }
 
-/// The container one replica of a workload runs as. Names are unique per
-/// node: `APP-WORKLOAD`, with `-N` for replicas after the first.
+/// The container one replica of a workload runs as. Its name is the key
+/// `APP_ID.WORKLOAD.REPLICA`, unique on a node and across apps.
 pub fn container_spec(app: &AppRecord, w: &Workload, replica: u32) -> ContainerSpec {
-    let name = if replica <= 1 {
-        format!("{}-{}", app.name, w.name)
-    } else {
-        format!("{}-{}-{replica}", app.name, w.name)
-    };
+    let replica = replica.max(1);
     ContainerSpec {
-        name,
+        name: container_key(&app.id, &w.name, replica),
         app_id: app.id.clone(),
         app_name: app.name.clone(),
         workload: w.name.clone(),
-        replica: replica.max(1),
+        replica,
         image: w.image.clone(),
         command: w.command.clone(),
         args: w.args.clone(),
@@ -178,8 +225,12 @@ pub fn container_spec(app: &AppRecord, w: &Workload, replica: u32) -> ContainerS
         cpu_millis: w.resources.cpu_limit_millis.or(w.resources.cpu_request_millis),
         memory_bytes: w.resources.memory_limit_bytes.or(w.resources.memory_request_bytes),
         privileged: w.privileged,
+        host_network: w.host_network,
         working_dir: w.working_dir.clone(),
         labels: w.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        // The compiler checked them; a plan stored by an older master may not parse.
+        liveness: w.liveness_probe.as_ref().and_then(|p| parse_probe(p).ok()),
+        readiness: w.readiness_probe.as_ref().and_then(|p| parse_probe(p).ok()),
     }
 }
 
@@ -215,19 +266,22 @@ mod tests {
         }
     }
 
+    const EP: &str = "192.0.2.1:7401";
     const EDGE_APP: &str = "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    fog: {type: tosca.nodes.MiCADO.Edge, properties: {public_ip: 127.0.0.3}}\n    det:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      properties: {image: d, env: [{name: A, value: '1'}], ports: [{containerPort: 80, hostPort: 8080, protocol: udp}]}\n      requirements: [{host: fog}]\n";
     const ANY_APP: &str = "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    web:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      occurrences: [3, 3]\n      properties: {image: w}\n";
 
     #[test]
     fn edge_workloads_bind_by_public_ip_or_wait_with_a_reason() {
         let a = app("a1", "face", EDGE_APP);
-        let s = schedule(std::slice::from_ref(&a), &[(node("n2", "127.0.0.2"), NodeState::Ready)], &BTreeMap::new());
+        let s = schedule(std::slice::from_ref(&a), &[(node("n2", "127.0.0.2"), NodeState::Ready)], &BTreeMap::new(), EP);
         assert!(s.per_node["n2"].is_empty());
-        assert!(s.pending["a1/det"].contains("no fog node with public IP 127.0.0.3"), "{:?}", s.pending);
+        assert_eq!(s.pending["a1/det"].kind, PendingKind::Waiting);
+        assert!(s.pending["a1/det"].reason.contains("no fog node with public IP 127.0.0.3"), "{:?}", s.pending);
+        assert!(s.pending["a1/det"].reason.contains("fogmesh-agent run --master 192.0.2.1:7401 --public-ip 127.0.0.3"), "{:?}", s.pending);
 
-        let s = schedule(&[a], &[(node("n3", "127.0.0.3"), NodeState::Offline)], &BTreeMap::new());
+        let s = schedule(&[a], &[(node("n3", "127.0.0.3"), NodeState::Offline)], &BTreeMap::new(), EP);
         let spec = &s.per_node["n3"][0];
-        assert_eq!(spec.name, "face-det");
+        assert_eq!(spec.name, "a1.det.1");
         assert_eq!(spec.env, vec![("A".to_string(), "1".to_string())]);
         assert_eq!(spec.ports[0], PortSpec { container_port: 80, host_port: Some(8080), protocol: Protocol::Udp });
         assert!(s.pending.is_empty());
@@ -237,21 +291,50 @@ mod tests {
     fn hostless_replicas_spread_and_stay_put_when_a_node_goes_offline() {
         let a = app("a2", "web", ANY_APP);
         let nodes = vec![(node("n1", "10.0.0.1"), NodeState::Ready), (node("n2", "10.0.0.2"), NodeState::Ready)];
-        let s = schedule(std::slice::from_ref(&a), &nodes, &BTreeMap::new());
+        let s = schedule(std::slice::from_ref(&a), &nodes, &BTreeMap::new(), EP);
         assert_eq!(s.per_node["n1"].len() + s.per_node["n2"].len(), 3);
         assert!(!s.per_node["n1"].is_empty() && !s.per_node["n2"].is_empty());
         let names: BTreeSet<String> = s.per_node.values().flatten().map(|c| c.name.clone()).collect();
         assert_eq!(names.len(), 3, "replica names are unique: {names:?}");
 
         let offline = vec![(node("n1", "10.0.0.1"), NodeState::Offline), (node("n2", "10.0.0.2"), NodeState::Ready)];
-        let again = schedule(&[a], &offline, &s.placements);
+        let again = schedule(&[a], &offline, &s.placements, EP);
         assert_eq!(again.per_node, s.per_node, "an offline node keeps its replicas");
     }
 
     #[test]
     fn no_ready_node_leaves_hostless_pending() {
         let a = app("a3", "web", ANY_APP);
-        let s = schedule(&[a], &[], &BTreeMap::new());
-        assert!(s.pending["a3/web"].contains("no ready node to run 3 more replica(s)"));
+        let s = schedule(&[a], &[], &BTreeMap::new(), EP);
+        assert!(s.pending["a3/web"].reason.contains("no ready node to run 3 more replica(s)"));
+    }
+
+    #[test]
+    fn apps_never_collide_on_names_or_host_ports() {
+        // App `cx` workload `y-z` and app `cx-y` workload `z`: distinct keys.
+        let one = app("a0000001", "cx", &EDGE_APP.replace("det:", "y-z:"));
+        let mut two = app("a0000002", "cx-y", &EDGE_APP.replace("det:", "z:").replace("8080", "8081"));
+        two.created_ms = 1;
+        let nodes = [(node("n3", "127.0.0.3"), NodeState::Ready)];
+        let s = schedule(&[one.clone(), two], &nodes, &BTreeMap::new(), EP);
+        let names: Vec<&str> = s.per_node["n3"].iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a0000001.y-z.1", "a0000002.z.1"]);
+
+        // Same host port: the older app keeps it, the newer one is pending with who holds it.
+        let mut three = app("a0000003", "later", EDGE_APP);
+        three.created_ms = 2;
+        let s = schedule(&[three, one], &nodes, &BTreeMap::new(), EP);
+        assert_eq!(s.per_node["n3"].len(), 1);
+        assert_eq!(s.per_node["n3"][0].app_id, "a0000001");
+        let p = &s.pending["a0000003/det"];
+        assert_eq!(p.kind, PendingKind::Conflict);
+        assert!(p.reason.contains("host port 8080/udp on node n3 is already used by cx/y-z"), "{p:?}");
+    }
+
+    #[test]
+    fn cloud_hosts_are_unplaceable() {
+        let adt = "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    vm: {type: tosca.nodes.MiCADO.EC2.Compute, properties: {region_name: r, image_id: i, instance_type: t}}\n    web:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      properties: {image: w}\n      requirements: [{host: vm}]\n";
+        let s = schedule(&[app("a4", "c", adt)], &[], &BTreeMap::new(), EP);
+        assert_eq!(s.pending["a4/web"].kind, PendingKind::Unplaceable);
     }
 }

@@ -4,6 +4,9 @@
 //!
 //! Writers call [`Store::flush`] before they tell anyone (API client, agent)
 //! that a change happened: nothing is acknowledged that is not on disk.
+//! Every flush goes through one [`GroupFlusher`]: concurrent writers share
+//! flushes, and sled never runs two at once. Writes nobody waits for (what
+//! agents report) call [`Store::flush_soon`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,11 +16,13 @@ use fogmesh_common::wire::{DesiredState, NodeStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::flusher::GroupFlusher;
 use crate::model::{AppRecord, NodeRecord, TokenRecord};
 
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    flusher: GroupFlusher,
     nodes: sled::Tree,
     apps: sled::Tree,
     desired: sled::Tree,
@@ -31,9 +36,20 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::open(dir).with_context(|| format!("open the master store in {}", dir.display()))?;
+        // Only our flusher thread flushes: no background flushes beside it.
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .with_context(|| format!("open the master store in {}", dir.display()))?;
         let tree = |name: &str| db.open_tree(name).with_context(|| format!("open store tree {name}"));
+        let flushing = db.clone();
+        let flusher = GroupFlusher::start("store", move || {
+            flushing.flush()?;
+            Ok(())
+        })?;
         Ok(Store {
+            flusher,
             nodes: tree("nodes")?,
             apps: tree("apps")?,
             desired: tree("desired")?,
@@ -47,13 +63,18 @@ impl Store {
         })
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable (shares a flush with concurrent callers).
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await.context("flush the master store")?;
-        Ok(())
+        self.flusher.flush().await
     }
 
-    /// `flush` for code outside the async runtime (`init`).
+    /// Makes the writes so far durable soon, without waiting.
+    pub fn flush_soon(&self) {
+        self.flusher.request();
+    }
+
+    /// `flush` for code outside the async runtime (`init`), before any
+    /// other writer exists.
     pub fn flush_blocking(&self) -> Result<()> {
         self.db.flush().context("flush the master store")?;
         Ok(())

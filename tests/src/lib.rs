@@ -133,7 +133,8 @@ impl Master {
             .arg(self.dir.join("master"))
             .args(["--api", &format!("127.0.0.1:{}", self.api_port)])
             .args(["--quic", &format!("127.0.0.1:{}", self.quic_port)])
-            .args(["--offline-after", "4s", "--heartbeat", "1s"]);
+            .args(["--offline-after", "4s", "--heartbeat", "1s"])
+            .env("RUST_LOG", "info");
         let n = std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0);
         self.proc = Some(Proc::spawn(cmd, self.dir.join(format!("master-{n}.log"))));
         wait_for("the master API", Duration::from_secs(20), || {
@@ -199,7 +200,8 @@ impl Agent {
     pub fn join_and_run(master: &Master, name: &str, public_ip: &str) -> Agent {
         let data_dir = master.dir.join(format!("agent-{name}"));
         let out = Command::new(bin("fogmesh-agent"))
-            .args(["join", "--master", &master.address(), "--token", &master.token()])
+            .args(["join", "--master", &master.address()])
+            .env("FOGMESH_JOIN_TOKEN", master.token())
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--public-ip", public_ip, "--name", name, "--label", "zone=test"])
@@ -249,15 +251,39 @@ pub fn running_containers(node: &str) -> Vec<String> {
     list.lines().map(String::from).collect()
 }
 
-/// `docker inspect` of the container of `spec_name` on `node`, if it exists.
-pub fn inspect(node: &str, spec_name: &str) -> Option<serde_json::Value> {
-    let id = docker(&["ps", "-aq", "--filter", &format!("label=fogmesh.node={node}"), "--filter", &format!("label=fogmesh.name={spec_name}")]);
-    let id = id.lines().next()?.to_string();
-    // The agent may replace the container between the two calls: then it is
-    // simply not there (yet).
-    let out = Command::new("docker").args(["inspect", &id]).output().ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    json.get(0).cloned()
+/// `docker inspect` of replica 1 of `workload` of app `app` on `node`: the
+/// running version if one runs (during an update the old one may still
+/// exist beside it), else the newest.
+pub fn inspect(node: &str, app: &str, workload: &str) -> Option<serde_json::Value> {
+    let filters = [
+        format!("label=fogmesh.node={node}"),
+        format!("label=fogmesh.app-name={app}"),
+        format!("label=fogmesh.workload={workload}"),
+        "label=fogmesh.replica=1".to_string(),
+    ];
+    let mut args = vec!["ps", "-aq"];
+    for f in &filters {
+        args.extend(["--filter", f.as_str()]);
+    }
+    let ids = docker(&args);
+    let mut found: Vec<serde_json::Value> = ids
+        .lines()
+        .filter_map(|id| {
+            // The agent may replace the container between the two calls: then
+            // it is simply not there (yet).
+            let out = Command::new("docker").args(["inspect", id]).output().ok()?;
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            json.get(0).cloned()
+        })
+        .collect();
+    found.sort_by_key(|c| (c["State"]["Running"] != true, std::cmp::Reverse(c["Created"].as_str().unwrap_or("").to_string())));
+    found.into_iter().next()
+}
+
+/// Ids of all containers (any state) of `node`.
+pub fn all_containers(node: &str) -> Vec<String> {
+    let list = docker(&["ps", "-aq", "--filter", &format!("label=fogmesh.node={node}")]);
+    list.lines().map(String::from).collect()
 }
 
 pub fn remove_node_containers(node: &str) {
@@ -281,4 +307,31 @@ pub fn test_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test dir");
     dir
+}
+
+/// `fogmesh-agent simulate`: `count` simulated nodes in one process, joined
+/// with one multi-use token, each with its own certificate and QUIC session.
+pub struct Fleet {
+    pub proc: Proc,
+    pub prefix: String,
+}
+
+impl Fleet {
+    pub fn start(master: &Master, prefix: &str, count: usize, ip_base: &str) -> Fleet {
+        let token = master.cli_ok(&["token", "create", "--ttl", "10m", "--uses", &count.to_string()]).trim().to_string();
+        let mut cmd = Command::new(bin("fogmesh-agent"));
+        cmd.args(["simulate", "--master", &master.address(), "--count", &count.to_string(), "--prefix", prefix, "--ip-base", ip_base])
+            .arg("--data-dir")
+            .arg(master.dir.join(format!("fleet-{prefix}")))
+            .env("FOGMESH_JOIN_TOKEN", token)
+            .env("RUST_LOG", "warn");
+        let proc = Proc::spawn(cmd, master.dir.join(format!("fleet-{prefix}.log")));
+        let fleet = Fleet { proc, prefix: prefix.to_string() };
+        wait_for(&format!("{count} simulated nodes ready"), Duration::from_secs(120), || {
+            let nodes = master.cli_json(&["node", "list"]);
+            let ready = nodes.as_array()?.iter().filter(|n| n["name"].as_str().is_some_and(|s| s.starts_with(prefix)) && n["state"] == "ready").count();
+            (ready == count).then_some(())
+        });
+        fleet
+    }
 }

@@ -55,23 +55,23 @@ fn app_detail(master: &Master, app: &str) -> Value {
     master.cli_json(&["app", "show", app])
 }
 
+/// Replicas of `workload` that run their current spec, as the master shows them.
 fn running_of(detail: &Value, workload: &str) -> u64 {
     detail["workloads"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|w| w["name"] == workload)
-        .flat_map(|w| w["placements"].as_array().unwrap().iter())
-        .map(|p| p["running"].as_u64().unwrap())
+        .map(|w| w["current_replicas"].as_u64().unwrap())
         .sum()
 }
 
-fn container_id(node: &str, spec: &str) -> String {
-    inspect(node, spec).map(|c| c["Id"].as_str().unwrap().to_string()).unwrap_or_default()
+fn container_id(node: &str, app: &str, workload: &str) -> String {
+    inspect(node, app, workload).map(|c| c["Id"].as_str().unwrap().to_string()).unwrap_or_default()
 }
 
-fn env_of(node: &str, spec: &str) -> Vec<String> {
-    inspect(node, spec)
+fn env_of(node: &str, app: &str, workload: &str) -> Vec<String> {
+    inspect(node, app, workload)
         .map(|c| c["Config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect())
         .unwrap_or_default()
 }
@@ -89,12 +89,12 @@ fn apps_land_on_the_right_nodes_update_and_delete() {
     // Submit waits for the rollout and shows per-node progress.
     let adt = two_node_adt(&dir, "hi", port);
     let out = master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--name", "demo", "--timeout", "90s"]);
-    assert!(out.contains("greeter on pa") && out.contains("app demo is running"), "{out}");
+    assert!(out.contains("greeter replica 1 on pa") && out.contains("app demo is running (revision 1)"), "{out}");
 
     // greeter on the node with public IP 127.0.0.2, with env, port, mount, limit.
-    let greeter = inspect(&a.name, "demo-greeter").expect("greeter runs on node a");
-    assert!(inspect(&b.name, "demo-greeter").is_none(), "greeter must not run on node b");
-    assert!(env_of(&a.name, "demo-greeter").contains(&"GREETING=hi".to_string()));
+    let greeter = inspect(&a.name, "demo", "greeter").expect("greeter runs on node a");
+    assert!(inspect(&b.name, "demo", "greeter").is_none(), "greeter must not run on node b");
+    assert!(env_of(&a.name, "demo", "greeter").contains(&"GREETING=hi".to_string()));
     let binding = &greeter["HostConfig"]["PortBindings"]["8080/tcp"][0];
     assert_eq!(binding["HostIp"], "127.0.0.2", "ports publish on the node's public IP");
     assert_eq!(binding["HostPort"], port.to_string());
@@ -107,29 +107,29 @@ fn apps_land_on_the_right_nodes_update_and_delete() {
         out.status.success().then(|| text(&out.stdout))
     });
     assert_eq!(body, "hello from the fog\n");
-    assert!(env_of(&b.name, "demo-worker").contains(&"ROLE=worker".to_string()));
+    assert!(env_of(&b.name, "demo", "worker").contains(&"ROLE=worker".to_string()));
 
     // node list shows both nodes ready with their IPs, labels and capacity.
     let nodes = master.cli_json(&["node", "list"]);
     let node_a = nodes.as_array().unwrap().iter().find(|n| n["name"] == a.name.as_str()).unwrap();
     assert_eq!(node_a["public_ip"], "127.0.0.2");
     assert_eq!(node_a["state"], "ready");
-    assert_eq!(node_a["labels"][0], serde_json::json!(["zone", "test"]));
+    assert_eq!(node_a["labels"], serde_json::json!({"zone": "test"}), "labels are a JSON object");
     assert!(node_a["capacity"]["cpus"].as_u64().unwrap() >= 1);
 
     // Update: only the changed container is replaced.
-    let worker_before = container_id(&b.name, "demo-worker");
-    let greeter_before = container_id(&a.name, "demo-greeter");
+    let worker_before = container_id(&b.name, "demo", "worker");
+    let greeter_before = container_id(&a.name, "demo", "greeter");
     let adt = two_node_adt(&dir, "hello again", port);
     master.cli_ok(&["app", "update", "demo", adt.to_str().unwrap(), "--timeout", "90s"]);
-    wait_for("greeter to be replaced", T, || env_of(&a.name, "demo-greeter").contains(&"GREETING=hello again".to_string()).then_some(()));
-    assert_ne!(container_id(&a.name, "demo-greeter"), greeter_before);
-    assert_eq!(container_id(&b.name, "demo-worker"), worker_before, "unchanged worker must not restart");
+    wait_for("greeter to be replaced", T, || env_of(&a.name, "demo", "greeter").contains(&"GREETING=hello again".to_string()).then_some(()));
+    assert_ne!(container_id(&a.name, "demo", "greeter"), greeter_before);
+    assert_eq!(container_id(&b.name, "demo", "worker"), worker_before, "unchanged worker must not restart");
 
     // A killed container is restarted by its agent.
-    docker(&["kill", &container_id(&b.name, "demo-worker")]);
+    docker(&["kill", &container_id(&b.name, "demo", "worker")]);
     wait_for("worker restarted", T, || {
-        let c = inspect(&b.name, "demo-worker")?;
+        let c = inspect(&b.name, "demo", "worker")?;
         (c["State"]["Running"] == true).then_some(())
     });
     let detail = app_detail(&master, "demo");
@@ -159,10 +159,10 @@ fn edge_workload_waits_for_its_node_then_starts() {
     .unwrap();
     master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--no-wait"]);
     let detail = app_detail(&master, "late");
-    let reason = detail["workloads"][0]["pending_reason"].as_str().unwrap_or_default().to_string();
+    let reason = detail["workloads"][0]["pending"]["reason"].as_str().unwrap_or_default().to_string();
     assert!(reason.contains("no fog node with public IP 127.0.0.9"), "{detail}");
     let shown = master.cli_ok(&["app", "show", "late"]);
-    assert!(shown.contains("pending: no fog node with public IP 127.0.0.9"), "{shown}");
+    assert!(shown.contains("revision 1: waiting") && shown.contains("no fog node with public IP 127.0.0.9"), "{shown}");
 
     let node = Agent::join_and_run(&master, &format!("late{}", std::process::id()), "127.0.0.9");
     wait_for("the pending workload to start", T, || (running_of(&app_detail(&master, "late"), "probe") == 1).then_some(()));
@@ -190,7 +190,7 @@ fn offline_agents_keep_and_restore_workloads_and_catch_up() {
     master.kill();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(running_containers(&agent.name).len(), 1, "workload survives the master");
-    docker(&["kill", &container_id(&agent.name, "solo-job")]);
+    docker(&["kill", &container_id(&agent.name, "solo", "job")]);
     wait_for("restart while the master is down", T, || (running_containers(&agent.name).len() == 1).then_some(()));
 
     // Agent restarted while the master is down ("reboot": its containers are gone too).
@@ -198,7 +198,7 @@ fn offline_agents_keep_and_restore_workloads_and_catch_up() {
     remove_node_containers(&agent.name);
     agent.start();
     wait_for("the agent to restore its workload without the master", T, || (running_containers(&agent.name).len() == 1).then_some(()));
-    assert!(env_of(&agent.name, "solo-job").contains(&"V=1".to_string()));
+    assert!(env_of(&agent.name, "solo", "job").contains(&"V=1".to_string()));
 
     // An update made while the agent is away reaches it once both are back.
     master.restart();
@@ -208,9 +208,9 @@ fn offline_agents_keep_and_restore_workloads_and_catch_up() {
     master.kill();
     agent.start();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(env_of(&agent.name, "solo-job").contains(&"V=1".to_string()), "offline agent keeps the old state");
+    assert!(env_of(&agent.name, "solo", "job").contains(&"V=1".to_string()), "offline agent keeps the old state");
     master.restart();
-    wait_for("the update made before the outage", T, || env_of(&agent.name, "solo-job").contains(&"V=2".to_string()).then_some(()));
+    wait_for("the update made before the outage", T, || env_of(&agent.name, "solo", "job").contains(&"V=2".to_string()).then_some(()));
     wait_for("the master to see the updated container running", T, || (running_of(&app_detail(&master, "solo"), "job") == 1).then_some(()));
 
     // The master marks a silent node offline but keeps its workloads.
@@ -251,7 +251,7 @@ fn bad_tokens_and_removed_nodes_are_refused() {
     let out = join(&good, "first");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = join(&good, "second");
-    assert!(text(&out.stderr).contains("already used"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("already used up"), "{}", text(&out.stderr));
     // Expired.
     let short = master.cli_ok(&["token", "create", "--ttl", "1s"]).trim().to_string();
     std::thread::sleep(Duration::from_millis(2100));

@@ -123,6 +123,7 @@ impl<'d> Compiler<'d> {
         let (instances, bounds) = self.expand(templates, &inputs);
         let mut plan = self.build_nodes(&instances, &bounds, &inputs);
         plan.description = doc.get("description").and_then(Node::scalar_text);
+        plan.inputs = inputs.declared();
 
         let mut targets = Targets::new();
         for inst in &instances {

@@ -49,6 +49,9 @@ pub fn build_workload(t: ContainerTemplate, r: &mut Reader) -> Option<Workload> 
         .and_then(|p| r.boolean(p, "privileged"))
         .unwrap_or(false);
     let working_dir = props.get("workingDir").and_then(|w| r.text(w, "workingDir"));
+    let host_network = props.get("hostNetwork").and_then(|h| r.boolean(h, "hostNetwork")).unwrap_or(false);
+    let liveness_probe = props.get("livenessProbe").map(|p| read_probe(p, "livenessProbe", r));
+    let readiness_probe = props.get("readinessProbe").map(|p| read_probe(p, "readinessProbe", r));
     let labels = props.get("labels").map(|l| r.text_map(l, "labels")).unwrap_or_default();
 
     Some(Workload {
@@ -66,8 +69,9 @@ pub fn build_workload(t: ContainerTemplate, r: &mut Reader) -> Option<Workload> 
         privileged,
         working_dir,
         labels,
-        liveness_probe: props.get("livenessProbe").map(Node::to_json),
-        readiness_probe: props.get("readinessProbe").map(Node::to_json),
+        host_network,
+        liveness_probe,
+        readiness_probe,
         host: t.host,
         // Bounds and replicas are set by the compiler once policies are read.
         min_instances: 1,
@@ -75,6 +79,16 @@ pub fn build_workload(t: ContainerTemplate, r: &mut Reader) -> Option<Workload> 
         replicas: 1,
         kubernetes: t.kubernetes,
     })
+}
+
+/// A probe as written (kept as JSON in the plan), after checking that the
+/// agent can run it.
+fn read_probe(node: &Node, what: &str, r: &mut Reader) -> serde_json::Value {
+    let json = node.to_json();
+    if let Err(why) = super::probes::parse_probe(&json) {
+        r.problem(node, format!("{what} {why}"));
+    }
+    json
 }
 
 /// `env: [{name, value}]`, or the Compose-style `environment` as such a list,

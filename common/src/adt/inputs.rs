@@ -26,6 +26,17 @@ pub struct Site<'a> {
     pub copy: Option<u32>,
 }
 
+/// The input names an ADT declares, read without compiling it (empty when
+/// it does not parse: the compiler then reports why).
+pub fn declared_input_names(text: &str) -> Vec<String> {
+    let Ok(doc) = super::yaml::parse(text) else { return Vec::new() };
+    doc.get("topology_template")
+        .and_then(|t| t.get("inputs"))
+        .and_then(Node::as_map)
+        .map(|entries| entries.iter().map(|(k, _)| k.name.clone()).collect())
+        .unwrap_or_default()
+}
+
 impl Inputs {
     /// Reads `topology_template.inputs` and applies `params` (NAME=VALUE from
     /// the command line or the API) on top of the defaults.
@@ -86,6 +97,11 @@ impl Inputs {
             });
         }
         result
+    }
+
+    /// The declared inputs, in order, and whether each is a secret.
+    pub fn declared(&self) -> Vec<super::plan::PlanInput> {
+        self.inputs.iter().map(|(name, i)| super::plan::PlanInput { name: name.clone(), secret: i.secret }).collect()
     }
 
     /// Whether `node` is a `get_input` of a `secret` input.

@@ -11,6 +11,7 @@ pub mod diagnostics;
 mod inputs;
 pub mod plan;
 mod policies;
+pub mod probes;
 mod props;
 pub mod quantity;
 pub mod templating;
@@ -19,4 +20,5 @@ pub mod yaml;
 
 pub use compile::{compile, CompileOptions, ImportReader, MAX_INSTANCE_COUNT};
 pub use diagnostics::{CompileError, Diagnostic};
+pub use inputs::declared_input_names;
 pub use plan::Plan;

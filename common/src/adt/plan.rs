@@ -12,9 +12,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub description: Option<String>,
+    /// The ADT's inputs (what `--param` may set).
+    #[serde(default)]
+    pub inputs: Vec<PlanInput>,
     pub nodes: Vec<PlanNode>,
     pub workloads: Vec<Workload>,
     pub policies: Vec<Policy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanInput {
+    pub name: String,
+    /// Type `secret`: its value is never shown.
+    pub secret: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +86,9 @@ pub struct Workload {
     pub volumes: Vec<Mount>,
     pub privileged: bool,
     pub working_dir: Option<String>,
+    /// `hostNetwork: true`: share the node's network (no port mapping).
+    #[serde(default)]
+    pub host_network: bool,
     pub labels: IndexMap<String, String>,
     pub liveness_probe: Option<serde_json::Value>,
     pub readiness_probe: Option<serde_json::Value>,

@@ -9,38 +9,25 @@ use bollard::models::{
     ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions,
     MountVolumeOptionsDriverConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
-use fogmesh_common::wire::{ContainerSpec, MountSource, Protocol};
-use ring::digest;
+use fogmesh_common::wire::{ContainerSpec, MountSource};
+use fogmesh_common::pki::sha256_hex;
 
 use super::RuntimeError;
 
 /// Node that owns the container; the only filter the reconciler lists by.
 pub const LABEL_NODE: &str = "fogmesh.node";
+/// The app's id (unique); `fogmesh.app-name` carries its name for people.
 pub const LABEL_APP: &str = "fogmesh.app";
+pub const LABEL_APP_NAME: &str = "fogmesh.app-name";
 pub const LABEL_WORKLOAD: &str = "fogmesh.workload";
+pub const LABEL_REPLICA: &str = "fogmesh.replica";
 /// `ContainerSpec::name`, the key that matches containers to specs.
 pub const LABEL_NAME: &str = "fogmesh.name";
 /// Hash of the spec the container was made from; a change means replace.
 pub const LABEL_SPEC: &str = "fogmesh.spec";
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(digest::digest(&digest::SHA256, bytes).as_ref())
-}
-
-/// Hex SHA-256 of the spec's JSON: any change to the spec changes it.
-pub fn spec_hash(spec: &ContainerSpec) -> String {
-    // These plain types always serialise; Debug keeps a stable fallback anyway.
-    let bytes = serde_json::to_vec(spec).unwrap_or_else(|_| format!("{spec:?}").into_bytes());
-    sha256_hex(&bytes)
-}
+/// Host ports the container publishes (`8080/tcp,53/udp`), or `host` for
+/// host networking: whether an old and a new version can run side by side.
+pub const LABEL_HOST_PORTS: &str = "fogmesh.host-ports";
 
 /// Maps `raw` onto `[a-zA-Z0-9_.-]`; when anything had to change, a short
 /// hash of the original is appended so two names never collapse into one.
@@ -56,14 +43,38 @@ fn sanitise(raw: &str) -> String {
     }
 }
 
-/// Docker name of a spec's container: `fm-<node>-<spec name>`.
-pub fn container_name(node: &str, spec_name: &str) -> String {
-    sanitise(&format!("fm-{node}-{spec_name}"))
+/// Docker name of one version of a spec's container, readable and unique:
+/// `fm-NODE-APP-WORKLOAD-REPLICA-HASH8`. The spec hash in the name lets an
+/// old and a new version exist side by side during an update.
+pub fn container_name(node: &str, spec: &ContainerSpec, hash: &str) -> String {
+    let short = hash.get(..8).unwrap_or(hash);
+    sanitise(&format!("fm-{node}-{}-{}-{}-{short}", spec.app_name, spec.workload, spec.replica))
 }
 
-/// Folder with a spec's config-map files, one sub-folder per mount index.
-pub fn configmap_dir(data_dir: &Path, spec_name: &str) -> PathBuf {
-    data_dir.join("configmaps").join(sanitise(spec_name))
+/// The `fogmesh.host-ports` label value of a spec.
+pub fn host_ports_label(spec: &ContainerSpec) -> String {
+    if spec.host_network {
+        return "host".into();
+    }
+    let mut ports: Vec<String> = spec.host_ports().iter().map(|(p, proto)| format!("{p}/{}", proto.as_str())).collect();
+    ports.sort();
+    ports.join(",")
+}
+
+/// Whether two versions with these `fogmesh.host-ports` labels cannot run
+/// at the same time on one node.
+pub fn host_ports_clash(a: &str, b: &str) -> bool {
+    if a == "host" || b == "host" {
+        return true;
+    }
+    a.split(',').filter(|p| !p.is_empty()).any(|p| b.split(',').any(|q| q == p))
+}
+
+/// Folder with the config-map files of one version of a spec, one
+/// sub-folder per mount index. Per version, so an update never rewrites
+/// the files under the old version while it still runs.
+pub fn configmap_dir(data_dir: &Path, spec_name: &str, hash: &str) -> PathBuf {
+    data_dir.join("configmaps").join(sanitise(spec_name)).join(hash.get(..16).unwrap_or(hash))
 }
 
 /// `image` with an explicit tag: without one, the pull API fetches every tag.
@@ -83,8 +94,8 @@ fn io_error(context: String, source: std::io::Error) -> RuntimeError {
 /// Creates host folders and writes config-map files, returning the Docker
 /// mounts. Called only right before a container is created, so the files of
 /// a running container are never rewritten under it.
-pub fn prepare_mounts(spec: &ContainerSpec, data_dir: &Path) -> Result<Vec<Mount>, RuntimeError> {
-    let cm_root = configmap_dir(data_dir, &spec.name);
+pub fn prepare_mounts(spec: &ContainerSpec, hash: &str, data_dir: &Path) -> Result<Vec<Mount>, RuntimeError> {
+    let cm_root = configmap_dir(data_dir, &spec.name, hash);
     // Stale files of an older version of the spec must not show up.
     match std::fs::remove_dir_all(&cm_root) {
         Ok(()) => {}
@@ -170,21 +181,34 @@ pub fn prepare_mounts(spec: &ContainerSpec, data_dir: &Path) -> Result<Vec<Mount
     Ok(mounts)
 }
 
-/// The Docker create request for `spec`, owned by `node`.
+/// Who creates containers: the node, where it publishes ports, and labels
+/// the operator asked to put on every container (e.g. a quickstart marker).
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub node: String,
+    pub bind_ip: Option<IpAddr>,
+    pub extra_labels: Vec<(String, String)>,
+}
+
+/// The Docker create request for `spec`, owned by `owner`.
 pub fn create_body(
     spec: &ContainerSpec,
-    node: &str,
+    owner: &Owner,
     hash: &str,
-    bind_ip: Option<IpAddr>,
     mounts: Vec<Mount>,
 ) -> Result<ContainerCreateBody, RuntimeError> {
     // The spec's own labels first, so they can never fake ownership.
     let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
-    labels.insert(LABEL_NODE.into(), node.into());
+    labels.extend(owner.extra_labels.iter().cloned());
+    labels.insert(LABEL_NODE.into(), owner.node.clone());
     labels.insert(LABEL_APP.into(), spec.app_id.clone());
+    labels.insert(LABEL_APP_NAME.into(), spec.app_name.clone());
     labels.insert(LABEL_WORKLOAD.into(), spec.workload.clone());
+    labels.insert(LABEL_REPLICA.into(), spec.replica.to_string());
     labels.insert(LABEL_NAME.into(), spec.name.clone());
     labels.insert(LABEL_SPEC.into(), hash.into());
+    labels.insert(LABEL_HOST_PORTS.into(), host_ports_label(spec));
+    let bind_ip = owner.bind_ip;
 
     let mut env = Vec::with_capacity(spec.env.len());
     for (k, v) in &spec.env {
@@ -197,15 +221,11 @@ pub fn create_body(
     let mut exposed: Vec<String> = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &spec.ports {
-        let proto = match p.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
-        let key = format!("{}/{proto}", p.container_port);
+        let key = format!("{}/{}", p.container_port, p.protocol.as_str());
         if !exposed.contains(&key) {
             exposed.push(key.clone());
         }
-        if let Some(host_port) = p.host_port {
+        if let (Some(host_port), false) = (p.host_port, spec.host_network) {
             let binding = PortBinding {
                 host_ip: bind_ip.map(|ip| ip.to_string()),
                 host_port: Some(host_port.to_string()),
@@ -244,6 +264,7 @@ pub fn create_body(
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(HostConfig {
             port_bindings: (!bindings.is_empty()).then_some(bindings),
+            network_mode: spec.host_network.then(|| "host".to_string()),
             mounts: (!mounts.is_empty()).then_some(mounts),
             nano_cpus,
             memory,
@@ -262,15 +283,15 @@ pub fn create_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fogmesh_common::wire::{MountSpec, PortSpec};
+    use fogmesh_common::wire::{MountSpec, PortSpec, Protocol};
 
     fn spec() -> ContainerSpec {
         ContainerSpec {
-            name: "app-web".into(),
-            app_id: "app".into(),
-            app_name: "App".into(),
+            name: "a1b2c3d4.web.1".into(),
+            app_id: "a1b2c3d4".into(),
+            app_name: "shop".into(),
             workload: "web".into(),
-            replica: 0,
+            replica: 1,
             image: "fogmesh/busybox:test".into(),
             command: vec![],
             args: vec![],
@@ -280,16 +301,28 @@ mod tests {
             cpu_millis: Some(500),
             memory_bytes: Some(1 << 20),
             privileged: false,
+            host_network: false,
             working_dir: None,
             labels: vec![(LABEL_NODE.into(), "spoofed".into()), ("team".into(), "x".into())],
+            liveness: None,
+            readiness: None,
         }
+    }
+
+    fn owner(node: &str, bind_ip: Option<&str>) -> Owner {
+        Owner { node: node.into(), bind_ip: bind_ip.map(|ip| ip.parse().unwrap()), extra_labels: vec![("qs".into(), "1".into())] }
     }
 
     #[test]
     fn names_are_sanitised_without_collisions() {
-        assert_eq!(container_name("n1", "app-web"), "fm-n1-app-web");
-        let a = container_name("n1", "app/web");
-        let b = container_name("n1", "app web");
+        let s = spec();
+        let hash = s.spec_hash();
+        assert_eq!(container_name("n1", &s, &hash), format!("fm-n1-shop-web-1-{}", &hash[..8]));
+        let mut odd = s.clone();
+        odd.app_name = "app/web".into();
+        let a = container_name("n1", &odd, &hash);
+        odd.app_name = "app web".into();
+        let b = container_name("n1", &odd, &hash);
         assert!(a.starts_with("fm-n1-app_web-") && b.starts_with("fm-n1-app_web-"));
         assert_ne!(a, b);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
@@ -299,11 +332,27 @@ mod tests {
     #[test]
     fn hash_follows_the_spec() {
         let s = spec();
-        assert_eq!(spec_hash(&s), spec_hash(&s.clone()));
-        assert_eq!(spec_hash(&s).len(), 64);
+        assert_eq!(s.spec_hash(), s.clone().spec_hash());
+        assert_eq!(s.spec_hash().len(), 64);
         let mut t = s.clone();
         t.env[0].1 = "2".into();
-        assert_ne!(spec_hash(&s), spec_hash(&t));
+        assert_ne!(s.spec_hash(), t.spec_hash());
+    }
+
+    #[test]
+    fn host_port_clashes() {
+        let mut s = spec();
+        assert_eq!(host_ports_label(&s), "");
+        s.ports = vec![
+            PortSpec { container_port: 80, host_port: Some(8080), protocol: Protocol::Tcp },
+            PortSpec { container_port: 53, host_port: Some(53), protocol: Protocol::Udp },
+        ];
+        let label = host_ports_label(&s);
+        assert_eq!(label, "53/udp,8080/tcp");
+        assert!(host_ports_clash(&label, "8080/tcp"));
+        assert!(!host_ports_clash(&label, "8080/udp,9090/tcp"));
+        assert!(!host_ports_clash(&label, ""));
+        assert!(host_ports_clash("", "host"));
     }
 
     #[test]
@@ -323,7 +372,7 @@ mod tests {
             PortSpec { container_port: 80, host_port: Some(8080), protocol: Protocol::Tcp },
             PortSpec { container_port: 53, host_port: None, protocol: Protocol::Udp },
         ];
-        let body = create_body(&s, "n1", "abc", Some("127.0.0.1".parse().unwrap()), vec![]).unwrap();
+        let body = create_body(&s, &owner("n1", Some("127.0.0.1")), "abc", vec![]).unwrap();
         assert_eq!(body.entrypoint, Some(s.command.clone()));
         assert_eq!(body.cmd, Some(s.args.clone()));
         assert_eq!(body.env, Some(vec!["A=1".to_string()]));
@@ -331,6 +380,8 @@ mod tests {
         assert_eq!(labels[LABEL_NODE], "n1");
         assert_eq!(labels[LABEL_SPEC], "abc");
         assert_eq!(labels["team"], "x");
+        assert_eq!(labels["qs"], "1");
+        assert_eq!(labels[LABEL_HOST_PORTS], "8080/tcp");
         assert_eq!(body.exposed_ports, Some(vec!["80/tcp".to_string(), "53/udp".to_string()]));
         let hc = body.host_config.unwrap();
         assert_eq!(hc.nano_cpus, Some(500_000_000));
@@ -340,13 +391,19 @@ mod tests {
         let pb = &b["80/tcp"].as_ref().unwrap()[0];
         assert_eq!(pb.host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(pb.host_port.as_deref(), Some("8080"));
+        assert_eq!(hc.network_mode, None);
+
+        s.host_network = true;
+        let hc = create_body(&s, &owner("n1", None), "abc", vec![]).unwrap().host_config.unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("host"));
+        assert_eq!(hc.port_bindings, None, "host networking publishes nothing");
     }
 
     #[test]
     fn bad_env_and_configmap_names_are_refused() {
         let mut s = spec();
         s.env = vec![("A=B".into(), "1".into())];
-        assert!(matches!(create_body(&s, "n", "h", None, vec![]), Err(RuntimeError::Invalid(_))));
+        assert!(matches!(create_body(&s, &owner("n", None), "h", vec![]), Err(RuntimeError::Invalid(_))));
 
         let dir = std::env::temp_dir().join(format!("fm-cfg-unit-{}", std::process::id()));
         let mut s = spec();
@@ -354,14 +411,14 @@ mod tests {
             source: MountSource::ConfigMap(vec![("../evil".into(), "x".into())]),
             target: "/etc/x".into(),
         }];
-        assert!(matches!(prepare_mounts(&s, &dir), Err(RuntimeError::Invalid(_))));
+        assert!(matches!(prepare_mounts(&s, "h1", &dir), Err(RuntimeError::Invalid(_))));
         s.mounts = vec![MountSpec {
             source: MountSource::ConfigMap(vec![("ok.txt".into(), "hello".into())]),
             target: "/etc/x".into(),
         }];
-        let mounts = prepare_mounts(&s, &dir).unwrap();
+        let mounts = prepare_mounts(&s, "h1", &dir).unwrap();
         assert_eq!(mounts[0].read_only, Some(true));
-        let written = configmap_dir(&dir, &s.name).join("0").join("ok.txt");
+        let written = configmap_dir(&dir, &s.name, "h1").join("0").join("ok.txt");
         assert_eq!(std::fs::read_to_string(written).unwrap(), "hello");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -3,108 +3,64 @@
 //! touched, so several agents (and the operator's own containers) can share
 //! one engine. Restarts are done by the agent, not by Docker, so they can be
 //! counted, backed off, and happen with no master around.
+//!
+//! Updates are make-before-break: each version of a spec is its own
+//! container (the spec hash is in its name and labels). A new version must
+//! have its image and be created and started before the old one goes; when
+//! both cannot run at once (same host port), the old one is stopped first
+//! and started again if the new one fails. The old version is kept for a
+//! [`track::ROLLBACK_WINDOW`] and brought back if the new one dies in it.
+//!
+//! Without a desired state (the store was lost and the master has not
+//! answered) the reconciler adopts what it finds: it keeps every container
+//! of this node running and removes nothing.
 
 mod config;
+mod engine;
+pub mod events;
+mod probes;
 mod track;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
-};
-use bollard::Docker;
 use fogmesh_common::wire::{ContainerSpec, ContainerState, ContainerStatus};
-use futures_util::StreamExt;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-pub use config::{container_name, spec_hash, LABEL_APP, LABEL_NAME, LABEL_NODE, LABEL_SPEC, LABEL_WORKLOAD};
+pub use config::{
+    container_name, Owner, LABEL_APP, LABEL_APP_NAME, LABEL_HOST_PORTS, LABEL_NAME, LABEL_NODE, LABEL_REPLICA, LABEL_SPEC,
+    LABEL_WORKLOAD,
+};
+pub use engine::RuntimeError;
+use engine::{handle, is_running, label, pull_image, short, Engine};
 use track::{Pull, Track};
 
-/// Longest a single image pull may take.
-const PULL_TIMEOUT: Duration = Duration::from_secs(20);
 /// A failed pull is retried no more often than this.
 const PULL_RETRY: Duration = Duration::from_secs(60);
 /// How long a pass waits for a pull before moving on to other containers;
 /// a fast answer (small image, or an offline node's instant failure) is
 /// still reported in the same pass.
 const PULL_WAIT: Duration = Duration::from_secs(3);
-/// Error messages in statuses stay short: they travel to the master.
-const MAX_ERROR_CHARS: usize = 300;
 
-/// Why a runtime operation failed, with what the agent was doing.
-#[derive(Debug)]
-pub enum RuntimeError {
-    /// The engine refused or could not be reached.
-    Docker { context: String, source: DockerError },
-    /// A file operation on the node (mount folders, config maps) failed.
-    Io { context: String, source: std::io::Error },
-    /// The spec cannot be run as written.
-    Invalid(String),
+/// What one pass found for one spec: the state of the desired version, the
+/// hash of the version that runs (maybe an older one), and why the desired
+/// version does not run.
+struct Outcome {
+    state: ContainerState,
+    running_spec: Option<String>,
+    error: Option<String>,
+    /// Readiness probe result of the desired version, when it has run.
+    ready: Option<bool>,
 }
 
-impl RuntimeError {
-    fn docker(context: impl Into<String>, source: DockerError) -> Self {
-        RuntimeError::Docker { context: context.into(), source }
+impl Outcome {
+    fn new(state: ContainerState, running_spec: Option<String>, error: Option<String>) -> Outcome {
+        Outcome { state, running_spec, error: error.map(|e| short(&e)), ready: None }
     }
-}
-
-/// Docker's own message without the transport wrapping, on one short line.
-fn docker_message(e: &DockerError) -> String {
-    match e {
-        DockerError::DockerResponseServerError { message, .. } => short(message),
-        DockerError::DockerStreamError { error } => short(error),
-        other => short(&other.to_string()),
-    }
-}
-
-fn short(s: &str) -> String {
-    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(MAX_ERROR_CHARS) {
-        Some((cut, _)) => format!("{}…", &one_line[..cut]),
-        None => one_line,
-    }
-}
-
-impl fmt::Display for RuntimeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RuntimeError::Docker { context, source } => write!(f, "{context}: {}", docker_message(source)),
-            RuntimeError::Io { context, source } => write!(f, "{context}: {source}"),
-            RuntimeError::Invalid(msg) => f.write_str(msg),
-        }
-    }
-}
-
-impl std::error::Error for RuntimeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            RuntimeError::Docker { source, .. } => Some(source),
-            RuntimeError::Io { source, .. } => Some(source),
-            RuntimeError::Invalid(_) => None,
-        }
-    }
-}
-
-fn is_not_found(e: &DockerError) -> bool {
-    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
-}
-
-fn label<'a>(c: &'a ContainerSummary, key: &str) -> Option<&'a str> {
-    c.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
-}
-
-/// Result of one container's pass: state and why it is not running.
-type Outcome = (ContainerState, Option<String>);
-
-fn failed(e: impl fmt::Display) -> Outcome {
-    (ContainerState::Failed, Some(short(&e.to_string())))
 }
 
 enum Image {
@@ -115,110 +71,133 @@ enum Image {
 
 /// Makes the local Docker engine match a node's desired containers.
 pub struct Reconciler {
-    docker: Docker,
-    node: String,
+    engine: Engine,
+    owner: Owner,
     data_dir: PathBuf,
-    bind_ip: Option<IpAddr>,
     tracks: HashMap<String, Track>,
+    probes: probes::Prober,
+    rollback_window: Duration,
 }
 
 impl Reconciler {
-    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and
-    /// agrees on an API version: fog boxes often run engines older than bollard.
-    pub async fn connect(node_name: &str, data_dir: &Path, bind_ip: Option<IpAddr>) -> Result<Self, RuntimeError> {
-        if node_name.is_empty() {
+    /// Connects to the local engine. `wake` is notified when something
+    /// outside a pass needs one (a probe result changed).
+    pub async fn connect(owner: Owner, data_dir: &Path, wake: Arc<Notify>) -> Result<Self, RuntimeError> {
+        if owner.node.is_empty() {
             return Err(RuntimeError::Invalid("node name is empty".into()));
         }
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| RuntimeError::docker("connect to the Docker engine", e))?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| RuntimeError::docker("connect to the Docker engine", e))?;
+        let engine = Engine::connect().await?;
         // Docker needs absolute bind sources; the agent may run from anywhere.
-        let data_dir = std::path::absolute(data_dir).map_err(|source| RuntimeError::Io {
-            context: format!("resolve data directory {}", data_dir.display()),
-            source,
-        })?;
-        Ok(Reconciler { docker, node: node_name.to_string(), data_dir, bind_ip, tracks: HashMap::new() })
+        let data_dir = std::path::absolute(data_dir)
+            .map_err(|source| RuntimeError::Io { context: format!("resolve data directory {}", data_dir.display()), source })?;
+        let probes = probes::Prober::new(engine.docker.clone(), wake);
+        Ok(Reconciler { engine, owner, data_dir, tracks: HashMap::new(), probes, rollback_window: track::ROLLBACK_WINDOW })
+    }
+
+    /// How long the previous version is kept after an update (default
+    /// [`track::ROLLBACK_WINDOW`]).
+    pub fn with_rollback_window(mut self, window: Duration) -> Self {
+        self.rollback_window = window;
+        self
     }
 
     /// The engine's name and version, e.g. "docker 20.10.24".
     pub async fn runtime_version(&self) -> Result<String, RuntimeError> {
-        let v = self.docker.version().await.map_err(|e| RuntimeError::docker("query the Docker version", e))?;
-        Ok(format!("docker {}", v.version.as_deref().unwrap_or("unknown")))
+        self.engine.version().await
     }
 
-    /// One pass: creates, starts, replaces and removes this node's containers
-    /// so the engine matches `desired`; returns the observed status of each
-    /// desired container, in order. Never fails as a whole: each container's
-    /// trouble is in its own status.
-    pub async fn reconcile(&mut self, desired: &[ContainerSpec]) -> Vec<ContainerStatus> {
-        let owned = match self.list_owned().await {
+    /// A Docker client for the event watcher.
+    pub fn docker(&self) -> bollard::Docker {
+        self.engine.docker.clone()
+    }
+
+    pub fn node(&self) -> &str {
+        &self.owner.node
+    }
+
+    /// When a pass next has something to do (a restart back-off ends, a
+    /// rollback window closes, a started container settles).
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.tracks.values().filter_map(|t| t.wake_at(self.rollback_window)).min()
+    }
+
+    /// One pass: creates, starts, replaces and removes this node's
+    /// containers so the engine matches `desired`, and returns the observed
+    /// status of each desired container, in order. `None` means "unknown":
+    /// keep what runs. Never fails as a whole: each container's trouble is in
+    /// its own status.
+    pub async fn reconcile(&mut self, desired: Option<&[ContainerSpec]>) -> Vec<ContainerStatus> {
+        let owned = match self.engine.list_owned(&self.owner.node).await {
             Ok(owned) => owned,
             Err(e) => {
                 warn!(error = %e, "cannot list containers");
-                let (state, err) = failed(&e);
-                return desired.iter().map(|s| self.status(s, state, err.clone())).collect();
+                let specs = desired.unwrap_or_default();
+                return specs.iter().map(|s| self.status(s, Outcome::new(ContainerState::Failed, None, Some(e.to_string())))).collect();
             }
         };
-        let wanted: HashSet<&str> = desired.iter().map(|s| s.name.as_str()).collect();
-        let mut by_name: HashMap<String, ContainerSummary> = HashMap::new();
-        let mut stale = Vec::new();
+        let mut by_key: HashMap<String, Vec<ContainerSummary>> = HashMap::new();
+        let mut unlabelled = Vec::new();
         for c in owned {
             match label(&c, LABEL_NAME) {
-                Some(n) if wanted.contains(n) && !by_name.contains_key(n) => {
-                    by_name.insert(n.to_string(), c);
-                }
-                _ => stale.push(c),
+                Some(key) => by_key.entry(key.to_string()).or_default().push(c),
+                None => unlabelled.push(c),
             }
         }
+        let Some(desired) = desired else {
+            return self.adopt(by_key).await;
+        };
+
         // Remove first: frees names and host ports for the new containers.
+        let wanted: HashSet<&str> = desired.iter().map(|s| s.name.as_str()).collect();
+        let stale: Vec<ContainerSummary> =
+            by_key.iter().filter(|(k, _)| !wanted.contains(k.as_str())).flat_map(|(_, cs)| cs.iter().cloned()).chain(unlabelled).collect();
         for c in &stale {
-            self.remove_stale(c, &wanted).await;
+            self.remove_version(c).await;
         }
+        by_key.retain(|k, _| wanted.contains(k.as_str()));
         self.tracks.retain(|name, _| wanted.contains(name.as_str()));
 
+        self.probes.begin_pass();
         let mut seen = HashSet::new();
         let mut statuses = Vec::with_capacity(desired.len());
         for spec in desired {
             if !seen.insert(spec.name.as_str()) {
-                let (state, err) = failed(format!("container name {} appears twice in the desired state", spec.name));
-                statuses.push(self.status(spec, state, err));
+                let error = format!("container {} appears twice in the desired state", spec.name);
+                statuses.push(self.status(spec, Outcome::new(ContainerState::Failed, None, Some(error))));
                 continue;
             }
-            statuses.push(self.reconcile_one(spec, by_name.remove(&spec.name)).await);
+            let found = by_key.remove(&spec.name).unwrap_or_default();
+            statuses.push(self.reconcile_one(spec, found).await);
         }
+        self.probes.end_pass();
         statuses
     }
 
-    fn status(&self, spec: &ContainerSpec, state: ContainerState, last_error: Option<String>) -> ContainerStatus {
+    fn status(&self, spec: &ContainerSpec, outcome: Outcome) -> ContainerStatus {
+        let track = self.tracks.get(&spec.name);
         ContainerStatus {
             name: spec.name.clone(),
             app_id: spec.app_id.clone(),
             workload: spec.workload.clone(),
-            state,
-            restarts: self.tracks.get(&spec.name).map_or(0, |t| t.restarts),
-            last_error,
+            state: outcome.state,
+            spec_hash: spec.spec_hash(),
+            running_spec: outcome.running_spec,
+            ready: spec.readiness.as_ref().map(|_| outcome.ready.unwrap_or(false)),
+            restarts: track.map_or(0, |t| t.restarts),
+            last_error: outcome.error,
         }
     }
 
-    async fn list_owned(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={}", self.node)])]);
-        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-        self.docker.list_containers(Some(opts)).await.map_err(|e| RuntimeError::docker("list containers", e))
-    }
-
-    /// Removes an owned container no desired spec accounts for.
-    async fn remove_stale(&self, c: &ContainerSummary, wanted: &HashSet<&str>) {
-        let name = label(c, LABEL_NAME).unwrap_or("");
-        let handle = c.id.clone().unwrap_or_else(|| container_name(&self.node, name));
-        match self.remove(&handle).await {
-            Ok(()) => info!(container = %handle, name, "removed container that is no longer desired"),
+    /// Removes one container (any version) and the config-map files of
+    /// its version.
+    async fn remove_version(&self, c: &ContainerSummary) {
+        let id = handle(c);
+        match self.engine.remove(&id).await {
+            Ok(()) => info!(container = %id, name = label(c, LABEL_NAME).unwrap_or(""), "removed container that is no longer desired"),
             Err(e) => warn!(error = %e, "cannot remove container"),
         }
-        if !wanted.contains(name) {
-            let dir = config::configmap_dir(&self.data_dir, name);
+        if let (Some(key), Some(hash)) = (label(c, LABEL_NAME), label(c, LABEL_SPEC)) {
+            let dir = config::configmap_dir(&self.data_dir, key, hash);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     warn!(dir = %dir.display(), error = %e, "cannot remove config-map files");
@@ -227,175 +206,264 @@ impl Reconciler {
         }
     }
 
-    /// Force-removes a container with its anonymous volumes; gone is fine.
-    async fn remove(&self, handle: &str) -> Result<(), RuntimeError> {
-        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-        match self.docker.remove_container(handle, Some(opts)).await {
-            Err(e) if !is_not_found(&e) => Err(RuntimeError::docker(format!("remove container {handle}"), e)),
-            _ => Ok(()),
+    /// No desired state: keep every container of this node running as it is.
+    async fn adopt(&mut self, by_key: HashMap<String, Vec<ContainerSummary>>) -> Vec<ContainerStatus> {
+        let now = Instant::now();
+        let mut statuses = Vec::new();
+        let mut keys: Vec<_> = by_key.into_iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, mut versions) in keys {
+            // The running version, else the newest.
+            versions.sort_by_key(|c| (!is_running(c), -c.created.unwrap_or(0)));
+            let c = &versions[0];
+            let hash = label(c, LABEL_SPEC).unwrap_or_default().to_string();
+            let track = self.tracks.entry(key.clone()).or_insert_with(|| Track::new(hash.clone()));
+            let (state, error) = if is_running(c) {
+                track.running(now);
+                (ContainerState::Running, None)
+            } else if track.down(now) {
+                let why = self.engine.exit_reason(&handle(c)).await;
+                let result = self.engine.start(&handle(c), &key).await;
+                track.started(now, result.is_ok(), true);
+                info!(container = %key, "{why}: restarting (no desired state: keeping what runs)");
+                match result {
+                    Ok(()) => (ContainerState::Starting, None),
+                    Err(e) => (ContainerState::Failed, Some(e.to_string())),
+                }
+            } else {
+                (ContainerState::Exited, Some(format!("restarting in {:.0?}", track.wait_left(now))))
+            };
+            let restarts = track.restarts;
+            statuses.push(ContainerStatus {
+                name: key,
+                app_id: label(c, LABEL_APP).unwrap_or_default().to_string(),
+                workload: label(c, LABEL_WORKLOAD).unwrap_or_default().to_string(),
+                state,
+                running_spec: (state == ContainerState::Running).then(|| hash.clone()),
+                spec_hash: hash,
+                ready: None,
+                restarts,
+                last_error: error,
+            });
         }
+        statuses
     }
 
-    async fn reconcile_one(&mut self, spec: &ContainerSpec, existing: Option<ContainerSummary>) -> ContainerStatus {
-        let hash = spec_hash(spec);
-        // A new spec starts its bookkeeping (restarts, pulls) afresh.
+    async fn reconcile_one(&mut self, spec: &ContainerSpec, found: Vec<ContainerSummary>) -> ContainerStatus {
+        let hash = spec.spec_hash();
+        // A new spec starts its bookkeeping (restarts, pulls, failures) afresh.
         let mut track = match self.tracks.remove(&spec.name) {
             Some(t) if t.spec_hash == hash => t,
             _ => Track::new(hash.clone()),
         };
-        let (state, err) = self.drive(spec, &hash, existing, &mut track).await;
-        if err != track.last_error {
-            match &err {
-                Some(e) => warn!(container = %spec.name, state = state.as_str(), error = %e, "container is not running"),
-                None => debug!(container = %spec.name, state = state.as_str(), "container is fine"),
+        let (mut current, mut older): (Vec<_>, Vec<_>) = found.into_iter().partition(|c| label(c, LABEL_SPEC) == Some(hash.as_str()));
+        // Running first, then newest.
+        let order = |c: &ContainerSummary| (!is_running(c), -c.created.unwrap_or(0));
+        current.sort_by_key(order);
+        older.sort_by_key(order);
+        // One container per version: a leftover duplicate goes.
+        for extra in current.iter().skip(1) {
+            self.remove_version(extra).await;
+        }
+        let outcome = self.drive(spec, &hash, current.into_iter().next(), &older, &mut track).await;
+        if outcome.error != track.last_error {
+            match &outcome.error {
+                Some(e) => warn!(container = %spec.name, state = outcome.state.as_str(), error = %e, "container does not run its desired version"),
+                None => debug!(container = %spec.name, state = outcome.state.as_str(), "container is fine"),
             }
         }
-        track.last_error = err.clone();
+        track.last_error = outcome.error.clone();
         self.tracks.insert(spec.name.clone(), track);
-        self.status(spec, state, err)
+        self.status(spec, outcome)
     }
 
     async fn drive(
-        &self,
+        &mut self,
         spec: &ContainerSpec,
         hash: &str,
-        existing: Option<ContainerSummary>,
+        current: Option<ContainerSummary>,
+        older: &[ContainerSummary],
         track: &mut Track,
     ) -> Outcome {
-        let cname = container_name(&self.node, &spec.name);
-        let Some(c) = existing else {
-            return self.create_and_start(spec, hash, &cname, track).await;
-        };
-        let handle = c.id.clone().unwrap_or_else(|| cname.clone());
-        if label(&c, LABEL_SPEC) != Some(hash) {
-            info!(container = %cname, "spec changed: replacing container");
-            if let Err(e) = self.remove(&handle).await {
-                return failed(e);
-            }
-            return self.create_and_start(spec, hash, &cname, track).await;
-        }
         let now = Instant::now();
+        let cname = container_name(&self.owner.node, spec, hash);
+        let Some(c) = current else {
+            return self.roll_out(spec, hash, &cname, older, track).await;
+        };
+        let id = handle(&c);
+        if is_running(&c) {
+            let settled = track.running(now);
+            track.failure = None;
+            if !older.is_empty() && !track.in_rollback_window(now, self.rollback_window) {
+                for old in older {
+                    self.remove_version(old).await;
+                }
+                info!(container = %cname, "update done: removed the previous version");
+            }
+            if let Some(reason) = self.probes.liveness_failure(&id, spec) {
+                info!(container = %cname, %reason, "liveness probe failed: restarting");
+                self.probes.forget(&id);
+                let result = self.engine.stop(&id).await;
+                let result = match result {
+                    Ok(()) => self.engine.start(&id, &cname).await,
+                    Err(e) => Err(e),
+                };
+                track.started(now, result.is_ok(), true);
+                return match result {
+                    Ok(()) => Outcome::new(ContainerState::Starting, Some(hash.into()), Some(format!("restarted: {reason}"))),
+                    Err(e) => Outcome::new(ContainerState::Failed, None, Some(e.to_string())),
+                };
+            }
+            let ready = self.probes.watch(&id, spec);
+            let state = if settled { ContainerState::Running } else { ContainerState::Starting };
+            return Outcome { ready, ..Outcome::new(state, Some(hash.into()), None) };
+        }
+
+        // The new version died soon after an update: bring the old one back.
+        if track.in_rollback_window(now, self.rollback_window) && !older.is_empty() {
+            let why = self.engine.exit_reason(&id).await;
+            self.remove_version(&c).await;
+            let restored = self.ensure_serving(older).await;
+            let reason = format!("the new version {why} right after the update; brought back the previous version");
+            warn!(container = %cname, "{reason}");
+            track.fail(now, reason.clone());
+            return Outcome::new(ContainerState::Failed, restored, Some(reason));
+        }
+        let serving = older.iter().find(|o| is_running(o)).and_then(|o| label(o, LABEL_SPEC)).map(String::from);
         match c.state {
-            Some(ContainerSummaryStateEnum::RUNNING) => {
-                track.running(now);
-                (ContainerState::Running, None)
-            }
-            Some(ContainerSummaryStateEnum::PAUSED) => match self.docker.unpause_container(&handle).await {
-                Ok(()) => (ContainerState::Running, None),
-                Err(e) => failed(RuntimeError::docker(format!("unpause container {cname}"), e)),
-            },
             Some(
-                ContainerSummaryStateEnum::RESTARTING
-                | ContainerSummaryStateEnum::REMOVING
-                | ContainerSummaryStateEnum::STOPPING,
-            ) => (ContainerState::Starting, None),
-            // Created but never started: the first start failed, or the agent stopped in between.
-            Some(ContainerSummaryStateEnum::CREATED) => {
-                if !track.down(now) {
-                    return (ContainerState::Failed, track.last_error.clone());
-                }
-                let result = self.start(&handle, &cname).await;
-                track.created(now, result.is_ok());
-                match result {
-                    Ok(()) => (ContainerState::Starting, None),
-                    Err(e) => failed(e),
-                }
-            }
-            // Exited, dead or unknown: restart after the back-off.
+                ContainerSummaryStateEnum::RESTARTING | ContainerSummaryStateEnum::REMOVING | ContainerSummaryStateEnum::STOPPING,
+            ) => Outcome::new(ContainerState::Starting, serving, None),
+            Some(ContainerSummaryStateEnum::PAUSED) => match self.engine.docker.unpause_container(&id).await {
+                Ok(()) => Outcome::new(ContainerState::Running, Some(hash.into()), None),
+                Err(e) => Outcome::new(ContainerState::Failed, serving, Some(RuntimeError::docker(format!("unpause container {cname}"), e).to_string())),
+            },
+            // Created but never started (the agent stopped in between), exited, or dead.
             state => {
-                let why = self.exit_reason(&handle).await;
+                let why = self.engine.exit_reason(&id).await;
                 if !track.down(now) {
                     let wait = track.wait_left(now).as_secs_f32().ceil();
-                    return (ContainerState::Exited, Some(format!("{why}; restarting in {wait} s")));
+                    let state = if track.crash_looping() { ContainerState::Failed } else { ContainerState::Exited };
+                    let what = if track.crash_looping() { format!("crash loop: {why}") } else { why };
+                    return Outcome::new(state, serving, Some(format!("{what}; restarting in {wait} s")));
                 }
                 info!(container = %cname, restarts = track.restarts + 1, "{why}: restarting");
+                self.probes.forget(&id);
                 let result = if state == Some(ContainerSummaryStateEnum::DEAD) {
                     // A dead container cannot be started again: make a new one.
-                    match self.remove(&handle).await {
-                        Ok(()) => self.create(spec, hash, &cname).await.map(|_| ()),
+                    match self.engine.remove(&id).await {
+                        Ok(()) => self.create_and_start(spec, hash, &cname).await.map(|_| ()),
                         Err(e) => Err(e),
                     }
                 } else {
-                    self.start(&handle, &cname).await
+                    self.engine.start(&id, &cname).await
                 };
-                track.started(now, result.is_ok(), true);
+                track.started(now, result.is_ok(), state != Some(ContainerSummaryStateEnum::CREATED));
                 match result {
-                    Ok(()) => (ContainerState::Starting, None),
-                    Err(e) => failed(e),
+                    Ok(()) => Outcome::new(ContainerState::Starting, Some(hash.into()), None),
+                    Err(e) => Outcome::new(ContainerState::Failed, serving, Some(e.to_string())),
                 }
             }
         }
     }
 
-    /// Why a stopped container stopped, for its status.
-    async fn exit_reason(&self, handle: &str) -> String {
-        let state = match self.docker.inspect_container(handle, None).await {
-            Ok(info) => info.state,
-            Err(e) => return format!("exited (inspect failed: {})", docker_message(&e)),
-        };
-        let Some(state) = state else { return "exited".into() };
-        let code = state.exit_code.map_or_else(|| "?".to_string(), |c| c.to_string());
-        let mut why = if state.oom_killed == Some(true) {
-            format!("killed for running out of memory (exit code {code})")
-        } else {
-            format!("exited with code {code}")
-        };
-        if let Some(err) = state.error.as_deref().filter(|e| !e.trim().is_empty()) {
-            why.push_str(": ");
-            why.push_str(&short(err));
+    /// The desired version has no container yet: create it beside the old
+    /// one, or in its place when they cannot run together.
+    async fn roll_out(&mut self, spec: &ContainerSpec, hash: &str, cname: &str, older: &[ContainerSummary], track: &mut Track) -> Outcome {
+        let now = Instant::now();
+        if let Some(reason) = track.failure_active(now).map(String::from) {
+            let serving = self.ensure_serving(older).await;
+            return Outcome::new(ContainerState::Failed, serving, Some(reason));
         }
-        why
-    }
-
-    async fn create_and_start(&self, spec: &ContainerSpec, hash: &str, cname: &str, track: &mut Track) -> Outcome {
+        let old_running = older.iter().find(|o| is_running(o));
+        let serving = old_running.and_then(|o| label(o, LABEL_SPEC)).map(String::from);
         match self.ensure_image(spec, track).await {
             Image::Ready => {}
-            Image::Pulling => return (ContainerState::Starting, Some(format!("pulling image {}", spec.image))),
-            Image::Failed(e) => return (ContainerState::Failed, Some(e)),
+            Image::Pulling => return Outcome::new(ContainerState::Starting, serving, Some(format!("pulling image {}", spec.image))),
+            Image::Failed(e) => {
+                track.fail(now, e.clone());
+                let serving = self.ensure_serving(older).await;
+                return Outcome::new(ContainerState::Failed, serving, Some(e));
+            }
         }
-        let id = match self.create(spec, hash, cname).await {
-            Ok(id) => id,
-            Err(e) => return failed(e),
-        };
-        info!(container = %cname, image = %spec.image, "created container");
-        let result = self.start(&id, cname).await;
-        track.created(Instant::now(), result.is_ok());
-        match result {
-            Ok(()) => (ContainerState::Starting, None),
-            Err(e) => failed(e),
+        let clash = old_running.filter(|o| config::host_ports_clash(label(o, LABEL_HOST_PORTS).unwrap_or(""), &config::host_ports_label(spec)));
+        if let Some(old) = clash {
+            info!(container = %cname, "the new version needs the old one's host ports: stopping the old one first");
+            if let Err(e) = self.engine.stop(&handle(old)).await {
+                let reason = format!("cannot stop the previous version to free its ports: {e}");
+                track.fail(now, reason.clone());
+                return Outcome::new(ContainerState::Failed, serving, Some(reason));
+            }
+        }
+        match self.create_and_start(spec, hash, cname).await {
+            Ok(_) => {
+                info!(container = %cname, image = %spec.image, "started container");
+                track.created(now);
+                if !older.is_empty() {
+                    track.replaced_at = Some(now);
+                }
+                Outcome::new(ContainerState::Starting, Some(hash.into()), None)
+            }
+            Err(e) => {
+                let restored = match clash {
+                    Some(old) => self.start_again(old).await,
+                    None => serving,
+                };
+                let reason = if older.is_empty() { e.to_string() } else { format!("{e}; the previous version keeps running") };
+                track.fail(now, reason.clone());
+                Outcome::new(ContainerState::Failed, restored, Some(reason))
+            }
         }
     }
 
-    /// Prepares mounts and creates (does not start) the container; returns its id.
-    async fn create(&self, spec: &ContainerSpec, hash: &str, cname: &str) -> Result<String, RuntimeError> {
-        let mounts = config::prepare_mounts(spec, &self.data_dir)?;
-        let body = config::create_body(spec, &self.node, hash, self.bind_ip, mounts)?;
-        let opts = CreateContainerOptionsBuilder::new().name(cname).build();
-        let created = self
-            .docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| RuntimeError::docker(format!("create container {cname}"), e))?;
-        for w in created.warnings.iter().filter(|w| !w.is_empty()) {
-            warn!(container = %cname, warning = %w, "docker warning");
+    /// Makes sure the newest older version runs (after a failed update);
+    /// returns its spec hash when it does.
+    async fn ensure_serving(&self, older: &[ContainerSummary]) -> Option<String> {
+        let old = older.first()?;
+        if is_running(old) {
+            return label(old, LABEL_SPEC).map(String::from);
         }
-        Ok(created.id)
+        self.start_again(old).await
     }
 
-    async fn start(&self, handle: &str, cname: &str) -> Result<(), RuntimeError> {
-        self.docker
-            .start_container(handle, None)
-            .await
-            .map_err(|e| RuntimeError::docker(format!("start container {cname}"), e))
+    /// Starts an older version that was stopped; returns its spec hash.
+    async fn start_again(&self, old: &ContainerSummary) -> Option<String> {
+        let hash = label(old, LABEL_SPEC).map(String::from);
+        let key = label(old, LABEL_NAME).unwrap_or_default();
+        match self.engine.start(&handle(old), key).await {
+            Ok(()) => {
+                info!(container = %key, "started the previous version again");
+                hash
+            }
+            Err(e) => {
+                warn!(container = %key, error = %e, "cannot start the previous version again");
+                None
+            }
+        }
+    }
+
+    /// Prepares mounts, creates and starts the container; a container that
+    /// was created but could not start is removed again.
+    async fn create_and_start(&self, spec: &ContainerSpec, hash: &str, cname: &str) -> Result<String, RuntimeError> {
+        let mounts = config::prepare_mounts(spec, hash, &self.data_dir)?;
+        let body = config::create_body(spec, &self.owner, hash, mounts)?;
+        // A leftover container of this very version (e.g. created before a crash) is in the way.
+        self.engine.remove(cname).await?;
+        let id = self.engine.create(cname, body).await?;
+        if let Err(e) = self.engine.start(&id, cname).await {
+            let _ = self.engine.remove(&id).await;
+            return Err(e);
+        }
+        Ok(id)
     }
 
     /// Makes sure the image is local, pulling it in the background when not:
     /// once per spec, then at most every `PULL_RETRY`.
     async fn ensure_image(&self, spec: &ContainerSpec, track: &mut Track) -> Image {
-        match self.docker.inspect_image(&spec.image).await {
-            Ok(_) => return Image::Ready,
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Image::Failed(RuntimeError::docker(format!("inspect image {}", spec.image), e).to_string()),
+        match self.engine.has_image(&spec.image).await {
+            Ok(true) => return Image::Ready,
+            Ok(false) => {}
+            Err(e) => return Image::Failed(e.to_string()),
         }
         if !matches!(track.pull, Some(Pull::Running(_))) {
             if let Some(Pull::Failed { at, error }) = &track.pull {
@@ -404,7 +472,7 @@ impl Reconciler {
                 }
             }
             info!(image = %spec.image, "image is not on this node: pulling");
-            let task = tokio::spawn(pull_image(self.docker.clone(), spec.image.clone()));
+            let task = tokio::spawn(pull_image(self.engine.docker.clone(), spec.image.clone()));
             track.pull = Some(Pull::Running(task));
         }
         let Some(Pull::Running(handle)) = &mut track.pull else {
@@ -421,26 +489,10 @@ impl Reconciler {
                 Image::Ready
             }
             Err(reason) => {
-                let error = format!("image {} is not on this node and could not be pulled: {reason}", spec.image);
-                track.pull = Some(Pull::Failed { at: Instant::now(), error: short(&error) });
-                Image::Failed(short(&error))
+                let error = short(&format!("image {} is not on this node and could not be pulled: {reason}", spec.image));
+                track.pull = Some(Pull::Failed { at: Instant::now(), error: error.clone() });
+                Image::Failed(error)
             }
         }
-    }
-}
-
-/// Pulls `image`, giving up after `PULL_TIMEOUT`; the error is the reason.
-async fn pull_image(docker: Docker, image: String) -> Result<(), String> {
-    let opts = CreateImageOptionsBuilder::new().from_image(&config::image_with_tag(&image)).build();
-    let drain = async {
-        let mut stream = Box::pin(docker.create_image(Some(opts), None, None));
-        while let Some(item) = stream.next().await {
-            item.map_err(|e| docker_message(&e))?;
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(PULL_TIMEOUT, drain).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} s", PULL_TIMEOUT.as_secs())),
     }
 }

@@ -1,22 +1,39 @@
-//! Per-container bookkeeping kept in memory between passes: restart count,
-//! back-off, and image pulls. Keyed by spec name; resets with a new spec.
+//! Per-container bookkeeping kept in memory between passes: restarts and
+//! their back-off, image pulls, and the state of an update (when the new
+//! version started, whether it failed). Keyed by spec name; starts afresh
+//! with a new spec.
 
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-/// First restart delay; doubles per restart.
-const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest restart delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A container that ran this long is healthy again: back-off starts over.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// A started container counts as running once it has run this long, so a
+/// command that dies at once is reported as exited, never as running.
+pub const SETTLE: Duration = Duration::from_millis(150);
+/// After an update the previous version is kept (stopped, or running when
+/// both fit side by side) this long, and brought back if the new one dies.
+pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(10);
+/// Consecutive quick exits after which a container is in a crash loop.
+pub const CRASH_LOOP_EXITS: u32 = 3;
+/// A version that could not start is tried again after this, doubling.
+const FAILED_RETRY_FIRST: Duration = Duration::from_secs(5);
+const FAILED_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// State of the image pull for the current spec.
 pub enum Pull {
     /// Yields the reason on failure.
     Running(JoinHandle<Result<(), String>>),
     Failed { at: Instant, error: String },
+}
+
+/// The desired version could not run; the previous one (if any) serves.
+pub struct Failed {
+    pub reason: String,
+    pub retry_at: Instant,
 }
 
 pub struct Track {
@@ -33,11 +50,20 @@ pub struct Track {
     pub pull: Option<Pull>,
     /// Last reported error, to log only changes.
     pub last_error: Option<String>,
+    /// When this version was started while an older one still existed.
+    pub replaced_at: Option<Instant>,
+    pub failure: Option<Failed>,
+    failures: u32,
 }
 
-/// Delay before the restart after `attempt` earlier ones: 1 s, 2 s, 4 s … 60 s.
+/// Delay before the restart after `attempt` earlier ones: at once, then
+/// 1 s, 2 s, 4 s … 60 s. The first restart is immediate so a killed
+/// container is back in well under a second.
 pub fn backoff(attempt: u32) -> Duration {
-    BACKOFF_START.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_MAX)
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1).saturating_mul(1u32 << (attempt - 1).min(16)).min(BACKOFF_MAX)
 }
 
 impl Track {
@@ -50,16 +76,22 @@ impl Track {
             running_since: None,
             pull: None,
             last_error: None,
+            replaced_at: None,
+            failure: None,
+            failures: 0,
         }
     }
 
-    /// The container is running now.
-    pub fn running(&mut self, now: Instant) {
+    /// The container is running now. Returns whether it has run long
+    /// enough ([`SETTLE`]) to be reported as running.
+    pub fn running(&mut self, now: Instant) -> bool {
         self.retry_at = None;
         let since = *self.running_since.get_or_insert(now);
-        if now.saturating_duration_since(since) >= HEALTHY_AFTER {
+        let ran = now.saturating_duration_since(since);
+        if ran >= HEALTHY_AFTER {
             self.attempt = 0;
         }
+        ran >= SETTLE
     }
 
     /// The container is down; returns whether it may be started now.
@@ -73,7 +105,12 @@ impl Track {
         now >= at
     }
 
-    /// Seconds until the next start is allowed, for messages.
+    /// Exits in a row without a healthy run in between.
+    pub fn crash_looping(&self) -> bool {
+        self.attempt >= CRASH_LOOP_EXITS
+    }
+
+    /// Time until the next start is allowed, for messages.
     pub fn wait_left(&self, now: Instant) -> Duration {
         self.retry_at.map(|at| at.saturating_duration_since(now)).unwrap_or_default()
     }
@@ -93,14 +130,40 @@ impl Track {
     }
 
     /// A fresh container was started for the first time (not a restart).
-    pub fn created(&mut self, now: Instant, ok: bool) {
-        if ok {
-            self.retry_at = None;
-            self.running_since = Some(now);
-        } else {
-            self.retry_at = Some(now + backoff(self.attempt));
-            self.attempt = self.attempt.saturating_add(1);
-        }
+    pub fn created(&mut self, now: Instant) {
+        self.retry_at = None;
+        self.running_since = Some(now);
+    }
+
+    /// This version cannot run; try again later (with back-off).
+    pub fn fail(&mut self, now: Instant, reason: String) {
+        let wait = FAILED_RETRY_FIRST.saturating_mul(1u32 << self.failures.min(10)).min(FAILED_RETRY_MAX);
+        self.failures = self.failures.saturating_add(1);
+        self.failure = Some(Failed { reason, retry_at: now + wait });
+        self.replaced_at = None;
+        self.running_since = None;
+    }
+
+    /// Why this version does not run, while it is not yet time to retry.
+    pub fn failure_active(&self, now: Instant) -> Option<&str> {
+        self.failure.as_ref().filter(|f| now < f.retry_at).map(|f| f.reason.as_str())
+    }
+
+    pub fn in_rollback_window(&self, now: Instant, window: Duration) -> bool {
+        self.replaced_at.is_some_and(|at| now.saturating_duration_since(at) < window)
+    }
+
+    /// When the next pass has something to do for this container.
+    pub fn wake_at(&self, window: Duration) -> Option<Instant> {
+        [
+            self.retry_at,
+            self.failure.as_ref().map(|f| f.retry_at),
+            self.replaced_at.map(|at| at + window),
+            self.running_since.map(|at| at + SETTLE),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -109,9 +172,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_caps() {
+    fn backoff_starts_at_zero_doubles_and_caps() {
         let secs: Vec<u64> = (0..9).map(|a| backoff(a).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(secs, [0, 1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
     }
 
@@ -119,24 +182,55 @@ mod tests {
     fn restarts_back_off_and_reset_after_a_healthy_run() {
         let t0 = Instant::now();
         let mut t = Track::new("h".into());
-        t.created(t0, true);
-        // Dies at once: first restart after 1 s.
-        assert!(!t.down(t0));
-        assert!(!t.down(t0 + Duration::from_millis(500)));
-        assert!(t.down(t0 + Duration::from_secs(1)));
-        t.started(t0 + Duration::from_secs(1), true, true);
+        t.created(t0);
+        assert!(!t.running(t0), "not settled yet");
+        assert!(t.running(t0 + SETTLE));
+        // Killed: restarted at once.
+        assert!(t.down(t0 + SETTLE));
+        t.started(t0 + SETTLE, true, true);
         assert_eq!(t.restarts, 1);
-        // Dies again: 2 s.
+        // Dies again: 1 s.
         let t1 = t0 + Duration::from_secs(2);
         assert!(!t.down(t1));
-        assert_eq!(t.wait_left(t1), Duration::from_secs(2));
-        assert!(t.down(t1 + Duration::from_secs(2)));
-        t.started(t1 + Duration::from_secs(2), true, true);
-        // Runs for a minute, then dies: back to 1 s.
+        assert_eq!(t.wait_left(t1), Duration::from_secs(1));
+        assert!(t.down(t1 + Duration::from_secs(1)));
+        t.started(t1 + Duration::from_secs(1), true, true);
+        assert!(!t.crash_looping());
+        // Runs for a minute, then dies: at once again.
         let t2 = t1 + Duration::from_secs(70);
         t.running(t2);
-        assert!(!t.down(t2));
-        assert_eq!(t.wait_left(t2), Duration::from_secs(1));
+        assert!(t.down(t2));
         assert_eq!(t.restarts, 2);
+    }
+
+    #[test]
+    fn quick_exits_make_a_crash_loop() {
+        let mut now = Instant::now();
+        let mut t = Track::new("h".into());
+        t.created(now);
+        for _ in 0..CRASH_LOOP_EXITS {
+            assert!(!t.crash_looping());
+            now += Duration::from_secs(1);
+            while !t.down(now) {
+                now += Duration::from_secs(1);
+            }
+            t.started(now, true, true);
+        }
+        assert!(t.crash_looping());
+    }
+
+    #[test]
+    fn failures_retry_with_back_off_and_end_the_rollback_window() {
+        let t0 = Instant::now();
+        let mut t = Track::new("h".into());
+        t.replaced_at = Some(t0);
+        assert!(t.in_rollback_window(t0 + Duration::from_secs(1), ROLLBACK_WINDOW));
+        assert!(!t.in_rollback_window(t0 + ROLLBACK_WINDOW, ROLLBACK_WINDOW));
+        t.fail(t0, "image x is missing".into());
+        assert!(!t.in_rollback_window(t0, ROLLBACK_WINDOW));
+        assert_eq!(t.failure_active(t0 + Duration::from_secs(4)), Some("image x is missing"));
+        assert_eq!(t.failure_active(t0 + Duration::from_secs(5)), None);
+        t.fail(t0, "again".into());
+        assert!(t.failure_active(t0 + Duration::from_secs(9)).is_some(), "second wait is longer");
     }
 }

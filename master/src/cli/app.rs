@@ -1,5 +1,11 @@
 //! `fogmesh app submit|list|show|update|delete`.
+//!
+//! `submit` and `update` watch the rollout on the master (long-poll, no
+//! sleeping) and say "running" only when the master says every node acked
+//! and every container runs its current spec; they exit non-zero when the
+//! rollout fails or times out.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -9,13 +15,15 @@ use reqwest::Method;
 
 use super::client::{ApiFailure, Client};
 use super::{duration_arg, parse_key_value, table, Format};
-use crate::model::{AppDetail, AppSummary, SubmitApp};
+use crate::model::{AppDetail, AppSummary, ContainerView, RolloutPhase, SubmitApp};
 
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
     /// Submit an ADT as a new app and wait until its containers run.
     Submit {
+        /// The ADT (TOSCA YAML) to submit.
         file: PathBuf,
+        /// Set an ADT input (repeatable); lists and maps are read as YAML.
         #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_key_value)]
         params: Vec<(String, String)>,
         /// App name (default: the file name without extension).
@@ -24,26 +32,45 @@ pub enum AppCommand {
         #[command(flatten)]
         wait: Wait,
     },
-    /// List apps with running/desired container counts.
-    List,
-    /// Per workload and node: desired against running replicas, with reasons.
+    /// List apps with their rollout phase and current/desired containers.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show an app: per node the acked desired state, per container whether
+    /// it runs the current spec, and what is in the way.
     Show {
+        /// App id or name.
         id: String,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Replace an app's ADT; only containers that changed are replaced.
+    /// Replace an app's ADT; only containers that changed are replaced,
+    /// each new one started before its old one goes.
     Update {
+        /// App id or name.
         id: String,
+        /// The new ADT.
         file: PathBuf,
+        /// Set an ADT input (repeatable); inputs set earlier keep their values.
         #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_key_value)]
         params: Vec<(String, String)>,
+        /// Drop the --param values of earlier revisions.
+        #[arg(long)]
+        reset_params: bool,
+        /// Apply only if the app is still at this revision (for scripts:
+        /// fails with 412 if someone else changed it).
+        #[arg(long, value_name = "N")]
+        revision: Option<u64>,
         #[command(flatten)]
         wait: Wait,
     },
     /// Delete an app; its containers are removed on every node (offline
     /// nodes remove them when they reconnect).
-    Delete { id: String },
+    Delete {
+        /// App id or name.
+        id: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +78,7 @@ pub struct Wait {
     /// Return as soon as the master accepted the ADT.
     #[arg(long)]
     no_wait: bool,
-    /// How long to wait for the rollout.
+    /// How long to wait for the rollout before giving up (exit 1).
     #[arg(long, default_value = "120s", value_parser = duration_arg)]
     timeout: Duration,
 }
@@ -60,34 +87,52 @@ pub async fn run(client: &Client, command: AppCommand) -> Result<()> {
     match command {
         AppCommand::Submit { file, params, name, wait } => {
             let name = name.or_else(|| default_name(&file));
-            let body = SubmitApp { name, adt: read_adt(&file)?, params };
+            let body = SubmitApp { name, adt: read_adt(&file)?, params, reset_params: false };
+            let started = Instant::now();
             let app: AppDetail = client.send(Method::POST, "/v1/apps", &body).await.map_err(|e| adt_problems(e, &file))?;
-            println!("submitted app {} (id {})", app.name, app.id);
+            println!("submitted app {} (id {}), revision {}", app.name, app.id, app.revision);
             if !wait.no_wait {
-                wait_for_rollout(client, &app.id, wait.timeout).await?;
+                watch_rollout(client, app, started, wait.timeout).await?;
             }
         }
-        AppCommand::Update { id, file, params, wait } => {
-            let body = SubmitApp { name: None, adt: read_adt(&file)?, params };
-            let app: AppDetail = client.send(Method::PUT, &format!("/v1/apps/{id}"), &body).await.map_err(|e| adt_problems(e, &file))?;
+        AppCommand::Update { id, file, params, reset_params, revision, wait } => {
+            let body = SubmitApp { name: None, adt: read_adt(&file)?, params, reset_params };
+            let started = Instant::now();
+            let headers: Vec<(&str, String)> = revision.map(|r| ("If-Match", format!("\"{r}\""))).into_iter().collect();
+            let app: AppDetail =
+                client.send_with(Method::PUT, &format!("/v1/apps/{id}"), &body, &headers).await.map_err(|e| adt_problems(e, &file))?;
             println!("updated app {} (id {}) to revision {}", app.name, app.id, app.revision);
             if !wait.no_wait {
-                wait_for_rollout(client, &app.id, wait.timeout).await?;
+                watch_rollout(client, app, started, wait.timeout).await?;
             }
         }
-        AppCommand::List => {
+        AppCommand::List { format } => {
             let apps: Vec<AppSummary> = client.get("/v1/apps").await?;
-            let rows: Vec<Vec<String>> = apps
-                .iter()
-                .map(|a| vec![a.id.clone(), a.name.clone(), a.revision.to_string(), a.workloads.to_string(), format!("{}/{}", a.running, a.desired)])
-                .collect();
-            print!("{}", table::render(&["ID", "NAME", "REVISION", "WORKLOADS", "RUNNING"], &rows));
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&apps)?),
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = apps
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                a.id.clone(),
+                                a.name.clone(),
+                                a.revision.to_string(),
+                                a.phase.as_str().to_string(),
+                                a.workloads.to_string(),
+                                format!("{}/{}", a.current, a.desired),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", table::render(&["ID", "NAME", "REVISION", "PHASE", "WORKLOADS", "CURRENT"], &rows));
+                }
+            }
         }
         AppCommand::Show { id, format } => {
             let app: AppDetail = client.get(&format!("/v1/apps/{id}")).await?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&app)?),
-                Format::Table => print!("{}", detail_table(&app)),
+                Format::Table => print!("{}", detail_text(&app)),
             }
         }
         AppCommand::Delete { id } => {
@@ -98,72 +143,127 @@ pub async fn run(client: &Client, command: AppCommand) -> Result<()> {
     Ok(())
 }
 
-/// Polls the app and prints each change of per-node progress until every
-/// workload runs everywhere it should, or the timeout.
-async fn wait_for_rollout(client: &Client, id: &str, timeout: Duration) -> Result<()> {
-    let started = Instant::now();
-    let mut last_report = String::new();
+/// Follows the rollout on the master until it runs, fails or times out,
+/// printing each progress line when it changes.
+async fn watch_rollout(client: &Client, mut app: AppDetail, started: Instant, timeout: Duration) -> Result<()> {
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        let app: AppDetail = client.get(&format!("/v1/apps/{id}")).await?;
-        let report = progress_lines(&app);
-        if report != last_report {
-            print!("{report}");
-            last_report = report;
+        for (key, line) in progress_lines(&app) {
+            if shown.get(&key) != Some(&line) {
+                println!("  {line}");
+                shown.insert(key, line);
+            }
         }
-        if rolled_out(&app) {
-            println!("app {} is running ({:.0?})", app.name, started.elapsed());
-            return Ok(());
+        match app.rollout.phase {
+            RolloutPhase::Running => {
+                let containers: usize = app.workloads.iter().map(|w| w.current_replicas as usize).sum();
+                println!(
+                    "app {} is running (revision {}): {containers} container(s) on {} node(s), {:.2}s",
+                    app.name,
+                    app.revision,
+                    app.nodes.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            RolloutPhase::Failed => bail!("app {} (revision {}) failed to roll out:\n  {}", app.name, app.revision, app.rollout.reasons.join("\n  ")),
+            RolloutPhase::Progressing | RolloutPhase::Waiting => {}
         }
-        if started.elapsed() > timeout {
-            bail!("app {} did not finish rolling out within {:?}; see `fogmesh app show {}`", app.name, timeout, app.id);
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            bail!(
+                "app {} (revision {}) did not finish rolling out within {timeout:?}; still {}:\n  {}\nsee `fogmesh app show {}`",
+                app.name,
+                app.revision,
+                app.rollout.phase.as_str(),
+                app.rollout.reasons.join("\n  "),
+                app.name
+            );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let wait = left.min(Duration::from_secs(25));
+        let path = format!("/v1/apps/{}?wait_after={}&timeout={}", app.id, app.version, wait.as_secs().max(1));
+        app = client.get(&path).await?;
     }
 }
 
-fn rolled_out(app: &AppDetail) -> bool {
-    app.workloads.iter().all(|w| {
-        w.pending_reason.is_none() && w.placements.iter().map(|p| p.running).sum::<u32>() >= w.desired_replicas
-    })
-}
-
-fn progress_lines(app: &AppDetail) -> String {
-    let mut out = String::new();
+/// One line per container, pending workload and unacked node, keyed so a
+/// line is printed again only when it changes.
+fn progress_lines(app: &AppDetail) -> Vec<(String, String)> {
+    let mut lines = Vec::new();
+    for n in &app.nodes {
+        if n.acked_generation < n.desired_generation {
+            lines.push((format!("node/{}", n.node), format!("node {}: sending desired state {}", n.node, n.desired_generation)));
+        } else {
+            lines.push((format!("node/{}", n.node), format!("node {}: acked desired state {}", n.node, n.acked_generation)));
+        }
+    }
     for w in &app.workloads {
         for p in &w.placements {
-            let reasons = if p.reasons.is_empty() { String::new() } else { format!(" ({})", p.reasons.join("; ")) };
-            out.push_str(&format!("  {} on {}: {}/{} running{reasons}\n", w.name, p.node, p.running, p.desired));
+            for c in &p.containers {
+                lines.push((c.name.clone(), format!("{} replica {} on {}: {}", w.name, c.replica, p.node, container_word(c))));
+            }
         }
-        if let Some(reason) = &w.pending_reason {
-            out.push_str(&format!("  {}: pending: {reason}\n", w.name));
+        if let Some(pending) = &w.pending {
+            lines.push((format!("pending/{}", w.name), format!("{}: pending: {}", w.name, pending.reason)));
         }
     }
-    out
+    lines
 }
 
-fn detail_table(app: &AppDetail) -> String {
+fn container_word(c: &ContainerView) -> String {
+    let mut word = match (c.state, c.current) {
+        (_, true) => "running".to_string(),
+        (None, _) => "not reported yet".to_string(),
+        (Some(state), false) => match c.ready {
+            Some(false) if state.as_str() == "running" => "running, not ready".to_string(),
+            _ => state.as_str().to_string(),
+        },
+    };
+    if let Some(e) = &c.error {
+        word.push_str(&format!(" ({e})"));
+    }
+    word
+}
+
+fn detail_text(app: &AppDetail) -> String {
+    let mut out = format!("app {} (id {}), revision {}: {}\n", app.name, app.id, app.revision, app.rollout.phase.as_str());
+    for r in &app.rollout.reasons {
+        out.push_str(&format!("  {r}\n"));
+    }
+    if !app.params.is_empty() {
+        let params: Vec<String> = app.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("params: {}\n", params.join(" ")));
+    }
+    let node_rows: Vec<Vec<String>> = app
+        .nodes
+        .iter()
+        .map(|n| vec![n.node.clone(), format!("{:?}", n.node_state).to_lowercase(), n.desired_generation.to_string(), n.acked_generation.to_string()])
+        .collect();
+    out.push('\n');
+    out.push_str(&table::render(&["NODE", "STATE", "DESIRED GEN", "ACKED GEN"], &node_rows));
     let mut rows = Vec::new();
     for w in &app.workloads {
         for p in &w.placements {
-            rows.push(vec![
-                w.name.clone(),
-                p.node.clone(),
-                format!("{:?}", p.node_state).to_lowercase(),
-                format!("{}/{}", p.running, p.desired),
-                p.reasons.join("; "),
-            ]);
+            for c in &p.containers {
+                rows.push(vec![
+                    w.name.clone(),
+                    c.replica.to_string(),
+                    p.node.clone(),
+                    c.state.map_or("-".into(), |s| s.as_str().to_string()),
+                    if c.current { "yes".into() } else { "no".into() },
+                    c.ready.map_or("-".into(), |r| if r { "yes".into() } else { "no".into() }),
+                    c.restarts.to_string(),
+                    c.error.clone().unwrap_or_default(),
+                ]);
+            }
         }
-        if let Some(reason) = &w.pending_reason {
-            rows.push(vec![w.name.clone(), "-".into(), "-".into(), format!("0/{}", w.desired_replicas), format!("pending: {reason}")]);
+        if let Some(pending) = &w.pending {
+            rows.push(vec![w.name.clone(), "-".into(), "-".into(), "pending".into(), "-".into(), "-".into(), "-".into(), pending.reason.clone()]);
         }
     }
-    format!(
-        "app {} (id {}), revision {}\n{}",
-        app.name,
-        app.id,
-        app.revision,
-        table::render(&["WORKLOAD", "NODE", "NODE STATE", "RUNNING", "REASONS"], &rows)
-    )
+    out.push('\n');
+    out.push_str(&table::render(&["WORKLOAD", "REPLICA", "NODE", "STATE", "CURRENT SPEC", "READY", "RESTARTS", "REASON"], &rows));
+    out
 }
 
 fn read_adt(file: &Path) -> Result<String> {

@@ -79,7 +79,8 @@ impl Connection {
             .with_no_client_auth();
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
-            .timeout(std::time::Duration::from_secs(30))
+            // Rollout watches long-poll for up to 25 s.
+            .timeout(std::time::Duration::from_secs(40))
             .build()
             .context("build the HTTPS client")?;
         Ok(Client { http, api: api.trim_end_matches('/').to_string(), token })
@@ -92,23 +93,33 @@ impl Client {
     }
 
     pub async fn send<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: &B) -> Result<T> {
-        self.call(method, path, Some(body)).await
+        self.send_with(method, path, body, &[]).await
     }
 
-    pub async fn delete(&self, path: &str) -> Result<()> {
-        let response = self.request(Method::DELETE, path, None::<&()>).await?;
-        check(response).await.map(|_| ())
-    }
-
-    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
-        let response = self.request(method, path, body).await?;
+    /// `send` with extra request headers (e.g. `If-Match`).
+    pub async fn send_with<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: &B, headers: &[(&str, String)]) -> Result<T> {
+        let response = self.request(method, path, Some(body), headers).await?;
         let response = check(response).await?;
         response.json().await.context("read the master's answer")
     }
 
-    async fn request<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<reqwest::Response> {
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        let response = self.request(Method::DELETE, path, None::<&()>, &[]).await?;
+        check(response).await.map(|_| ())
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
+        let response = self.request(method, path, body, &[]).await?;
+        let response = check(response).await?;
+        response.json().await.context("read the master's answer")
+    }
+
+    async fn request<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>, headers: &[(&str, String)]) -> Result<reqwest::Response> {
         let url = format!("{}{path}", self.api);
         let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

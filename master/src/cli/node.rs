@@ -13,14 +13,22 @@ pub enum NodeCommand {
     /// Declare a fog node by public IP before its agent joins, so apps can
     /// be placed on it; they start when the agent joins.
     Add {
+        /// The node's public IP: ADT Edge nodes with this `public_ip` run there.
         #[arg(long, value_name = "IP")]
         public_ip: String,
+        /// Node name (default: node-IP).
         #[arg(long)]
         name: Option<String>,
     },
-    /// Remove a node and revoke its certificate: its agent is refused from now on.
-    Remove { name: String },
-    /// List nodes: name, public IP, state, last seen, labels, capacity, containers.
+    /// Remove a node and revoke its certificate: its agent removes its
+    /// containers (now if connected, else when it next connects) and is
+    /// refused from then on.
+    Remove {
+        /// Node name.
+        name: String,
+    },
+    /// List nodes: name, public IP, state, last seen, labels, capacity,
+    /// containers, and conditions the agent reports (e.g. a full disk).
     List {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -49,6 +57,7 @@ pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
                                 format!("{} cpu, {} MiB, {}", c.cpus, c.memory_bytes / (1024 * 1024), c.arch)
                             });
                             let labels = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                            let conditions = n.conditions.iter().map(|c| format!("{}: {}", c.kind, c.message)).collect::<Vec<_>>().join("; ");
                             vec![
                                 n.name.clone(),
                                 n.public_ip.clone(),
@@ -57,10 +66,14 @@ pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
                                 if labels.is_empty() { "-".into() } else { labels },
                                 capacity,
                                 format!("{}/{}", n.containers_running, n.containers_desired),
+                                if conditions.is_empty() { "-".into() } else { conditions },
                             ]
                         })
                         .collect();
-                    print!("{}", table::render(&["NAME", "PUBLIC IP", "STATE", "LAST SEEN", "LABELS", "CAPACITY", "CONTAINERS"], &rows));
+                    print!(
+                        "{}",
+                        table::render(&["NAME", "PUBLIC IP", "STATE", "LAST SEEN", "LABELS", "CAPACITY", "CONTAINERS", "CONDITIONS"], &rows)
+                    );
                 }
             }
         }

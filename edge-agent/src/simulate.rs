@@ -1,0 +1,141 @@
+//! A fleet in one process: N simulated nodes, each with its own identity
+//! (joined with a multi-use token, its own certificate), its own durable
+//! store and persister, and its own QUIC session to the master through the
+//! real connector. Only the container runtime is fake: containers "run"
+//! after a configurable delay. For fleet-scale tests and benchmarks.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fogmesh_common::tls::QuicTiming;
+use fogmesh_common::wire::{Capacity, ContainerState, ContainerStatus};
+use tokio::sync::Semaphore;
+
+use crate::connector::{join, run_forever, JoinOptions, SessionContext};
+use crate::identity::IdentityFiles;
+use crate::local_store::LocalStore;
+use crate::persister::{self, Applied};
+use crate::status::StatusBoard;
+
+pub struct SimulateOptions {
+    pub master: String,
+    pub token: Option<String>,
+    pub count: usize,
+    pub data_dir: PathBuf,
+    /// Node names are `PREFIX-N`.
+    pub prefix: String,
+    /// Node N gets public IP `ip_base + N`.
+    pub ip_base: Ipv4Addr,
+    /// How long a fake container takes to "start".
+    pub start_delay: Duration,
+    pub join_concurrency: usize,
+    pub master_timeout: Duration,
+}
+
+pub async fn run(opts: SimulateOptions) -> Result<()> {
+    let joined = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Semaphore::new(opts.join_concurrency.max(1)));
+    let mut joins = Vec::with_capacity(opts.count);
+    for i in 0..opts.count {
+        let dir = opts.data_dir.join(format!("node-{i:05}"));
+        let name = format!("{}-{i}", opts.prefix);
+        let ip = Ipv4Addr::from(u32::from(opts.ip_base).wrapping_add(i as u32));
+        let (master, token, slots, joined) = (opts.master.clone(), opts.token.clone(), slots.clone(), joined.clone());
+        joins.push(tokio::spawn(async move {
+            let _slot = slots.acquire().await;
+            ensure_joined(&dir, &master, token, &name, ip).await?;
+            joined.fetch_add(1, Ordering::Relaxed);
+            Ok::<PathBuf, anyhow::Error>(dir)
+        }));
+    }
+    let progress = {
+        let (joined, count) = (joined.clone(), opts.count);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                eprintln!("simulate: {}/{count} nodes joined", joined.load(Ordering::Relaxed));
+            }
+        })
+    };
+    let mut dirs = Vec::with_capacity(opts.count);
+    for j in joins {
+        dirs.push(j.await.context("join task")??);
+    }
+    progress.abort();
+    eprintln!("simulate: all {} nodes joined; running", opts.count);
+
+    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("open a UDP socket for QUIC")?;
+    for dir in dirs {
+        let identity = IdentityFiles::new(&dir).load()?;
+        let board = StatusBoard::default();
+        let persist = persister::start(LocalStore::new(&dir), board.clone(), &identity.info.node_name);
+        tokio::spawn(fake_runtime(persist.applied, board.clone(), opts.start_delay));
+        let ctx = SessionContext {
+            identity,
+            commands: persist.commands,
+            durable: persist.durable,
+            status: board.subscribe(),
+            capacity: Capacity { cpus: 1, memory_bytes: 1 << 30, disk_bytes: 8 << 30, arch: "simulated".into(), os: "linux".into() },
+            runtime_version: "simulated".into(),
+            timing: QuicTiming::with_idle_timeout(opts.master_timeout),
+            endpoint: Some(endpoint.clone()),
+        };
+        tokio::spawn(run_forever(ctx));
+    }
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn ensure_joined(dir: &Path, master: &str, token: Option<String>, name: &str, ip: Ipv4Addr) -> Result<()> {
+    let files = IdentityFiles::new(dir);
+    if files.exists() {
+        return Ok(());
+    }
+    let token = token.context("a node has not joined yet: pass --token")?;
+    let opts = JoinOptions {
+        master: master.to_string(),
+        token,
+        public_ip: Some(ip.to_string()),
+        name: Some(name.to_string()),
+        labels: vec![("simulated".into(), "true".into())],
+        replace: false,
+    };
+    let identity = join(&opts).await.with_context(|| format!("join {name}"))?;
+    files.save(&identity)
+}
+
+/// Every desired container "runs" `delay` after it was stored.
+async fn fake_runtime(mut applied: tokio::sync::watch::Receiver<Applied>, board: StatusBoard, delay: Duration) {
+    loop {
+        let state = applied.borrow_and_update().clone();
+        if let Some(state) = state {
+            tokio::time::sleep(delay).await;
+            let containers = state
+                .containers
+                .iter()
+                .map(|spec| {
+                    let hash = spec.spec_hash();
+                    ContainerStatus {
+                        name: spec.name.clone(),
+                        app_id: spec.app_id.clone(),
+                        workload: spec.workload.clone(),
+                        state: ContainerState::Running,
+                        running_spec: Some(hash.clone()),
+                        spec_hash: hash,
+                        ready: spec.readiness.as_ref().map(|_| true),
+                        restarts: 0,
+                        last_error: None,
+                    }
+                })
+                .collect();
+            board.set_containers(state.generation, containers);
+        }
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}

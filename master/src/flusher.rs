@@ -1,0 +1,165 @@
+//! Group commit for the master store: one thread does every flush, and
+//! callers that need durability wait for the first flush that *started*
+//! after their request. Many concurrent writers (say, a hundred agents
+//! acking one change) cost one or two flushes, not a hundred, and sled never
+//! sees two flushes at once (sled 0.34 can deadlock on concurrent
+//! flushes: spacejam/sled#1308).
+//!
+//! Writes that need no waiter (heartbeat times, observed status) call
+//! [`GroupFlusher::request`]; the flusher picks them up with the next flush,
+//! at the latest after [`IDLE_FLUSH`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use tokio::sync::watch;
+
+/// Requests without a waiter are flushed at most this late.
+const IDLE_FLUSH: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    /// Every request numbered up to this is durable.
+    done: u64,
+    /// The newest failed flush: the highest request number it covered, and why.
+    failed: Option<(u64, String)>,
+}
+
+struct Shared {
+    /// Numbers handed to requests so far.
+    requested: AtomicU64,
+    wake: (Mutex<bool>, Condvar),
+    progress: watch::Sender<Progress>,
+}
+
+#[derive(Clone)]
+pub struct GroupFlusher {
+    shared: Arc<Shared>,
+}
+
+impl GroupFlusher {
+    /// Starts the flusher thread; `flush` makes every write so far durable.
+    /// The thread ends when the last `GroupFlusher` is dropped.
+    pub fn start(name: &str, flush: impl Fn() -> Result<()> + Send + 'static) -> Result<GroupFlusher> {
+        let shared = Arc::new(Shared {
+            requested: AtomicU64::new(0),
+            wake: (Mutex::new(false), Condvar::new()),
+            progress: watch::channel(Progress::default()).0,
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new().name(format!("{name}-flusher")).spawn(move || flush_loop(weak, flush))?;
+        Ok(GroupFlusher { shared })
+    }
+
+    fn ticket(&self) -> u64 {
+        let ticket = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let (flag, cvar) = &self.shared.wake;
+        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cvar.notify_one();
+        ticket
+    }
+
+    /// Asks for a flush without waiting for it.
+    pub fn request(&self) {
+        self.ticket();
+    }
+
+    /// Returns once every write made before this call is durable.
+    pub async fn flush(&self) -> Result<()> {
+        let mut progress = self.shared.progress.subscribe();
+        let ticket = self.ticket();
+        loop {
+            {
+                let p = progress.borrow_and_update();
+                if p.done >= ticket {
+                    return Ok(());
+                }
+                if let Some((covered, why)) = &p.failed {
+                    if *covered >= ticket {
+                        return Err(anyhow!("flush the master store: {why}"));
+                    }
+                }
+            }
+            progress.changed().await.map_err(|_| anyhow!("the store flusher stopped"))?;
+        }
+    }
+}
+
+fn flush_loop(shared: Weak<Shared>, flush: impl Fn() -> Result<()>) {
+    let mut flushed = 0u64;
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        {
+            let (flag, cvar) = &s.wake;
+            let mut pending = flag.lock().unwrap_or_else(|e| e.into_inner());
+            if !*pending {
+                pending = cvar.wait_timeout(pending, IDLE_FLUSH).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            }
+            *pending = false;
+        }
+        // Everything requested before this point is covered by this flush.
+        let target = s.requested.load(Ordering::SeqCst);
+        if target == flushed {
+            continue;
+        }
+        match flush() {
+            Ok(()) => {
+                flushed = target;
+                s.progress.send_modify(|p| p.done = target);
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "flushing the master store failed; writes are not durable yet");
+                s.progress.send_modify(|p| p.failed = Some((target, format!("{e:#}"))));
+                // Do not spin on a failing disk.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_callers_share_flushes() {
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let counter = flushes.clone();
+        let flusher = GroupFlusher::start("test", move || {
+            std::thread::sleep(Duration::from_millis(20));
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        let waiters: Vec<_> = (0..100).map(|_| {
+            let f = flusher.clone();
+            tokio::spawn(async move { f.flush().await })
+        }).collect();
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        let n = flushes.load(Ordering::SeqCst);
+        assert!((1..=10).contains(&n), "100 callers took {n} flushes");
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_its_waiters_and_a_later_one_succeeds() {
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let f2 = fail.clone();
+        let flusher = GroupFlusher::start("test", move || {
+            if f2.load(Ordering::SeqCst) {
+                Err(anyhow!("No space left on device"))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        let err = flusher.flush().await.unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        fail.store(false, Ordering::SeqCst);
+        flusher.flush().await.unwrap();
+    }
+}
