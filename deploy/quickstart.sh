@@ -4,24 +4,35 @@
 # and the face-detection pipeline from adts/face-detection.yaml.
 #
 #   bash deploy/quickstart.sh        # start everything, submit the app
-#   bash deploy/quickstart.sh stop   # stop the processes, remove the containers
+#   bash deploy/quickstart.sh stop   # remove exactly what the quickstart made
+#
+# Everything it makes is marked: processes have pid files in $WORK,
+# containers carry the label fogmesh.quickstart=$WORK, host folders live in
+# $WORK/volumes. `stop` removes those and $WORK itself (CA key, admin token).
+# Ports: API 7400/tcp, agents 7401/udp (FOGMESH_QS_API_PORT, FOGMESH_QS_QUIC_PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${FOGMESH_QUICKSTART_DIR:-/tmp/fogmesh-quickstart}
+API_PORT=${FOGMESH_QS_API_PORT:-7400}
+QUIC_PORT=${FOGMESH_QS_QUIC_PORT:-7401}
 BIN=target/debug
 NODES=(camera:127.0.0.2 fog:127.0.0.3 cloud:127.0.0.4)
+MARKER="fogmesh.quickstart=$WORK"
 
 stop() {
     if [ -d "$WORK" ]; then
         for pidfile in "$WORK"/*.pid; do
-            [ -e "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+            [ -e "$pidfile" ] || continue
+            pid=$(cat "$pidfile")
+            # Only our own processes: the pid must still run a fogmesh binary.
+            if grep -qs fogmesh "/proc/$pid/cmdline"; then kill "$pid" 2>/dev/null || true; fi
         done
+        sleep 0.5
     fi
-    for n in "${NODES[@]}"; do
-        ids=$(docker ps -aq --filter "label=fogmesh.node=${n%%:*}" 2>/dev/null || true)
-        [ -n "$ids" ] && docker rm -f -v $ids >/dev/null
-    done
-    echo "quickstart stopped"
+    ids=$(docker ps -aq --filter "label=$MARKER" 2>/dev/null || true)
+    [ -n "$ids" ] && docker rm -f -v $ids >/dev/null
+    rm -rf "$WORK"
+    echo "quickstart stopped: processes, containers labelled $MARKER and $WORK removed"
 }
 
 if [ "${1:-}" = "stop" ]; then stop; exit 0; fi
@@ -33,11 +44,11 @@ cargo build --bins --quiet
 bash deploy/images/build.sh
 
 stop >/dev/null 2>&1 || true
-rm -rf "$WORK" && mkdir -p "$WORK"
+mkdir -p "$WORK/volumes"
 
 echo "== master"
-"$BIN/fogmesh-master" init --data-dir "$WORK/master"
-"$BIN/fogmesh-master" serve --data-dir "$WORK/master" >"$WORK/master.log" 2>&1 &
+"$BIN/fogmesh-master" init --data-dir "$WORK/master" --api "127.0.0.1:$API_PORT"
+"$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "127.0.0.1:$API_PORT" --quic "127.0.0.1:$QUIC_PORT" >"$WORK/master.log" 2>&1 &
 echo $! >"$WORK/master.pid"
 export FOGMESH_CONFIG="$WORK/master/client.conf"
 for _ in $(seq 1 50); do "$BIN/fogmesh" node list >/dev/null 2>&1 && break; sleep 0.2; done
@@ -45,10 +56,11 @@ for _ in $(seq 1 50); do "$BIN/fogmesh" node list >/dev/null 2>&1 && break; slee
 echo "== fog agents"
 for n in "${NODES[@]}"; do
     name=${n%%:*} ip=${n##*:}
-    token=$("$BIN/fogmesh" token create --ttl 10m 2>/dev/null)
-    "$BIN/fogmesh-agent" run --master 127.0.0.1:7401 --token "$token" \
+    # The token goes through the environment, never the command line.
+    FOGMESH_JOIN_TOKEN=$("$BIN/fogmesh" token create --ttl 10m 2>/dev/null) \
+        "$BIN/fogmesh-agent" run --master "127.0.0.1:$QUIC_PORT" \
         --data-dir "$WORK/agent-$name" --name "$name" --public-ip "$ip" --label "role=$name" \
-        >"$WORK/agent-$name.log" 2>&1 &
+        --container-label "$MARKER" >"$WORK/agent-$name.log" 2>&1 &
     echo $! >"$WORK/agent-$name.pid"
 done
 for _ in $(seq 1 50); do
@@ -58,15 +70,16 @@ done
 "$BIN/fogmesh" node list
 
 echo "== submit adts/face-detection.yaml"
-"$BIN/fogmesh" app submit adts/face-detection.yaml --timeout 120s
+"$BIN/fogmesh" app submit adts/face-detection.yaml --timeout 120s \
+    --param "frames_dir=$WORK/volumes/frames" --param "results_dir=$WORK/volumes/results"
 "$BIN/fogmesh" app show face-detection
 echo
-docker ps --filter label=fogmesh.app --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}'
+docker ps --filter "label=$MARKER" --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}'
 cat <<MSG
 
 fogmesh is running. Try:
   export FOGMESH_CONFIG=$WORK/master/client.conf
   $BIN/fogmesh node list
   $BIN/fogmesh app show face-detection
-Logs are in $WORK. Stop everything with: bash deploy/quickstart.sh stop
+Logs are in $WORK. Remove everything with: bash deploy/quickstart.sh stop
 MSG

@@ -51,6 +51,9 @@ pub enum Refusal {
     Other,
     /// The node was removed and its certificate revoked: its workloads must go.
     Revoked,
+    /// Another agent joined as this node: this agent must leave the
+    /// containers alone (they are the new agent's now).
+    Replaced,
 }
 
 /// The containers of one app on one node.

@@ -91,9 +91,12 @@ async fn connect_engine(owner: Owner, data_dir: &Path, wake: Arc<Notify>) -> Rec
 /// least every `RECONCILE_INTERVAL`.
 async fn reconcile_forever(mut reconciler: Reconciler, mut desired: watch::Receiver<Applied>, board: StatusBoard, wake: Arc<Notify>) {
     loop {
-        let state = desired.borrow_and_update().clone();
-        let containers = reconciler.reconcile(state.as_ref().map(|s| s.containers.as_slice())).await;
-        board.set_containers(state.as_ref().map_or(0, |s| s.generation), containers);
+        let applied = desired.borrow_and_update().clone();
+        match &applied {
+            Applied::Unknown => board.set_containers(0, reconciler.reconcile(None).await),
+            Applied::Desired(state) => board.set_containers(state.generation, reconciler.reconcile(Some(&state.containers)).await),
+            Applied::HandsOff => board.set_containers(0, Vec::new()),
+        }
         let next = reconciler.next_wake().map_or(RECONCILE_INTERVAL, |at| at.saturating_duration_since(Instant::now())).min(RECONCILE_INTERVAL);
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return },

@@ -106,6 +106,11 @@ pub async fn run_forever(ctx: SessionContext) {
                 let _ = ctx.commands.send(Command::Decommission { reason });
                 backoff = MAX_BACKOFF;
             }
+            Err(SessionError::Refused { reason, kind: Refusal::Replaced }) => {
+                tracing::error!(%node, %reason, "another agent took over this node: leaving its containers alone; this agent does nothing more");
+                let _ = ctx.commands.send(Command::HandOff { reason });
+                backoff = MAX_BACKOFF;
+            }
             Err(SessionError::Refused { reason, .. }) => {
                 // Keep the identity and the workloads; an operator must act.
                 tracing::error!(%node, %reason, "the master refused this node; workloads keep running; retrying later");

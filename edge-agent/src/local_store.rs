@@ -36,13 +36,15 @@ pub enum StoredState {
     Desired(DesiredState),
     /// The master removed this node: run nothing until it joins again.
     Decommissioned { generation: u64, reason: String },
+    /// Another agent joined as this node: leave its containers alone.
+    HandedOff { generation: u64, reason: String },
 }
 
 impl StoredState {
     pub fn generation(&self) -> u64 {
         match self {
             StoredState::Desired(d) => d.generation,
-            StoredState::Decommissioned { generation, .. } => *generation,
+            StoredState::Decommissioned { generation, .. } | StoredState::HandedOff { generation, .. } => *generation,
         }
     }
 
@@ -50,7 +52,9 @@ impl StoredState {
     pub fn desired(&self) -> DesiredState {
         match self {
             StoredState::Desired(d) => d.clone(),
-            StoredState::Decommissioned { generation, .. } => DesiredState { generation: *generation, containers: vec![] },
+            StoredState::Decommissioned { generation, .. } | StoredState::HandedOff { generation, .. } => {
+                DesiredState { generation: *generation, containers: vec![] }
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use fogmesh_common::wire::DesiredState;
 use tokio::sync::{mpsc, watch};
 
 use crate::local_store::{Loaded, LocalStore, StoredState};
-use crate::status::{StatusBoard, DECOMMISSIONED, STORE_LOST, STORE_WRITE_FAILED};
+use crate::status::{StatusBoard, DECOMMISSIONED, HANDED_OFF, STORE_LOST, STORE_WRITE_FAILED};
 
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -25,12 +25,30 @@ pub enum Command {
     Apply(DesiredState),
     /// The master removed this node: stop running its workloads.
     Decommission { reason: String },
+    /// Another agent took over this node: leave its containers alone.
+    HandOff { reason: String },
 }
 
-/// What the reconciler should run. `None`: the agent does not know (its
-/// store was lost and the master has not answered yet), so it keeps every
-/// container of this node as it is and removes nothing.
-pub type Applied = Option<DesiredState>;
+/// What the reconciler should do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    /// The agent does not know (its store was lost and the master has not
+    /// answered yet): keep every container of this node as it is, remove nothing.
+    Unknown,
+    /// Run exactly these containers.
+    Desired(DesiredState),
+    /// Another agent manages this node now: touch nothing.
+    HandsOff,
+}
+
+impl Applied {
+    fn of(state: &StoredState) -> Applied {
+        match state {
+            StoredState::HandedOff { .. } => Applied::HandsOff,
+            other => Applied::Desired(other.desired()),
+        }
+    }
+}
 
 pub struct PersistHandles {
     pub commands: mpsc::UnboundedSender<Command>,
@@ -44,9 +62,7 @@ pub fn start(store: LocalStore, board: StatusBoard, node: &str) -> PersistHandle
     let initial = match store.load() {
         Loaded::Stored(state) => {
             tracing::info!(%node, generation = state.generation(), containers = state.desired().containers.len(), "starting from the stored desired state");
-            if let StoredState::Decommissioned { reason, .. } = &state {
-                board.set_condition(DECOMMISSIONED, reason.clone());
-            }
+            raise_conditions(&board, &state);
             Some(state)
         }
         Loaded::Missing => {
@@ -63,7 +79,7 @@ pub fn start(store: LocalStore, board: StatusBoard, node: &str) -> PersistHandle
     };
     let generation = initial.as_ref().map_or(0, StoredState::generation);
     let (durable_tx, durable) = watch::channel(generation);
-    let (applied_tx, applied) = watch::channel(initial.as_ref().map(StoredState::desired));
+    let (applied_tx, applied) = watch::channel(initial.as_ref().map_or(Applied::Unknown, Applied::of));
     let (commands, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_forever(store, board, rx, initial, durable_tx, applied_tx));
     PersistHandles { commands, durable, applied }
@@ -100,10 +116,8 @@ async fn write_forever(
                 tracing::info!(generation = target.generation(), containers = target.desired().containers.len(), "desired state stored");
                 board.clear_condition(STORE_WRITE_FAILED);
                 board.clear_condition(STORE_LOST);
-                if let StoredState::Decommissioned { reason, .. } = &target {
-                    board.set_condition(DECOMMISSIONED, reason.clone());
-                }
-                applied.send_replace(Some(target.desired()));
+                raise_conditions(&board, &target);
+                applied.send_replace(Applied::of(&target));
                 durable.send_replace(target.generation());
                 current = Some(target);
                 pending = None;
@@ -130,6 +144,18 @@ async fn write_forever(
     }
 }
 
+/// Stored states the operator must know about.
+fn raise_conditions(board: &StatusBoard, state: &StoredState) {
+    match state {
+        StoredState::Decommissioned { reason, .. } => board.set_condition(DECOMMISSIONED, reason.clone()),
+        StoredState::HandedOff { reason, .. } => board.set_condition(HANDED_OFF, reason.clone()),
+        StoredState::Desired(_) => {
+            board.clear_condition(DECOMMISSIONED);
+            board.clear_condition(HANDED_OFF);
+        }
+    }
+}
+
 /// The state to write after `cmd`, given what is stored and what is
 /// already waiting; `None` when nothing needs writing.
 fn next_state(current: Option<&StoredState>, pending: Option<StoredState>, cmd: Command) -> Option<StoredState> {
@@ -149,6 +175,13 @@ fn next_state(current: Option<&StoredState>, pending: Option<StoredState>, cmd: 
             }
             let generation = pending.as_ref().map_or(stored_generation, StoredState::generation).max(stored_generation);
             Some(StoredState::Decommissioned { generation, reason })
+        }
+        Command::HandOff { reason } => {
+            if matches!(current, Some(StoredState::HandedOff { .. })) && pending.is_none() {
+                return None;
+            }
+            let generation = pending.as_ref().map_or(stored_generation, StoredState::generation).max(stored_generation);
+            Some(StoredState::HandedOff { generation, reason })
         }
     }
 }
@@ -173,5 +206,8 @@ mod tests {
         let gone = next_state(Some(&stored), six, Command::Decommission { reason: "removed".into() });
         assert_eq!(gone, Some(StoredState::Decommissioned { generation: 6, reason: "removed".into() }));
         assert_eq!(next_state(None, None, Command::Apply(state(1))), Some(StoredState::Desired(state(1))));
+        let off = next_state(Some(&stored), None, Command::HandOff { reason: "replaced".into() });
+        assert_eq!(off, Some(StoredState::HandedOff { generation: 5, reason: "replaced".into() }));
+        assert_eq!(Applied::of(off.as_ref().unwrap()), Applied::HandsOff);
     }
 }

@@ -112,7 +112,7 @@ async fn ensure_joined(dir: &Path, master: &str, token: Option<String>, name: &s
 async fn fake_runtime(mut applied: tokio::sync::watch::Receiver<Applied>, board: StatusBoard, delay: Duration) {
     loop {
         let state = applied.borrow_and_update().clone();
-        if let Some(state) = state {
+        if let Applied::Desired(state) = state {
             tokio::time::sleep(delay).await;
             let containers = state
                 .containers

@@ -13,6 +13,8 @@ pub const STORE_WRITE_FAILED: &str = "StoreWriteFailed";
 pub const STORE_LOST: &str = "StoreLost";
 /// A node condition kind: the master removed this node.
 pub const DECOMMISSIONED: &str = "Decommissioned";
+/// A node condition kind: another agent joined as this node.
+pub const HANDED_OFF: &str = "HandedOff";
 
 #[derive(Clone)]
 pub struct StatusBoard {

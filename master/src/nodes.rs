@@ -12,6 +12,7 @@ use fogmesh_common::wire::{ContainerState, Hello, JoinRequest, JoinResponse, Nod
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
 use crate::model::{now_ms, DeclareNode, NodeRecord, NodeView, TokenCreated, TokenRecord};
+use crate::store::Revocation;
 
 /// Node certificates live this long; agents rejoin or renew before that.
 const NODE_CERT_DAYS: u32 = 365;
@@ -88,7 +89,7 @@ impl Cluster {
         let previous = self.store.node(&name).map_err(internal)?;
         if let Some(old) = previous.as_ref().and_then(|n| n.cert_fingerprint.as_ref()) {
             // Only with --replace (checked above): the old agent is refused from now on.
-            self.store.revoke(old).map_err(internal)?;
+            self.store.revoke(old, Revocation::Replaced).map_err(internal)?;
             tracing::warn!(node = %name, "node joined again with --replace; its previous certificate is revoked");
         }
         let node = NodeRecord {
@@ -156,11 +157,14 @@ impl Cluster {
             tracing::error!(error = %format!("{e:#}"), "hello failed inside the master");
             ("the master failed to process the connection; see its log".to_string(), Refusal::Other)
         };
-        if self.store.is_revoked(&fingerprint).map_err(internal)? {
-            return Err((
-                "this node's certificate was revoked (the node was removed, or another agent replaced it); join again with a new token".into(),
-                Refusal::Revoked,
-            ));
+        match self.store.revocation(&fingerprint).map_err(internal)? {
+            Some(Revocation::Removed) => {
+                return Err(("this node was removed from the cluster and its certificate revoked; join again with a new token".into(), Refusal::Revoked));
+            }
+            Some(Revocation::Replaced) => {
+                return Err(("another agent joined as this node (--replace); this agent's certificate is revoked".into(), Refusal::Replaced));
+            }
+            None => {}
         }
         let cert_name = node_name_from_cert(der).ok_or_else(|| other("the client certificate names no node".into()))?;
         if cert_name != hello.node_name {
@@ -226,7 +230,7 @@ impl Cluster {
             return Err(Failure::NotFound(format!("no node named '{name}'")));
         };
         if let Some(fp) = &node.cert_fingerprint {
-            self.store.revoke(fp)?;
+            self.store.revoke(fp, Revocation::Removed)?;
         }
         self.store.remove_node(name)?;
         self.reschedule_locked().await?;

@@ -148,14 +148,24 @@ async fn run_session(
                 if changed.is_err() {
                     break Ok(());
                 }
-                if !still_registered(cluster, node, fingerprint.as_deref())? {
-                    // Decommission: the agent drops its containers, then is refused.
-                    let empty = DesiredState { generation: cluster.store.next_generation()?, containers: vec![] };
-                    let _ = push(send, &empty).await;
-                    let reason = "this node was removed from the cluster (or replaced by another agent) and its certificate revoked".to_string();
-                    let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Revoked }).await;
-                    let _ = send.finish();
-                    break Ok(());
+                match cluster.store.node(node)? {
+                    None => {
+                        // Decommission: the agent drops its containers, then is refused.
+                        let empty = DesiredState { generation: cluster.store.next_generation()?, containers: vec![] };
+                        let _ = push(send, &empty).await;
+                        let reason = "this node was removed from the cluster and its certificate revoked".to_string();
+                        let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Revoked }).await;
+                        let _ = send.finish();
+                        break Ok(());
+                    }
+                    Some(n) if n.cert_fingerprint != fingerprint => {
+                        // Another agent joined as this node: its containers are that agent's now.
+                        let reason = "another agent joined as this node (--replace); this agent's certificate is revoked".to_string();
+                        let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Replaced }).await;
+                        let _ = send.finish();
+                        break Ok(());
+                    }
+                    Some(_) => {}
                 }
                 sent = push_if_newer(cluster, send, node, sent).await?;
             }
@@ -194,10 +204,6 @@ async fn push(send: &mut SendStream, desired: &DesiredState) -> Result<()> {
     }
     write_frame(send, &MasterMessage::DesiredDone { generation: desired.generation, apps }).await?;
     Ok(())
-}
-
-fn still_registered(cluster: &Cluster, node: &str, fingerprint: Option<&str>) -> Result<bool> {
-    Ok(cluster.store.node(node)?.is_some_and(|n| n.cert_fingerprint.as_deref() == fingerprint))
 }
 
 fn message_name(msg: &AgentMessage) -> &'static str {

@@ -19,6 +19,16 @@ use serde::Serialize;
 use crate::flusher::GroupFlusher;
 use crate::model::{AppRecord, NodeRecord, TokenRecord};
 
+/// Why a node certificate is no longer valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Revocation {
+    /// The node was removed: its agent must drop its workloads.
+    Removed,
+    /// Another agent joined as this node (`--replace`): the workloads are
+    /// now that agent's, the old one must keep its hands off them.
+    Replaced,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -146,12 +156,16 @@ impl Store {
         put(&self.tokens, id, token)
     }
 
-    pub fn revoke(&self, cert_fingerprint: &str) -> Result<()> {
-        self.revoked.insert(cert_fingerprint, &[])?;
-        Ok(())
+    pub fn revoke(&self, cert_fingerprint: &str, why: Revocation) -> Result<()> {
+        put(&self.revoked, cert_fingerprint, &why)
     }
-    pub fn is_revoked(&self, cert_fingerprint: &str) -> Result<bool> {
-        Ok(self.revoked.contains_key(cert_fingerprint)?)
+    /// Why a certificate was revoked, if it was.
+    pub fn revocation(&self, cert_fingerprint: &str) -> Result<Option<Revocation>> {
+        // Certificates revoked before reasons were kept count as removed.
+        match self.revoked.get(cert_fingerprint)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).unwrap_or(Revocation::Removed))),
+        }
     }
 
     /// Nodes chosen for each replica of hostless workloads, keyed `APP/WORKLOAD`.

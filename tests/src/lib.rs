@@ -194,28 +194,43 @@ pub struct Agent {
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
     log_dir: PathBuf,
+    /// More `fogmesh-agent run` arguments.
+    pub run_args: Vec<String>,
 }
 
 impl Agent {
     pub fn join_and_run(master: &Master, name: &str, public_ip: &str) -> Agent {
-        let data_dir = master.dir.join(format!("agent-{name}"));
-        let out = Command::new(bin("fogmesh-agent"))
-            .args(["join", "--master", &master.address()])
-            .env("FOGMESH_JOIN_TOKEN", master.token())
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--public-ip", public_ip, "--name", name, "--label", "zone=test"])
-            .output()
-            .expect("run fogmesh-agent join");
-        assert!(out.status.success(), "join failed: {}", text(&out.stderr));
-        let mut agent = Agent { name: name.into(), public_ip: public_ip.into(), data_dir, proc: None, log_dir: master.dir.clone() };
+        Agent::join_and_run_in(master, name, public_ip, &master.dir.join(format!("agent-{name}")))
+    }
+
+    /// `join_and_run` with the agent's data in `data_dir`.
+    pub fn join_and_run_in(master: &Master, name: &str, public_ip: &str, data_dir: &Path) -> Agent {
+        let mut agent = Agent::join(master, name, public_ip, data_dir, &[]).unwrap_or_else(|out| panic!("join failed: {}", text(&out.stderr)));
         agent.start();
         agent
     }
 
+    /// Joins (without starting); `extra` are more `join` arguments. The
+    /// `join` output on refusal.
+    pub fn join(master: &Master, name: &str, public_ip: &str, data_dir: &Path, extra: &[&str]) -> Result<Agent, Output> {
+        let out = Command::new(bin("fogmesh-agent"))
+            .args(["join", "--master", &master.address()])
+            .env("FOGMESH_JOIN_TOKEN", master.token())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--public-ip", public_ip, "--name", name, "--label", "zone=test"])
+            .args(extra)
+            .output()
+            .expect("run fogmesh-agent join");
+        if !out.status.success() {
+            return Err(out);
+        }
+        Ok(Agent { name: name.into(), public_ip: public_ip.into(), data_dir: data_dir.to_path_buf(), proc: None, log_dir: master.dir.clone(), run_args: vec![] })
+    }
+
     pub fn start(&mut self) {
         let mut cmd = Command::new(bin("fogmesh-agent"));
-        cmd.arg("run").arg("--data-dir").arg(&self.data_dir).env("RUST_LOG", "info");
+        cmd.arg("run").arg("--data-dir").arg(&self.data_dir).args(&self.run_args).env("RUST_LOG", "info");
         let n = std::fs::read_dir(&self.log_dir).map(|d| d.count()).unwrap_or(0);
         self.proc = Some(Proc::spawn(cmd, self.log_dir.join(format!("agent-{}-{n}.log", self.name))));
     }
@@ -334,4 +349,37 @@ impl Fleet {
         });
         fleet
     }
+}
+
+/// GET `url` with a short timeout; the body on a 2xx answer.
+pub fn http_get(url: &str) -> Option<String> {
+    let out = Command::new("curl").args(["-sf", "--max-time", "3", url]).output().ok()?;
+    out.status.success().then(|| text(&out.stdout))
+}
+
+/// Writes an ADT file under `dir` and returns its path.
+pub fn write_adt(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("write ADT");
+    path
+}
+
+/// An ADT with one Edge node (`ip`) and one container on it.
+/// `container` is the YAML of the container's `properties`, indented by 8.
+pub fn edge_adt(ip: &str, workload: &str, properties: &str) -> String {
+    format!(
+        "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    fog:\n      type: tosca.nodes.MiCADO.Edge\n      properties: {{public_ip: {ip}}}\n    {workload}:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      properties:\n{properties}      requirements: [{{host: fog}}]\n"
+    )
+}
+
+/// `docker inspect` field `Id` of what `inspect` finds, or "".
+pub fn container_id(node: &str, app: &str, workload: &str) -> String {
+    inspect(node, app, workload).and_then(|c| c["Id"].as_str().map(String::from)).unwrap_or_default()
+}
+
+/// Environment of what `inspect` finds.
+pub fn env_of(node: &str, app: &str, workload: &str) -> Vec<String> {
+    inspect(node, app, workload)
+        .and_then(|c| c["Config"]["Env"].as_array().map(|e| e.iter().filter_map(|v| v.as_str().map(String::from)).collect()))
+        .unwrap_or_default()
 }

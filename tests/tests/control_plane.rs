@@ -66,16 +66,6 @@ fn running_of(detail: &Value, workload: &str) -> u64 {
         .sum()
 }
 
-fn container_id(node: &str, app: &str, workload: &str) -> String {
-    inspect(node, app, workload).map(|c| c["Id"].as_str().unwrap().to_string()).unwrap_or_default()
-}
-
-fn env_of(node: &str, app: &str, workload: &str) -> Vec<String> {
-    inspect(node, app, workload)
-        .map(|c| c["Config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
-}
-
 #[test]
 fn apps_land_on_the_right_nodes_update_and_delete() {
     docker_ready();

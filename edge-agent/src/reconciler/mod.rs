@@ -135,12 +135,12 @@ impl Reconciler {
                 return specs.iter().map(|s| self.status(s, Outcome::new(ContainerState::Failed, None, Some(e.to_string())))).collect();
             }
         };
+        // Only containers the agent made carry both labels; anything else
+        // with this node's label is not ours to touch.
         let mut by_key: HashMap<String, Vec<ContainerSummary>> = HashMap::new();
-        let mut unlabelled = Vec::new();
         for c in owned {
-            match label(&c, LABEL_NAME) {
-                Some(key) => by_key.entry(key.to_string()).or_default().push(c),
-                None => unlabelled.push(c),
+            if let Some(key) = label(&c, LABEL_NAME) {
+                by_key.entry(key.to_string()).or_default().push(c);
             }
         }
         let Some(desired) = desired else {
@@ -150,7 +150,7 @@ impl Reconciler {
         // Remove first: frees names and host ports for the new containers.
         let wanted: HashSet<&str> = desired.iter().map(|s| s.name.as_str()).collect();
         let stale: Vec<ContainerSummary> =
-            by_key.iter().filter(|(k, _)| !wanted.contains(k.as_str())).flat_map(|(_, cs)| cs.iter().cloned()).chain(unlabelled).collect();
+            by_key.iter().filter(|(k, _)| !wanted.contains(k.as_str())).flat_map(|(_, cs)| cs.iter().cloned()).collect();
         for c in &stale {
             self.remove_version(c).await;
         }
@@ -398,9 +398,11 @@ impl Reconciler {
         match self.create_and_start(spec, hash, cname).await {
             Ok(_) => {
                 info!(container = %cname, image = %spec.image, "started container");
-                track.created(now);
+                // Not `now`: stopping the old version may have taken a while.
+                let started = Instant::now();
+                track.created(started);
                 if !older.is_empty() {
-                    track.replaced_at = Some(now);
+                    track.replaced_at = Some(started);
                 }
                 Outcome::new(ContainerState::Starting, Some(hash.into()), None)
             }

@@ -15,6 +15,7 @@ pub enum AdtCommand {
     /// Check ADTs; print a summary of each valid one and every problem of
     /// each invalid one. Exits 1 if any file is invalid.
     Validate {
+        /// ADT files (TOSCA YAML) to check.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Value for an ADT input, overriding its default (repeatable).
@@ -23,11 +24,13 @@ pub enum AdtCommand {
     },
     /// Compile an ADT and print its deployment plan (secrets hidden).
     Compile {
+        /// The ADT file (TOSCA YAML) to compile.
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Value for an ADT input, overriding its default (repeatable).
         #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_key_value)]
         params: Vec<(String, String)>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },

@@ -34,6 +34,7 @@ pub enum AppCommand {
     },
     /// List apps with their rollout phase and current/desired containers.
     List {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -42,6 +43,7 @@ pub enum AppCommand {
     Show {
         /// App id or name.
         id: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },

@@ -30,6 +30,7 @@ pub enum NodeCommand {
     /// List nodes: name, public IP, state, last seen, labels, capacity,
     /// containers, and conditions the agent reports (e.g. a full disk).
     List {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
