@@ -110,11 +110,12 @@ fn compile_face_detection_plan_has_the_contract_fields() {
     assert_eq!(processor["max_instances"], 4);
     assert_eq!(processor["privileged"], false);
     assert!(processor["liveness_probe"].is_object());
-    // Short-form volume requirement: mounted at the volume's path.
-    assert_eq!(processor["volumes"][0]["mount_path"], "/var/lib/fogmesh/frames");
+    assert_eq!(processor["volumes"][0]["mount_path"], "/data/frames");
 
     let collector = by_name(workloads, "cloud-collector");
     assert_eq!(collector["host"], "cloud-node");
+    // Short-form volume requirement: mounted at the volume's path (an input here).
+    assert_eq!(collector["volumes"][0]["mount_path"], "/var/lib/fogmesh/results");
     let udp = collector["ports"].as_array().unwrap().iter().find(|p| p["protocol"] == "udp").expect("a UDP port");
     assert_eq!(udp["host_port"], 9000);
 
