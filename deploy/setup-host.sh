@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Prepares a Debian/Ubuntu host for fogmesh's tests and quickstart: installs
-# the Docker engine if missing and starts it if it is not running.
+# the Docker engine (and curl, which tests use) if missing and starts the
+# engine if it is not running.
 # Idempotent; needs root (or sudo) only for what is missing.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v dockerd >/dev/null 2>&1; then
-    echo "setup-host: installing docker.io"
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io iptables)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup-host: installing ${missing[*]}"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io iptables >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if ! docker info >/dev/null 2>&1; then
