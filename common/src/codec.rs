@@ -318,6 +318,7 @@ mod tests {
                 failure_threshold: 1,
                 success_threshold: 1,
             }),
+            pod_network: None,
         }
     }
 

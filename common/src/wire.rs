@@ -155,6 +155,9 @@ pub struct ContainerSpec {
     pub labels: Vec<(String, String)>,
     pub liveness: Option<Probe>,
     pub readiness: Option<Probe>,
+    /// A pod member joins the network namespace of the container
+    /// `KEY@SPEC_HASH` (the pod's first member) instead of having its own.
+    pub pod_network: Option<String>,
 }
 
 /// The key of one replica of a workload of an app: `APP_ID.WORKLOAD.REPLICA`.

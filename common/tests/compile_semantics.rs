@@ -94,7 +94,7 @@ fn local_imports_resolve_through_the_reader_only() {
         "my_types.yaml" => Ok("node_types:\n  my.Web: {derived_from: tosca.nodes.MiCADO.Container.Application.Docker.Deployment}\n".to_string()),
         other => Err(format!("no file {other}")),
     };
-    let plan = compile(&text, &CompileOptions { params: vec![], local_imports: Some(&read) }).expect("compiles with the reader");
+    let plan = compile(&text, &CompileOptions { params: vec![], local_imports: Some(&read), for_deployment: false }).expect("compiles with the reader");
     assert_eq!(plan.workloads[0].kind, fogmesh_common::adt::plan::WorkloadKind::Deployment);
 
     let err = compile(&text, &CompileOptions::default()).unwrap_err();
@@ -104,17 +104,24 @@ fn local_imports_resolve_through_the_reader_only() {
 #[test]
 fn policy_problems() {
     let base = "topology_template:\n  node_templates:\n    edge: {type: tosca.nodes.MiCADO.Edge, properties: {public_ip: 10.0.0.1}}\n    w: {type: tosca.nodes.MiCADO.Container.Application.Docker, properties: {image: a}}\n  policies:\n";
-    let p = problems(&format!("{base}    - a: {{type: tosca.policies.Scaling.MiCADO, targets: [edge]}}\n    - b: {{type: tosca.policies.Scaling.MiCADO, targets: [w], properties: {{min_instances: 4, max_instances: 2}}}}\n    - c: {{type: tosca.policies.Scaling.MiCADO, targets: [w]}}\n    - d: {{type: tosca.policies.Scaling.MiCADOO}}\n"));
+    let rule = "scaling_rule: 'pass'";
+    let p = problems(&format!("{base}    - a: {{type: tosca.policies.Scaling.MiCADO, targets: [edge], properties: {{min_instances: 1, max_instances: 1, {rule}}}}}\n    - b: {{type: tosca.policies.Scaling.MiCADO, targets: [w], properties: {{min_instances: 4, max_instances: 2, {rule}}}}}\n    - c: {{type: tosca.policies.Scaling.MiCADO, targets: [w]}}\n    - d: {{type: tosca.policies.Scaling.MiCADOO}}\n"));
     let all = p.join("\n");
     assert!(all.contains("target 'edge' is an Edge node, which cannot be scaled"), "{all}");
     assert!(all.contains("min_instances 4 is larger than max_instances 2"), "{all}");
-    assert!(all.contains("'w' is already scaled by policy 'b'"), "{all}");
+    // As MiCADO's type: bounds and rule are required.
+    assert!(all.contains("policy 'c': missing required property 'min_instances' (required by tosca.policies.Scaling.MiCADO)"), "{all}");
+    assert!(all.contains("policy 'c': missing required property 'scaling_rule'"), "{all}");
     assert!(all.contains("unknown type 'tosca.policies.Scaling.MiCADOO'; did you mean tosca.policies.Scaling.MiCADO"), "{all}");
+    // Two policies on one target: MiCADO accepts it; a warning here.
+    let text = format!("{HEAD}{base}    - b: {{type: tosca.policies.Scaling.MiCADO, targets: [w], properties: {{min_instances: 1, max_instances: 2, {rule}}}}}\n    - c: {{type: tosca.policies.Scaling.MiCADO, targets: [w], properties: {{min_instances: 1, max_instances: 3, {rule}}}}}\n");
+    let plan = compile(&text, &CompileOptions::default()).unwrap();
+    assert!(plan.warnings.iter().any(|w| w.message.contains("'w' is also scaled by policy 'b'")), "{:?}", plan.warnings);
 }
 
 #[test]
 fn node_set_policies_bound_cloud_nodes() {
-    let plan = ok("topology_template:\n  node_templates:\n    workers: {type: tosca.nodes.MiCADO.Nova.Compute, interfaces: {Terraform: {create: null}}}\n  policies:\n    - scale: {type: tosca.policies.Scaling.MiCADO, targets: [workers], properties: {min_instances: 2, max_instances: 6, scaling_rule: 'm_node_count = 3'}}\n");
+    let plan = ok("topology_template:\n  node_templates:\n    workers: {type: tosca.nodes.MiCADO.Nova.Compute, properties: {image_id: i, project_id: p}, interfaces: {Terraform: {create: null}}}\n  policies:\n    - scale: {type: tosca.policies.Scaling.MiCADO, targets: [workers], properties: {min_instances: 2, max_instances: 6, scaling_rule: 'm_node_count = 3'}}\n");
     let n = plan.node("workers").unwrap();
     assert_eq!((n.min_instances, n.max_instances), (2, Some(6)));
     assert_eq!(n.provisioner.as_deref(), Some("terraform"));
@@ -127,7 +134,7 @@ fn structural_mistakes_are_named() {
     assert!(p.iter().any(|m| m.contains("'topology_templte' is not a top-level key TOSCA knows; did you mean topology_template?")), "{p:?}");
     let p = problems("topology_template:\n  node_templates:\n    w:\n      type: tosca.nodes.MiCADO.Container.Application.Docker\n      propertes: {image: a}\n");
     assert!(p.iter().any(|m| m.contains("'propertes' is not a node template key TOSCA knows; did you mean properties?")), "{p:?}");
-    assert!(p.iter().any(|m| m.contains("missing required property 'image'")), "{p:?}");
+    assert!(p.iter().any(|m| m.contains("no image: set properties.image, or artifacts.image")), "{p:?}");
     let p = problems("topology_template:\n  node_templates:\n    w:\n      type: tosca.nodes.MiCADO.Container.Application.Docker\n      instance_count: 5000\n      properties: {image: a}\n");
     assert!(p[0].contains("instance_count 5000 is out of range 0-1000"), "{p:?}");
     let p = problems("topology_template:\n  node_templates:\n    w:\n      type: tosca.nodes.MiCADO.Container.Application.Docker\n      properties: {image: a, env: [{name: X, value: {get_input: [l, INDEX]}}]}\n  inputs: {l: {type: list, default: [1]}}\n");

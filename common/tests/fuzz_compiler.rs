@@ -157,7 +157,7 @@ proptest! {
     #[test]
     fn random_topologies_never_panic(doc in topology()) {
         let params = vec![("x".to_string(), "[1, 2]".to_string())];
-        match compile(&doc, &CompileOptions { params, local_imports: None }) {
+        match compile(&doc, &CompileOptions { params, local_imports: None, for_deployment: false }) {
             Ok(_) => {}
             // Every problem names what it belongs to.
             Err(e) => prop_assert!(e.problems.iter().all(|p| !p.subject.is_empty() && !p.message.is_empty())),

@@ -93,6 +93,7 @@ fn spec(workload: &str) -> ContainerSpec {
         labels: vec![],
         liveness: None,
         readiness: None,
+        pod_network: None,
     }
 }
 

@@ -208,7 +208,7 @@ fn merged_params(old: &[(String, String)], req: &SubmitApp) -> Vec<(String, Stri
 /// ADTs sent to the master compile without local imports: it reads no files
 /// on a client's behalf.
 fn compile_adt(adt: &str, params: &[(String, String)]) -> Result<Plan, Failure> {
-    let options = CompileOptions { params: params.to_vec(), local_imports: None };
+    let options = CompileOptions { params: params.to_vec(), local_imports: None, for_deployment: true };
     compile(adt, &options).map_err(|e| Failure::Invalid {
         message: format!("the ADT has {} problem(s)", e.problems.len()),
         problems: e.problems.iter().map(|p| p.to_string()).collect(),

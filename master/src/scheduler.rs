@@ -65,6 +65,82 @@ fn host_ports(w: &Workload) -> Vec<(u16, Protocol)> {
         .collect()
 }
 
+/// What is placed as one: a workload, or a pod's members (same node, one
+/// network namespace).
+struct Unit<'a> {
+    app: &'a AppRecord,
+    /// The workload's name, or the pod's.
+    name: String,
+    members: Vec<&'a Workload>,
+}
+
+impl<'a> Unit<'a> {
+    fn of_app(app: &'a AppRecord) -> Vec<Unit<'a>> {
+        let mut units: Vec<Unit> = Vec::new();
+        for w in &app.plan.workloads {
+            match &w.pod {
+                Some(pod) => match units.iter_mut().find(|u| u.name == *pod && u.members.iter().all(|m| m.pod.is_some())) {
+                    Some(unit) => unit.members.push(w),
+                    None => units.push(Unit { app, name: pod.clone(), members: vec![w] }),
+                },
+                None => units.push(Unit { app, name: w.name.clone(), members: vec![w] }),
+            }
+        }
+        units
+    }
+
+    fn lead(&self) -> &'a Workload {
+        self.members[0]
+    }
+
+    fn key(&self) -> String {
+        placement_key(&self.app.id, &self.name)
+    }
+
+    fn holder(&self) -> String {
+        format!("{}/{}", self.app.name, self.name)
+    }
+
+    fn hosts(&self) -> Vec<String> {
+        let w = self.lead();
+        if w.hosts.is_empty() { w.host.clone().into_iter().collect() } else { w.hosts.clone() }
+    }
+
+    fn host_ports(&self) -> Vec<(u16, Protocol)> {
+        self.members.iter().flat_map(|w| host_ports(w)).collect()
+    }
+
+    fn replicas(&self) -> u32 {
+        self.lead().replicas
+    }
+
+    /// The containers of one replica: for a pod, the first member holds
+    /// the network (and every member's ports); the others join it.
+    fn specs(&self, replica: u32) -> Vec<ContainerSpec> {
+        let mut lead = container_spec(self.app, self.lead(), replica);
+        if self.members.len() == 1 {
+            return vec![lead];
+        }
+        let mut others: Vec<ContainerSpec> = self.members[1..].iter().map(|w| container_spec(self.app, w, replica)).collect();
+        for o in &mut others {
+            lead.ports.append(&mut o.ports);
+        }
+        let network = format!("{}@{}", lead.name, lead.spec_hash());
+        for o in &mut others {
+            o.pod_network = Some(network.clone());
+        }
+        let mut all = vec![lead];
+        all.extend(others);
+        all
+    }
+
+    fn pend(&self, out: &mut Schedule, pending: Pending) {
+        for w in &self.members {
+            out.pending.insert(placement_key(&self.app.id, &w.name), pending.clone());
+        }
+    }
+}
+
 pub fn schedule(
     apps: &[AppRecord],
     nodes: &[(NodeRecord, NodeState)],
@@ -81,73 +157,73 @@ pub fn schedule(
     apps.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
     let mut ports = PortBook::default();
 
-    // Node-bound workloads first, so hostless ones see the real load.
+    // Node-bound units first, so hostless ones see the real load.
     let mut hostless = Vec::new();
     for app in &apps {
-        for w in &app.plan.workloads {
-            let key = placement_key(&app.id, &w.name);
-            let Some(host) = &w.host else {
-                hostless.push((*app, w));
+        for unit in Unit::of_app(app) {
+            let hosts = unit.hosts();
+            if hosts.is_empty() {
+                hostless.push(unit);
                 continue;
-            };
-            match bind_host(app, host, nodes, agent_endpoint) {
+            }
+            let sticky = previous.get(&unit.key()).and_then(|p| p.first()).map(String::as_str);
+            match bind_host(app, &hosts, nodes, sticky, agent_endpoint) {
                 Ok(node) => {
-                    let holder = format!("{}/{}", app.name, w.name);
-                    let wanted = host_ports(w);
-                    for replica in 1..=w.replicas {
+                    let (holder, wanted) = (unit.holder(), unit.host_ports());
+                    for replica in 1..=unit.replicas() {
                         if let Some(clash) = ports.clash(node, &wanted) {
-                            out.pending.insert(key.clone(), Pending { kind: PendingKind::Conflict, reason: format!("replica {replica} of {}: {clash}", w.name) });
+                            unit.pend(&mut out, Pending { kind: PendingKind::Conflict, reason: format!("replica {replica} of {}: {clash}", unit.name) });
                             break;
                         }
                         ports.take(node, &wanted, &holder);
-                        out.per_node.entry(node.to_string()).or_default().push(container_spec(app, w, replica));
+                        out.per_node.entry(node.to_string()).or_default().extend(unit.specs(replica));
+                    }
+                    if hosts.len() > 1 {
+                        out.placements.insert(unit.key(), vec![node.to_string()]);
                     }
                 }
-                Err(pending) => {
-                    out.pending.insert(key, pending);
-                }
+                Err(pending) => unit.pend(&mut out, pending),
             }
         }
     }
 
     // Containers per node so far; each new replica goes to the least loaded.
     let mut load: BTreeMap<String, usize> = out.per_node.iter().map(|(n, specs)| (n.clone(), specs.len())).collect();
-    for (app, w) in hostless {
-        let key = placement_key(&app.id, &w.name);
-        let holder = format!("{}/{}", app.name, w.name);
-        let wanted = host_ports(w);
+    for unit in hostless {
+        let key = unit.key();
+        let (holder, wanted, replicas) = (unit.holder(), unit.host_ports(), unit.replicas() as usize);
         // Keep earlier choices on nodes that still exist, ready or not.
         let mut chosen: Vec<String> = previous
             .get(&key)
             .map(|p| p.iter().filter(|n| known.contains(n.as_str())).cloned().collect())
             .unwrap_or_default();
-        chosen.truncate(w.replicas as usize);
+        chosen.truncate(replicas);
         for node in &chosen {
-            *load.entry(node.clone()).or_default() += 1;
+            *load.entry(node.clone()).or_default() += unit.members.len();
             ports.take(node, &wanted, &holder);
         }
-        while chosen.len() < w.replicas as usize {
+        while chosen.len() < replicas {
             let least_loaded = nodes
                 .iter()
                 .filter(|(n, state)| *state == NodeState::Ready && ports.clash(&n.name, &wanted).is_none())
                 .min_by_key(|(n, _)| (load.get(&n.name).copied().unwrap_or(0), n.name.clone()));
             let Some((node, _)) = least_loaded else {
-                let missing = w.replicas as usize - chosen.len();
+                let missing = replicas - chosen.len();
                 let reason = if wanted.is_empty() {
                     format!("no ready node to run {missing} more replica(s) on")
                 } else {
                     format!("no ready node with its host ports free to run {missing} more replica(s) on")
                 };
-                out.pending.insert(key.clone(), Pending { kind: PendingKind::Waiting, reason });
+                unit.pend(&mut out, Pending { kind: PendingKind::Waiting, reason });
                 break;
             };
-            *load.entry(node.name.clone()).or_default() += 1;
+            *load.entry(node.name.clone()).or_default() += unit.members.len();
             ports.take(&node.name, &wanted, &holder);
             chosen.push(node.name.clone());
         }
         // Replica numbers follow the order of `chosen`, so they stay stable.
         for (i, node) in chosen.iter().enumerate() {
-            out.per_node.entry(node.clone()).or_default().push(container_spec(app, w, i as u32 + 1));
+            out.per_node.entry(node.clone()).or_default().extend(unit.specs(i as u32 + 1));
         }
         out.placements.insert(key, chosen);
     }
@@ -157,25 +233,54 @@ pub fn schedule(
     out
 }
 
-/// The node a workload's host means, or why there is none.
-fn bind_host<'n>(app: &AppRecord, host: &str, nodes: &'n [(NodeRecord, NodeState)], agent_endpoint: &str) -> Result<&'n str, Pending> {
-    let Some(plan_node) = app.plan.node(host) else {
-        return Err(Pending { kind: PendingKind::Unplaceable, reason: format!("host '{host}' is not a node of the app") });
-    };
-    match plan_node.kind {
-        NodeKind::Cloud => Err(Pending {
-            kind: PendingKind::Unplaceable,
-            reason: format!("host '{host}' is a cloud node set ({}); fogmesh does not provision cloud nodes yet", plan_node.tosca_type),
-        }),
-        NodeKind::Edge => {
-            let ip = plan_node.public_ip.as_deref().unwrap_or_default();
-            nodes.iter().find(|(n, _)| n.public_ip == ip).map(|(n, _)| n.name.as_str()).ok_or_else(|| Pending {
-                kind: PendingKind::Waiting,
-                reason: format!(
-                    "no fog node with public IP {ip} (Edge node '{host}') has joined; create a token with `fogmesh token create`, then on that node run `FOGMESH_JOIN_TOKEN=<token> fogmesh-agent run --master {agent_endpoint} --public-ip {ip} --data-dir /var/lib/fogmesh-agent` (or declare it first with `fogmesh node add --public-ip {ip}`)"
-                ),
-            })
+/// The node a unit's hosts mean: one registered for an Edge host's public
+/// IP (the one it ran on before if it still may, else a ready one, else
+/// any), or why there is none.
+fn bind_host<'n>(
+    app: &AppRecord,
+    hosts: &[String],
+    nodes: &'n [(NodeRecord, NodeState)],
+    sticky: Option<&str>,
+    agent_endpoint: &str,
+) -> Result<&'n str, Pending> {
+    let mut candidates: Vec<&'n (NodeRecord, NodeState)> = Vec::new();
+    let mut first_missing: Option<Pending> = None;
+    let mut cloud: Option<Pending> = None;
+    for host in hosts {
+        let Some(plan_node) = app.plan.node(host) else {
+            return Err(Pending { kind: PendingKind::Unplaceable, reason: format!("host '{host}' is not a node of the app") });
+        };
+        match plan_node.kind {
+            NodeKind::Cloud => {
+                cloud.get_or_insert(Pending {
+                    kind: PendingKind::Unplaceable,
+                    reason: format!("host '{host}' is a cloud node set ({}); fogmesh does not provision cloud nodes yet", plan_node.tosca_type),
+                });
+            }
+            NodeKind::Edge => {
+                let ip = plan_node.public_ip.as_deref().unwrap_or_default();
+                match nodes.iter().find(|(n, _)| n.public_ip == ip) {
+                    Some(found) => candidates.push(found),
+                    None => {
+                        first_missing.get_or_insert(Pending {
+                            kind: PendingKind::Waiting,
+                            reason: format!(
+                                "no fog node with public IP {ip} (Edge node '{host}') has joined; create a token with `fogmesh token create`, then on that node run `FOGMESH_JOIN_TOKEN=<token> fogmesh-agent run --master {agent_endpoint} --public-ip {ip} --data-dir /var/lib/fogmesh-agent` (or declare it first with `fogmesh node add --public-ip {ip}`)"
+                            ),
+                        });
+                    }
+                }
+            }
         }
+    }
+    let pick = candidates
+        .iter()
+        .find(|(n, _)| Some(n.name.as_str()) == sticky)
+        .or_else(|| candidates.iter().find(|(_, s)| *s == NodeState::Ready))
+        .or_else(|| candidates.first());
+    match pick {
+        Some((n, _)) => Ok(n.name.as_str()),
+        None => Err(first_missing.or(cloud).unwrap_or(Pending { kind: PendingKind::Unplaceable, reason: "it names no host".into() })),
     }
 }
 
@@ -231,6 +336,7 @@ pub fn container_spec(app: &AppRecord, w: &Workload, replica: u32) -> ContainerS
         // The compiler checked them; a plan stored by an older master may not parse.
         liveness: w.liveness_probe.as_ref().and_then(|p| parse_probe(p).ok()),
         readiness: w.readiness_probe.as_ref().and_then(|p| parse_probe(p).ok()),
+        pod_network: None,
     }
 }
 

@@ -7,7 +7,7 @@ use super::containers::{build_workload, ContainerTemplate};
 use super::diagnostics::{did_you_mean, CompileError, Diagnostics};
 use super::inputs::{Inputs, Site};
 use super::plan::{Mount, NodeKind, Plan, PlanNode, PolicyKind, TargetKind, VolumeSource};
-use super::policies::{compile_policies, Targets};
+use super::policies::{compile_policies, PolicyInput, Targets};
 use super::props::{describe, Reader};
 use super::types::{NodeCategory, TypeLibrary, TypeSpace};
 use super::yaml::{self, Key, Node, Pos, Value};
@@ -44,6 +44,10 @@ pub struct CompileOptions<'a> {
     /// How to read local-file imports; `None` refuses them (ADTs sent to the
     /// master must be self-contained: it reads no files on a user's behalf).
     pub local_imports: Option<ImportReader<'a>>,
+    /// Compiling to deploy (the master), not only to check: what is only a
+    /// warning at validate time but cannot run (an Edge `public_ip` that is
+    /// not an address) is an error.
+    pub for_deployment: bool,
 }
 
 /// Compiles one ADT document. On failure, every problem found is returned.
@@ -56,9 +60,14 @@ pub fn compile(text: &str, options: &CompileOptions) -> Result<Plan, CompileErro
             None
         }
     };
+    let failed = diags.has_errors();
+    let (problems, warnings) = diags.split();
     match plan {
-        Some(plan) if diags.is_empty() => Ok(plan),
-        _ => Err(CompileError { problems: diags.into_sorted() }),
+        Some(mut plan) if !failed => {
+            plan.warnings = warnings;
+            Ok(plan)
+        }
+        _ => Err(CompileError { problems, warnings }),
     }
 }
 
@@ -83,11 +92,22 @@ struct Bounds {
 struct Compiler<'d> {
     diags: &'d mut Diagnostics,
     lib: TypeLibrary,
+    /// Templates already reported as broken (unknown type, malformed):
+    /// requirements and targets that name them are not reported again.
+    rejected: Vec<String>,
+    version: String,
+    for_deployment: bool,
+}
+
+/// A pod: the containers it groups and where it runs.
+struct PodDef {
+    members: Vec<String>,
+    hosts: Vec<String>,
 }
 
 impl<'d> Compiler<'d> {
     fn new(diags: &'d mut Diagnostics) -> Self {
-        Compiler { diags, lib: TypeLibrary::builtin() }
+        Compiler { diags, lib: TypeLibrary::builtin(), rejected: Vec::new(), version: String::new(), for_deployment: false }
     }
 
     fn run(&mut self, doc: &Node, options: &CompileOptions) -> Option<Plan> {
@@ -95,6 +115,7 @@ impl<'d> Compiler<'d> {
             self.diags.push(doc.pos, "document", format!("an ADT must be a YAML mapping, found {}", doc.kind()));
             return None;
         };
+        self.for_deployment = options.for_deployment;
         self.check_keys(entries, DOCUMENT_KEYS, "document", "a top-level key");
         self.check_version(doc);
         self.read_imports(doc, options);
@@ -121,20 +142,25 @@ impl<'d> Compiler<'d> {
             None => &[],
         };
         let (instances, bounds) = self.expand(templates, &inputs);
-        let mut plan = self.build_nodes(&instances, &bounds, &inputs);
+        let mut plan = self.build_nodes(&instances, &bounds, &inputs, doc.get("repositories"));
         plan.description = doc.get("description").and_then(Node::scalar_text);
         plan.inputs = inputs.declared();
 
         let mut targets = Targets::new();
         for inst in &instances {
-            targets
-                .entry(inst.template.name.clone())
-                .or_insert_with(|| (inst.category, Vec::new()))
-                .1
-                .push(inst.name.clone());
+            // A pod is scaled through its members.
+            let names: Vec<String> = match inst.category {
+                NodeCategory::Pod => plan.workloads.iter().filter(|w| w.pod.as_deref() == Some(inst.name.as_str())).map(|w| w.name.clone()).collect(),
+                _ => vec![inst.name.clone()],
+            };
+            targets.entry(inst.template.name.clone()).or_insert_with(|| (inst.category, Vec::new())).1.extend(names);
         }
         if let Some(section) = field("policies") {
-            plan.policies = compile_policies(section, &self.lib, &targets, &inputs, self.diags);
+            let input = PolicyInput { lib: &self.lib, targets: &targets, rejected: &self.rejected, inputs: &inputs };
+            let compiled = compile_policies(section, &input, self.diags);
+            plan.policies = compiled.policies;
+            plan.constants = compiled.constants;
+            plan.queries = compiled.queries;
         }
         self.apply_bounds(&mut plan, &instances, &bounds);
         Some(plan)
@@ -161,6 +187,7 @@ impl<'d> Compiler<'d> {
             ),
             Some(v) => {
                 let text = v.scalar_text().unwrap_or_default();
+                self.version = text.clone();
                 if !SUPPORTED_VERSIONS.contains(&text.as_str()) {
                     self.diags.push(
                         v.pos,
@@ -240,20 +267,34 @@ impl<'d> Compiler<'d> {
             let subject = format!("node '{}'", key.name);
             let Some(entries) = def.as_map() else {
                 self.diags.push(def.pos, &subject, format!("a node template must be a mapping with a type, found {}", def.kind()));
+                self.rejected.push(key.name.clone());
                 continue;
             };
             self.check_keys(entries, TEMPLATE_KEYS, &subject, "a node template key");
             let Some(type_node) = def.get("type") else {
                 self.diags.push(key.pos, &subject, "missing type");
+                self.rejected.push(key.name.clone());
                 continue;
             };
-            let Some(tosca_type) = type_node.as_str() else {
+            let Some(requested) = type_node.as_str() else {
                 self.diags.push(type_node.pos, &subject, format!("type must be a type name, found {}", type_node.kind()));
+                self.rejected.push(key.name.clone());
                 continue;
             };
-            if !self.lib.contains(TypeSpace::Node, tosca_type) {
-                self.diags.push(type_node.pos, &subject, self.lib.unknown_type_message(TypeSpace::Node, tosca_type));
+            let Some(tosca_type) = self.lib.resolve(TypeSpace::Node, requested, type_node.pos, &subject, self.diags) else {
+                self.rejected.push(key.name.clone());
                 continue;
+            };
+            let tosca_type = tosca_type.as_str();
+            self.check_interfaces(def, &subject);
+            if self.version != "tosca_simple_yaml_1_3" {
+                if let Some(k) = entries.iter().map(|(k, _)| k).find(|k| k.name == "instance_count" || k.name == "occurrences") {
+                    self.diags.warn(
+                        k.pos,
+                        &subject,
+                        format!("MiCADO accepts {} only in tosca_simple_yaml_1_3 ADTs; fogmesh accepts it in {}", k.name, self.version),
+                    );
+                }
             }
             let site = Site { subject: &subject, copy: None };
             let mut r = Reader { subject: subject.clone(), diags: self.diags };
@@ -268,11 +309,16 @@ impl<'d> Compiler<'d> {
                     }
                     Some(count)
                 });
-            if let Some(occ) = def.get("occurrences") {
-                let occ = inputs.resolve(occ, &site, r.diags);
-                if let Some(b) = read_occurrences(&occ, &mut r) {
-                    bounds.insert(key.name.clone(), b);
+            match def.get("occurrences") {
+                // `instance_count` wins: each copy is one instance.
+                Some(occ) if copies.is_some() => r.warn(occ, "occurrences is ignored: instance_count sets how many copies there are"),
+                Some(occ) => {
+                    let occ = inputs.resolve(occ, &site, r.diags);
+                    if let Some(b) = read_occurrences(&occ, &mut r) {
+                        bounds.insert(key.name.clone(), b);
+                    }
                 }
+                None => {}
             }
             let category = self.lib.node_category(tosca_type);
             let base = key.name.replace(['_', '.'], "-");
@@ -295,22 +341,32 @@ impl<'d> Compiler<'d> {
         (instances, bounds)
     }
 
-    fn build_nodes(&mut self, instances: &[Instance], bounds: &IndexMap<String, Bounds>, inputs: &Inputs) -> Plan {
+    fn build_nodes(&mut self, instances: &[Instance], bounds: &IndexMap<String, Bounds>, inputs: &Inputs, repositories: Option<&Node>) -> Plan {
         let mut plan = Plan::default();
         let mut volumes: IndexMap<String, (Option<String>, VolumeSource)> = IndexMap::new();
         let mut containers = Vec::new();
 
+        let mut pods: IndexMap<String, PodDef> = IndexMap::new();
         for inst in instances {
             let subject = format!("node '{}'", inst.name);
             let site = Site { subject: &subject, copy: inst.copy };
             let raw_props = inst.def.get("properties");
             let mut props = raw_props.map(|p| inputs.resolve(p, &site, self.diags)).unwrap_or_else(Node::null);
+            let mut r = Reader { subject: subject.clone(), diags: self.diags };
+            self.lib.check_properties(TypeSpace::Node, &inst.tosca_type, &props, &mut r);
+            warn_placeholders(&props, &mut r);
             self.apply_defaults(inst, &mut props);
             self.check_required(inst, &props);
-            let mut r = Reader { subject, diags: self.diags };
+            if inst.category == NodeCategory::Pod {
+                let requirements = inst.def.get("requirements").map(|n| inputs.resolve(n, &site, self.diags));
+                let pod = self.read_pod(inst, instances, requirements.as_ref());
+                pods.insert(inst.name.clone(), pod);
+                continue;
+            }
+            let mut r = Reader { subject: subject.clone(), diags: self.diags };
             match inst.category {
                 NodeCategory::Edge | NodeCategory::Cloud => {
-                    if let Some(node) = plan_node(&self.lib, inst, &props, bounds, &mut r) {
+                    if let Some(node) = plan_node(&self.lib, inst, &props, bounds, self.for_deployment, &mut r) {
                         plan.nodes.push(node);
                     }
                 }
@@ -320,7 +376,7 @@ impl<'d> Compiler<'d> {
                     volumes.insert(inst.name.clone(), (path, source));
                 }
                 NodeCategory::Container(kind) => containers.push((inst, kind, props, raw_props)),
-                NodeCategory::Other => {}
+                NodeCategory::Pod | NodeCategory::Other => {}
             }
         }
 
@@ -328,8 +384,19 @@ impl<'d> Compiler<'d> {
             let subject = format!("node '{}'", inst.name);
             let site = Site { subject: &subject, copy: inst.copy };
             let requirements = inst.def.get("requirements").map(|n| inputs.resolve(n, &site, self.diags));
-            let (host, mounts) = self.read_requirements(inst, instances, requirements.as_ref(), &volumes);
+            let (mut hosts, mounts) = self.read_requirements(inst, instances, requirements.as_ref(), &volumes);
+            // A pod's members run where the pod runs.
+            let pod = pods.iter().find(|(_, p)| p.members.contains(&inst.name));
+            if let Some((pod_name, p)) = pod {
+                if !hosts.is_empty() && !p.hosts.is_empty() && hosts != p.hosts {
+                    self.diags.push(inst.template.pos, &subject, format!("it is a member of pod '{pod_name}', which names other hosts; a pod runs on one node"));
+                }
+                if hosts.is_empty() {
+                    hosts = p.hosts.clone();
+                }
+            }
             let kubernetes = inst.def.get("interfaces").and_then(|i| i.get("Kubernetes")).map(Node::to_json);
+            let artifact_image = artifact_image(inst.def, repositories);
             let mut r = Reader { subject, diags: self.diags };
             let template = ContainerTemplate {
                 name: inst.name.clone(),
@@ -338,9 +405,12 @@ impl<'d> Compiler<'d> {
                 properties: &props,
                 raw_properties: raw_props,
                 inputs,
-                host,
+                hosts,
+                pod: pod.map(|(name, _)| name.clone()),
                 volumes: mounts,
                 kubernetes,
+                artifact_image,
+                pos: inst.template.pos,
             };
             if let Some(w) = build_workload(template, &mut r) {
                 plan.workloads.push(w);
@@ -386,11 +456,11 @@ impl<'d> Compiler<'d> {
         instances: &[Instance],
         requirements: Option<&Node>,
         volumes: &IndexMap<String, (Option<String>, VolumeSource)>,
-    ) -> (Option<String>, Vec<Mount>) {
+    ) -> (Vec<String>, Vec<Mount>) {
         let mut r = Reader { subject: format!("node '{}'", inst.name), diags: self.diags };
-        let mut host: Option<String> = None;
+        let mut hosts: Vec<String> = Vec::new();
         let mut mounts = Vec::new();
-        let Some(requirements) = requirements else { return (host, mounts) };
+        let Some(requirements) = requirements else { return (hosts, mounts) };
         for req in r.list(requirements, "requirements") {
             let Some([(req_name, target)]) = req.as_map() else {
                 r.problem(req, "each requirement must be a mapping with one key, like '- host: NODE'");
@@ -411,6 +481,9 @@ impl<'d> Compiler<'d> {
                 continue;
             };
             let Some(wanted) = r.text(node_ref, &format!("requirement '{}'", req_name.name)) else { continue };
+            if self.rejected.contains(&wanted) {
+                continue; // its own problem was reported
+            }
             let Some(chosen) = pick_instance(instances, &wanted, inst.copy) else {
                 let known = unique_templates(instances);
                 let message = if known.contains(&wanted.as_str()) {
@@ -428,10 +501,9 @@ impl<'d> Compiler<'d> {
             if req_name.name == "host" {
                 if !matches!(chosen.category, NodeCategory::Edge | NodeCategory::Cloud) {
                     r.problem(node_ref, format!("host '{wanted}' must be an Edge or Compute node, but it is a {}", chosen.tosca_type));
-                } else if host.is_some() {
-                    r.problem(node_ref, "a container can have only one host");
-                } else {
-                    host = Some(chosen.name.clone());
+                } else if !hosts.contains(&chosen.name) {
+                    // Several hosts: it may run on any of them.
+                    hosts.push(chosen.name.clone());
                 }
                 continue;
             }
@@ -453,7 +525,61 @@ impl<'d> Compiler<'d> {
                 mounts.push(Mount { volume: chosen.name.clone(), mount_path, source: source.clone() });
             }
         }
-        (host, mounts)
+        (hosts, mounts)
+    }
+
+    /// A pod's `container` members and its hosts.
+    fn read_pod(&mut self, inst: &Instance, instances: &[Instance], requirements: Option<&Node>) -> PodDef {
+        let mut r = Reader { subject: format!("node '{}'", inst.name), diags: self.diags };
+        let mut pod = PodDef { members: Vec::new(), hosts: Vec::new() };
+        let Some(requirements) = requirements else { return pod };
+        for req in r.list(requirements, "requirements") {
+            let Some([(req_name, target)]) = req.as_map() else {
+                r.problem(req, "each requirement must be a mapping with one key, like '- container: NODE'");
+                continue;
+            };
+            if req_name.name != "container" && req_name.name != "host" {
+                continue;
+            }
+            let node_ref = if target.as_map().is_some() { target.get("node") } else { Some(target) };
+            let Some(wanted) = node_ref.and_then(|n| r.text(n, &format!("requirement '{}'", req_name.name))) else { continue };
+            if self.rejected.contains(&wanted) {
+                continue;
+            }
+            let Some(chosen) = pick_instance(instances, &wanted, inst.copy) else {
+                r.problem(
+                    node_ref.unwrap_or(target),
+                    format!("requirement '{}' names '{wanted}', which is not a node template in this ADT{}", req_name.name, did_you_mean(&wanted, unique_templates(instances))),
+                );
+                continue;
+            };
+            match (req_name.name.as_str(), chosen.category) {
+                ("container", NodeCategory::Container(_)) => pod.members.push(chosen.name.clone()),
+                ("container", _) => r.problem(node_ref.unwrap_or(target), format!("pod member '{wanted}' must be a container, but it is a {}", chosen.tosca_type)),
+                (_, NodeCategory::Edge | NodeCategory::Cloud) => pod.hosts.push(chosen.name.clone()),
+                _ => r.problem(node_ref.unwrap_or(target), format!("host '{wanted}' must be an Edge or Compute node, but it is a {}", chosen.tosca_type)),
+            }
+        }
+        if pod.members.is_empty() {
+            r.warn(inst.def, "this pod has no 'container' requirements, so it runs nothing");
+        }
+        pod
+    }
+
+    /// MiCADO's interfaces (Kubernetes, Occopus, Terraform, Swarm) have one
+    /// operation, `create`; anything else is refused as MiCADO refuses it.
+    fn check_interfaces(&mut self, def: &Node, subject: &str) {
+        let Some(interfaces) = def.get("interfaces").and_then(Node::as_map) else { return };
+        for (name, body) in interfaces {
+            if !matches!(name.name.as_str(), "Kubernetes" | "Occopus" | "Terraform" | "Swarm") {
+                continue;
+            }
+            for (op, _) in body.as_map().unwrap_or(&[]) {
+                if op.name != "create" {
+                    self.diags.push(op.pos, subject, format!("interface '{}' has no operation '{}'; MiCADO's interfaces have only 'create'", name.name, op.name));
+                }
+            }
+        }
     }
 
     /// Instance bounds and replicas: `occurrences` first, then a scaling
@@ -462,12 +588,14 @@ impl<'d> Compiler<'d> {
         let mut scaled_by: IndexMap<String, String> = IndexMap::new();
         for policy in plan.policies.iter().filter(|p| p.kind == PolicyKind::Scaling) {
             for target in &policy.targets {
-                if let Some(first) = scaled_by.insert(target.clone(), policy.name.clone()) {
-                    self.diags.push(
+                if let Some(first) = scaled_by.get(target) {
+                    self.diags.warn(
                         Pos::UNKNOWN,
-                        format!("policy '{}'", policy.name),
-                        format!("'{target}' is already scaled by policy '{first}'; one scaling policy per target"),
+                        format!("policy '{}' (#{})", policy.name, policy.index),
+                        format!("'{target}' is also scaled by policy '{first}'; the first one sets its instance bounds"),
                     );
+                } else {
+                    scaled_by.insert(target.clone(), policy.name.clone());
                 }
             }
         }
@@ -477,7 +605,9 @@ impl<'d> Compiler<'d> {
             Some(Bounds { min, max: policy.max_instances.or(Some(min.max(1))) })
         };
         for w in &mut plan.workloads {
-            let occurrences = instances.iter().find(|i| i.name == w.name).and_then(|i| bounds.get(&i.template.name)).copied();
+            // Members of a pod scale with the pod.
+            let owner = w.pod.clone().unwrap_or_else(|| w.name.clone());
+            let occurrences = instances.iter().find(|i| i.name == owner).and_then(|i| bounds.get(&i.template.name)).copied();
             let b = occurrences
                 .or_else(|| policy_bounds(&w.name, &plan.policies, TargetKind::Workloads))
                 .unwrap_or(Bounds { min: 1, max: Some(1) });
@@ -497,15 +627,23 @@ impl<'d> Compiler<'d> {
     }
 }
 
-fn plan_node(lib: &TypeLibrary, inst: &Instance, props: &Node, bounds: &IndexMap<String, Bounds>, r: &mut Reader) -> Option<PlanNode> {
+fn plan_node(lib: &TypeLibrary, inst: &Instance, props: &Node, bounds: &IndexMap<String, Bounds>, for_deployment: bool, r: &mut Reader) -> Option<PlanNode> {
     let b = bounds.get(&inst.template.name).copied().unwrap_or(Bounds { min: 1, max: Some(1) });
     let text = |field: &str, r: &mut Reader| props.get(field).filter(|n| !n.is_null()).and_then(|n| r.text(n, field));
     if inst.category == NodeCategory::Edge {
         let ip_node = props.get("public_ip")?;
-        let ip = r.text(ip_node, "public_ip")?;
-        if ip.parse::<std::net::IpAddr>().is_err() {
-            r.problem(ip_node, format!("public_ip {} is not an IP address", describe(ip_node)));
+        if ip_node.is_invalid() || ip_node.is_null() {
             return None;
+        }
+        // MiCADO takes any text (its placeholders too) and fails at deploy time.
+        let ip = ip_node.scalar_text().unwrap_or_else(|| serde_json::to_string(&ip_node.to_json()).unwrap_or_default());
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            let message = format!("public_ip {} is not an IP address; a fog node registers with its address", describe(ip_node));
+            if for_deployment {
+                r.problem(ip_node, message);
+                return None;
+            }
+            r.warn(ip_node, format!("{message} (a placeholder? deploying this ADT fails until it is one)"));
         }
         return Some(PlanNode {
             name: inst.name.clone(),
@@ -593,10 +731,76 @@ fn volume_source(inst: &Instance, lib: &TypeLibrary, props: &Node, r: &mut Reade
     } else if is("Volume.NFS") {
         VolumeSource::Nfs { server: text("server", r), path: text("path", r) }
     } else if is("Config") {
-        let data = props.get("data").map(|d| r.text_map(d, "data")).unwrap_or_default();
+        // MiCADO takes any value; a list here is a placeholder in published ADTs.
+        let data = props
+            .get("data")
+            .map(|d| {
+                r.mapping(d, "data")
+                    .iter()
+                    .map(|(k, v)| {
+                        let text = v.scalar_text().unwrap_or_else(|| {
+                            r.warn(v, format!("data '{}' is not text (a placeholder?); it is used as written", k.name));
+                            serde_json::to_string(&v.to_json()).unwrap_or_default()
+                        });
+                        (k.name.clone(), text)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         VolumeSource::ConfigMap { data }
     } else {
         VolumeSource::Generic
+    }
+}
+
+/// `artifacts: {image: {file, repository}}` (or `image: FILE`): the image,
+/// with the repository's address in front unless it is Docker Hub.
+fn artifact_image(def: &Node, repositories: Option<&Node>) -> Option<String> {
+    let image = def.get("artifacts")?.get("image")?;
+    let file = match image.get("file") {
+        Some(f) => f.scalar_text()?,
+        None => image.scalar_text()?,
+    };
+    let Some(repo) = image.get("repository").and_then(Node::scalar_text) else { return Some(file) };
+    let url = repositories.and_then(|r| r.get(&repo)).and_then(|u| u.get("url").or(Some(u))).and_then(Node::scalar_text).unwrap_or(repo);
+    let host = url.split("://").last().unwrap_or(&url).trim_end_matches('/').to_string();
+    let normalized = host.to_ascii_lowercase().replace(['.', '_', '-'], "");
+    if normalized.contains("dockerhub") || normalized.contains("hubdockercom") || normalized.contains("dockerio") || host.is_empty() {
+        Some(file)
+    } else {
+        Some(format!("{host}/{file}"))
+    }
+}
+
+/// Text that is evidently a placeholder in a published ADT
+/// (`ADD_YOUR_ID_HERE`, `<RESOURCE_GROUP_NAME>`, `YOUR_KEY`, ...).
+fn is_placeholder(text: &str) -> bool {
+    let t = text.trim();
+    // `<NAME_IN_CAPITALS>` anywhere in the text.
+    let angle = t.split('<').skip(1).any(|rest| {
+        rest.split_once('>').is_some_and(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+    });
+    angle || t.contains("ADD_YOUR") || t.contains("YOUR_") || t.contains("_HERE") || t == "000.000.000.000"
+}
+
+/// A warning per property that holds a placeholder; MiCADO validates
+/// these and fails later, fogmesh says so at once.
+fn warn_placeholders(props: &Node, r: &mut Reader) {
+    fn first_placeholder(node: &Node) -> Option<String> {
+        match &node.value {
+            Value::Str(s) if is_placeholder(s) => Some(s.clone()),
+            Value::Seq(items) => items.iter().find_map(first_placeholder),
+            Value::Map(entries) => entries.iter().find_map(|(_, v)| first_placeholder(v)),
+            _ => None,
+        }
+    }
+    for (key, value) in props.as_map().unwrap_or(&[]) {
+        if key.name == "public_ip" {
+            continue; // checked as an address
+        }
+        if let Some(text) = first_placeholder(value) {
+            r.warn(value, format!("property '{}' holds a placeholder (\"{text}\"); replace it before deploying", key.name));
+        }
     }
 }
 

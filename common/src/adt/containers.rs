@@ -22,14 +22,28 @@ pub struct ContainerTemplate<'a> {
     /// The properties as written, to see which values are secret inputs.
     pub raw_properties: Option<&'a Node>,
     pub inputs: &'a Inputs,
-    pub host: Option<String>,
+    pub hosts: Vec<String>,
+    pub pod: Option<String>,
     pub volumes: Vec<Mount>,
     pub kubernetes: Option<serde_json::Value>,
+    /// The image named by `artifacts.image`, already joined with its repository.
+    pub artifact_image: Option<String>,
+    /// Where the template starts, for problems of the whole template.
+    pub pos: super::yaml::Pos,
 }
 
 pub fn build_workload(t: ContainerTemplate, r: &mut Reader) -> Option<Workload> {
     let props = t.properties;
-    let image = props.get("image").and_then(|i| r.text(i, "image"));
+    let image = match props.get("image").filter(|i| !i.is_null()) {
+        Some(i) => r.text(i, "image"),
+        None => match t.artifact_image {
+            Some(image) => Some(image),
+            None => {
+                r.problem_at(t.pos, "no image: set properties.image, or artifacts.image with its file");
+                None
+            }
+        },
+    };
     let command = props
         .get("command")
         .or_else(|| props.get("entrypoint"))
@@ -72,7 +86,9 @@ pub fn build_workload(t: ContainerTemplate, r: &mut Reader) -> Option<Workload> 
         host_network,
         liveness_probe,
         readiness_probe,
-        host: t.host,
+        host: t.hosts.first().cloned(),
+        hosts: t.hosts,
+        pod: t.pod,
         // Bounds and replicas are set by the compiler once policies are read.
         min_instances: 1,
         max_instances: Some(1),
@@ -169,9 +185,10 @@ fn read_port(entry: &Node, r: &mut Reader) -> Option<Port> {
     }
     let field_port = |name: &str, r: &mut Reader| entry.get(name).map(|n| r.port(n));
     let container = field_port("containerPort", r);
-    let target = field_port("targetPort", r);
+    let target = field_port("targetPort", r).or_else(|| field_port("target", r));
     let service = field_port("port", r);
-    let host = field_port("hostPort", r);
+    // Compose: `published` is the port on the host.
+    let host = field_port("hostPort", r).or_else(|| field_port("published", r));
     let node_port = field_port("nodePort", r);
     let protocol = match entry.get("protocol") {
         None => Some(Protocol::Tcp),
@@ -185,7 +202,7 @@ fn read_port(entry: &Node, r: &mut Reader) -> Option<Port> {
         },
     };
     let Some(container_port) = container.or(target).or(service) else {
-        r.problem(entry, "a ports entry needs containerPort, targetPort or port");
+        r.problem(entry, "a ports entry needs containerPort, targetPort, target or port");
         return None;
     };
     // A field that was present but invalid has been reported already.
@@ -212,7 +229,9 @@ fn read_short_port(entry: &Node, text: &str, r: &mut Reader) -> Option<Port> {
         None => (Some(None), number(spec)),
     };
     match (host, container) {
-        (Some(host_port), Some(container_port)) => Some(Port {
+        (Some(host_port), Some(container_port)) => {
+            r.warn(entry, format!("MiCADO does not accept a port written as text; fogmesh reads \"{text}\", but {{containerPort: ..., hostPort: ...}} works in both"));
+            Some(Port {
             container_port,
             host_port,
             protocol,
@@ -220,7 +239,8 @@ fn read_short_port(entry: &Node, text: &str, r: &mut Reader) -> Option<Port> {
             service_port: None,
             node_port: None,
             service_type: None,
-        }),
+            })
+        }
         _ => {
             r.problem(entry, format!("cannot read port \"{text}\": expected PORT, HOST:CONTAINER or either with /udp, each 1-65535"));
             None

@@ -2,19 +2,52 @@
 //!
 //! The compiler never stops at the first problem: every pass records what it
 //! finds here and carries on, so a user fixes a whole file in one round.
+//! Errors stop the ADT; warnings (placeholders, removed types, constants
+//! defined nowhere) let it compile and travel with the plan.
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use super::yaml::Pos;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 /// One problem in an ADT.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub pos: Pos,
     /// What the problem belongs to: `node 'fog-processor'`, `policy 'scale'`,
     /// `input 'fog_ip'`, or `document`.
     pub subject: String,
     pub message: String,
+}
+
+impl Diagnostic {
+    /// `FILE:LINE:COL: error: SUBJECT: MESSAGE`, compiler-style.
+    pub fn render(&self, file: &str) -> String {
+        let severity = self.severity.as_str();
+        if self.pos.is_known() {
+            format!("{file}:{}: {severity}: {}: {}", self.pos, self.subject, self.message)
+        } else {
+            format!("{file}: {severity}: {}: {}", self.subject, self.message)
+        }
+    }
 }
 
 impl fmt::Display for Diagnostic {
@@ -32,12 +65,18 @@ impl fmt::Display for Diagnostic {
 pub struct Diagnostics(Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// Records an error.
     pub fn push(&mut self, pos: Pos, subject: impl Into<String>, message: impl Into<String>) {
-        let d = Diagnostic {
-            pos,
-            subject: subject.into(),
-            message: message.into(),
-        };
+        self.add(Severity::Error, pos, subject.into(), message.into());
+    }
+
+    /// Records a warning: the ADT still compiles.
+    pub fn warn(&mut self, pos: Pos, subject: impl Into<String>, message: impl Into<String>) {
+        self.add(Severity::Warning, pos, subject.into(), message.into());
+    }
+
+    fn add(&mut self, severity: Severity, pos: Pos, subject: String, message: String) {
+        let d = Diagnostic { severity, pos, subject, message };
         // One mistake can be seen by two passes (e.g. a copy per instance);
         // report it once.
         if !self.0.contains(&d) {
@@ -47,6 +86,15 @@ impl Diagnostics {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    /// Errors and warnings apart, each sorted by position.
+    pub fn split(self) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
+        self.into_sorted().into_iter().partition(|d| d.severity == Severity::Error)
     }
 
     pub fn len(&self) -> usize {
@@ -64,27 +112,20 @@ impl Diagnostics {
     }
 }
 
-/// An ADT that did not compile, with every problem found.
+/// An ADT that did not compile: every error found, and the warnings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompileError {
     pub problems: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl CompileError {
-    /// Renders the problems compiler-style, `FILE:LINE:COL: error: ...`, one a line.
+    /// Renders errors and warnings compiler-style in document order,
+    /// `FILE:LINE:COL: error: ...`, one a line.
     pub fn render(&self, file: &str) -> String {
-        let mut out = String::new();
-        for p in &self.problems {
-            if p.pos.is_known() {
-                out.push_str(&format!(
-                    "{file}:{}: error: {}: {}\n",
-                    p.pos, p.subject, p.message
-                ));
-            } else {
-                out.push_str(&format!("{file}: error: {}: {}\n", p.subject, p.message));
-            }
-        }
-        out
+        let mut all: Vec<&Diagnostic> = self.problems.iter().chain(&self.warnings).collect();
+        all.sort_by_key(|d| (d.pos, d.severity));
+        all.iter().map(|d| format!("{}\n", d.render(file))).collect()
     }
 }
 
@@ -143,12 +184,12 @@ mod tests {
         let mut d = Diagnostics::default();
         d.push(Pos { line: 3, column: 5 }, "node 'web'", "bad");
         d.push(Pos { line: 1, column: 1 }, "document", "worse");
-        let e = CompileError {
-            problems: d.into_sorted(),
-        };
+        d.warn(Pos { line: 2, column: 1 }, "node 'db'", "looks like a placeholder");
+        let (problems, warnings) = d.split();
+        let e = CompileError { problems, warnings };
         assert_eq!(
             e.render("a.yaml"),
-            "a.yaml:1:1: error: document: worse\na.yaml:3:5: error: node 'web': bad\n"
+            "a.yaml:1:1: error: document: worse\na.yaml:2:1: warning: node 'db': looks like a placeholder\na.yaml:3:5: error: node 'web': bad\n"
         );
     }
 }

@@ -18,6 +18,17 @@ pub struct Plan {
     pub nodes: Vec<PlanNode>,
     pub workloads: Vec<Workload>,
     pub policies: Vec<Policy>,
+    /// The constants of all scaling policies merged, later ones winning, as
+    /// MiCADO does: what `{{NAME}}` and rules see beyond a policy's own.
+    #[serde(default)]
+    pub constants: IndexMap<String, serde_json::Value>,
+    /// The queries of all scaling policies merged the same way: a rule may
+    /// read a query another policy declares.
+    #[serde(default)]
+    pub queries: IndexMap<String, Query>,
+    /// What the compiler warned about (the ADT compiled nonetheless).
+    #[serde(default)]
+    pub warnings: Vec<super::diagnostics::Diagnostic>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,8 +103,15 @@ pub struct Workload {
     pub labels: IndexMap<String, String>,
     pub liveness_probe: Option<serde_json::Value>,
     pub readiness_probe: Option<serde_json::Value>,
-    /// The plan node it must run on, or `None` for any node.
+    /// The plan node it must run on (the first of `hosts`), or `None` for any node.
     pub host: Option<String>,
+    /// Every plan node it may run on: a container may name several hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// The `Container.Application.Pod` it belongs to: its members run on one
+    /// node and share one network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub min_instances: u32,
     /// `None` is unbounded.
     pub max_instances: Option<u32>,
@@ -157,6 +175,38 @@ pub enum VolumeSource {
 pub enum PolicyKind {
     Monitoring,
     Scaling,
+    /// Network security proxies (`Security.MiCADO.Network.*`).
+    Security,
+    /// Secret distribution (`Security.MiCADO.Secret.*`).
+    Secret,
+    Alerting,
+    /// Any other policy type: kept, not acted on.
+    Other,
+}
+
+impl PolicyKind {
+    /// Whether fogmesh acts on policies of this kind (the others are kept
+    /// in the plan for tools that do).
+    pub fn enforced(self) -> bool {
+        matches!(self, PolicyKind::Monitoring | PolicyKind::Scaling)
+    }
+}
+
+/// A policy query: a PromQL expression, or `[EXPR, LABEL]` whose result is
+/// the list of that label's values (node policies use it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Query {
+    Expr(String),
+    LabelValues(String, String),
+}
+
+impl Query {
+    pub fn expr(&self) -> &str {
+        match self {
+            Query::Expr(e) | Query::LabelValues(e, _) => e,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,7 +219,11 @@ pub enum TargetKind {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
+    /// The key it was given; several policies may share one.
     pub name: String,
+    /// Its position among the ADT's policies, from 1: with `name`, what
+    /// identifies it.
+    pub index: u32,
     pub kind: PolicyKind,
     pub tosca_type: String,
     /// Workload names or node-set names, per `target_kind`; `instance_count`
@@ -181,7 +235,7 @@ pub struct Policy {
     pub sources: Vec<String>,
     pub constants: IndexMap<String, serde_json::Value>,
     /// Query name to PromQL, constants already substituted.
-    pub queries: IndexMap<String, String>,
+    pub queries: IndexMap<String, Query>,
     pub alerts: Vec<Alert>,
     pub scaling_rule: Option<String>,
     /// Monitoring switches and any other property, as given.

@@ -1,41 +1,65 @@
 //! Policies -> plan policies: type defaults inherited, `{{CONST}}`
 //! substituted, targets resolved to workloads or node sets.
+//!
+//! MiCADO's semantics, which real ADTs rely on:
+//! - `policies` is a list of one-key maps and keys repeat (several
+//!   `- scalability:`); a policy is its key and its position.
+//! - The `constants` and `queries` of all scaling policies form one ADT-wide
+//!   set, later policies winning. A policy renders `{{NAME}}` from its own
+//!   constants first, then from that set; a name defined nowhere renders
+//!   empty (a warning here, silence in MiCADO).
 
 use indexmap::IndexMap;
 
-use super::diagnostics::{did_you_mean, list_names, Diagnostics};
+use super::diagnostics::{did_you_mean, Diagnostics};
 use super::inputs::{Inputs, Site};
-use super::plan::{Alert, Policy, PolicyKind, TargetKind};
+use super::plan::{Alert, Policy, PolicyKind, Query, TargetKind};
 use super::props::{describe, Reader};
 use super::quantity::parse_duration_seconds;
-use super::templating::substitute;
+use super::templating::{constant_text, render};
 use super::types::{NodeCategory, TypeLibrary, TypeSpace, MONITORING_POLICY, SCALING_POLICY};
-use super::yaml::{Key, Node, Value};
+use super::yaml::{Key, Node, Pos, Value};
 
 /// What each node template became: its category and its instance names
 /// (one, or one per `instance_count` copy).
 pub type Targets = IndexMap<String, (NodeCategory, Vec<String>)>;
 
 /// Properties read into dedicated plan fields; the rest are kept as given.
-const KNOWN_PROPERTIES: &[&str] = &[
-    "sources",
-    "constants",
-    "queries",
-    "alerts",
-    "scaling_rule",
-    "min_instances",
-    "max_instances",
-];
+const KNOWN_PROPERTIES: &[&str] = &["sources", "constants", "queries", "alerts", "scaling_rule", "min_instances", "max_instances"];
 
-pub fn compile_policies(
-    section: &Node,
-    lib: &TypeLibrary,
-    targets: &Targets,
-    inputs: &Inputs,
-    diags: &mut Diagnostics,
-) -> Vec<Policy> {
-    let mut out = Vec::new();
-    let entries: &[Node] = match &section.value {
+/// Keys a policy definition may have (TOSCA).
+const POLICY_KEYS: &[&str] = &["type", "description", "metadata", "properties", "targets", "triggers"];
+
+/// A policy entry read far enough to know its kind and properties.
+struct Entry<'a> {
+    key: &'a Key,
+    index: u32,
+    subject: String,
+    def: &'a Node,
+    tosca_type: String,
+    kind: PolicyKind,
+    /// Properties over the type's defaults, inputs resolved.
+    props: Node,
+}
+
+/// The policies section of an ADT. `rejected` names templates already
+/// reported as broken: targets naming them are not reported again.
+pub struct PolicyInput<'a> {
+    pub lib: &'a TypeLibrary,
+    pub targets: &'a Targets,
+    pub rejected: &'a [String],
+    pub inputs: &'a Inputs,
+}
+
+/// The policies, and the ADT-wide constants and queries.
+pub struct Compiled {
+    pub policies: Vec<Policy>,
+    pub constants: IndexMap<String, serde_json::Value>,
+    pub queries: IndexMap<String, Query>,
+}
+
+pub fn compile_policies(section: &Node, input: &PolicyInput, diags: &mut Diagnostics) -> Compiled {
+    let items: &[Node] = match &section.value {
         Value::Seq(items) => items,
         Value::Null => &[],
         _ => {
@@ -43,141 +67,234 @@ pub fn compile_policies(
             &[]
         }
     };
-    for entry in entries {
-        match entry.as_map() {
-            Some([(name, def)]) => {
-                if out.iter().any(|p: &Policy| p.name == name.name) {
-                    diags.push(name.pos, format!("policy '{}'", name.name), "a policy with this name is defined twice");
-                }
-                if let Some(p) = compile_policy(name, def, lib, targets, inputs, diags) {
-                    out.push(p);
-                }
+    let keys: Vec<&str> = items.iter().filter_map(|i| i.as_map()).filter_map(|m| m.first()).map(|(k, _)| k.name.as_str()).collect();
+    let mut entries = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some([(key, def)]) = item.as_map() else {
+            diags.push(item.pos, "document", "each policies entry must be a mapping with one key, the policy name");
+            continue;
+        };
+        let index = i as u32 + 1;
+        // Name the position only when the key alone does not say which policy.
+        let subject = if keys.iter().filter(|k| **k == key.name).count() > 1 {
+            format!("policy '{}' (#{index})", key.name)
+        } else {
+            format!("policy '{}'", key.name)
+        };
+        if let Some(e) = read_entry(key, index, subject, def, input, diags) {
+            entries.push(e);
+        }
+    }
+
+    // The ADT-wide set: constants first (queries may use them), later policies winning.
+    let mut constants: IndexMap<String, serde_json::Value> = IndexMap::new();
+    for e in entries.iter().filter(|e| e.kind == PolicyKind::Scaling) {
+        let mut r = Reader { subject: e.subject.clone(), diags };
+        constants.extend(read_constants(&e.props, &mut r));
+    }
+    let mut queries: IndexMap<String, Query> = IndexMap::new();
+    for e in entries.iter().filter(|e| e.kind == PolicyKind::Scaling) {
+        let own = {
+            let mut r = Reader { subject: e.subject.clone(), diags: &mut *diags };
+            read_constants(&e.props, &mut r)
+        };
+        let mut r = Reader { subject: e.subject.clone(), diags: &mut *diags };
+        let scope = Scope { own: &own, shared: &constants };
+        queries.extend(read_queries(&e.props, &scope, &mut r, false));
+    }
+
+    let policies = entries.iter().map(|e| compile_policy(e, &constants, input.targets, input.rejected, diags)).collect();
+    Compiled { policies, constants, queries }
+}
+
+fn read_entry<'a>(key: &'a Key, index: u32, subject: String, def: &'a Node, input: &PolicyInput, diags: &mut Diagnostics) -> Option<Entry<'a>> {
+    let Some(entries) = def.as_map() else {
+        diags.push(def.pos, &subject, format!("a policy must be a mapping with a type, found {}", def.kind()));
+        return None;
+    };
+    for (k, _) in entries {
+        if !POLICY_KEYS.contains(&k.name.as_str()) {
+            diags.push(
+                k.pos,
+                &subject,
+                format!("'{}' is not a policy key TOSCA knows{}", k.name, did_you_mean(&k.name, POLICY_KEYS.iter().copied())),
+            );
+        }
+    }
+    let Some(type_node) = def.get("type") else {
+        diags.push(key.pos, &subject, "missing type");
+        return None;
+    };
+    let Some(requested) = type_node.as_str() else {
+        diags.push(type_node.pos, &subject, format!("type must be a type name, found {}", type_node.kind()));
+        return None;
+    };
+    let lib = input.lib;
+    let Some(tosca_type) = lib.resolve(TypeSpace::Policy, requested, type_node.pos, &subject, diags) else {
+        return None;
+    };
+    let is = |ancestor: &str| lib.is_a(TypeSpace::Policy, &tosca_type, ancestor);
+    let kind = if is(MONITORING_POLICY) || is("tosca.policies.Monitoring") {
+        PolicyKind::Monitoring
+    } else if is(SCALING_POLICY) || is("tosca.policies.Scaling") {
+        PolicyKind::Scaling
+    } else if is("tosca.policies.Security.MiCADO.Secret") {
+        PolicyKind::Secret
+    } else if is("tosca.policies.Security") {
+        PolicyKind::Security
+    } else if is("tosca.policies.Alerting") {
+        PolicyKind::Alerting
+    } else {
+        PolicyKind::Other
+    };
+    let site = Site { subject: &subject, copy: None };
+    let written = def.get("properties").map(|p| input.inputs.resolve(p, &site, diags)).unwrap_or_else(Node::null);
+    let mut r = Reader { subject: subject.clone(), diags };
+    let props = with_type_defaults(&written, lib, &tosca_type, &mut r);
+    lib.check_properties(TypeSpace::Policy, &tosca_type, &props, &mut r);
+    for required in lib.required_properties(TypeSpace::Policy, &tosca_type) {
+        if props.get(&required).is_none_or(Node::is_null) {
+            r.problem_at(key.pos, format!("missing required property '{required}' (required by {tosca_type})"));
+        }
+    }
+    Some(Entry { key, index, subject, def, tosca_type, kind, props })
+}
+
+/// Where `{{NAME}}` looks: the policy's own constants, then the ADT-wide set.
+struct Scope<'a> {
+    own: &'a IndexMap<String, serde_json::Value>,
+    shared: &'a IndexMap<String, serde_json::Value>,
+}
+
+impl Scope<'_> {
+    /// Renders one policy string; a name defined nowhere renders empty and
+    /// is warned about (once per place, unless `quiet`).
+    fn render(&self, node: &Node, what: &str, r: &mut Reader, quiet: bool) -> Option<String> {
+        let text = r.text(node, what)?;
+        let rendered = render(&text, |name| self.own.get(name).or_else(|| self.shared.get(name)).map(constant_text));
+        if !quiet {
+            for m in &rendered.missing {
+                let known = self.own.keys().chain(self.shared.keys()).map(String::as_str);
+                r.warn(
+                    node,
+                    format!(
+                        "{{{{{m}}}}} in {what} is not a constant of any scaling policy; it renders empty, as in MiCADO{}",
+                        did_you_mean(m, known)
+                    ),
+                );
             }
-            _ => diags.push(entry.pos, "document", "each policies entry must be a mapping with one key, the policy name"),
+        }
+        Some(rendered.text)
+    }
+}
+
+fn read_constants(props: &Node, r: &mut Reader) -> IndexMap<String, serde_json::Value> {
+    let Some(c) = props.get("constants").filter(|c| !c.is_null()) else { return IndexMap::new() };
+    r.mapping(c, "constants")
+        .iter()
+        .filter_map(|(k, v)| match &v.value {
+            Value::Seq(_) | Value::Map(_) => {
+                r.problem(v, format!("constant '{}' must be a number or a string, found {}", k.name, v.kind()));
+                None
+            }
+            _ => Some((k.name.clone(), v.to_json())),
+        })
+        .collect()
+}
+
+/// `queries`: a string, or `[EXPR, LABEL]` for the list of a label's values.
+fn read_queries(props: &Node, scope: &Scope, r: &mut Reader, quiet: bool) -> IndexMap<String, Query> {
+    let Some(q) = props.get("queries").filter(|q| !q.is_null()) else { return IndexMap::new() };
+    let mut out = IndexMap::new();
+    for (k, v) in r.mapping(q, "queries").to_vec() {
+        let what = format!("query '{}'", k.name);
+        let query = match &v.value {
+            Value::Seq(items) => match items.as_slice() {
+                [expr, label] => {
+                    let expr = scope.render(expr, &what, r, quiet);
+                    let label = r.text(label, &format!("{what} label"));
+                    match (expr, label) {
+                        (Some(e), Some(l)) => Some(Query::LabelValues(e, l)),
+                        _ => None,
+                    }
+                }
+                _ => {
+                    r.problem(&v, format!("{what} must be a PromQL string or [EXPR, LABEL], found a list of {}", items.len()));
+                    None
+                }
+            },
+            _ => scope.render(&v, &what, r, quiet).map(Query::Expr),
+        };
+        if let Some(query) = query {
+            out.insert(k.name.clone(), query);
         }
     }
     out
 }
 
-fn compile_policy(
-    name: &Key,
-    def: &Node,
-    lib: &TypeLibrary,
-    targets: &Targets,
-    inputs: &Inputs,
-    diags: &mut Diagnostics,
-) -> Option<Policy> {
-    let subject = format!("policy '{}'", name.name);
-    let Some(type_node) = def.get("type") else {
-        diags.push(name.pos, &subject, "missing type");
-        return None;
-    };
-    let Some(tosca_type) = type_node.as_str() else {
-        diags.push(type_node.pos, &subject, format!("type must be a type name, found {}", type_node.kind()));
-        return None;
-    };
-    if !lib.contains(TypeSpace::Policy, tosca_type) {
-        diags.push(type_node.pos, &subject, lib.unknown_type_message(TypeSpace::Policy, tosca_type));
-        return None;
-    }
-    let kind = if lib.is_a(TypeSpace::Policy, tosca_type, MONITORING_POLICY) || lib.is_a(TypeSpace::Policy, tosca_type, "tosca.policies.Monitoring") {
-        PolicyKind::Monitoring
-    } else if lib.is_a(TypeSpace::Policy, tosca_type, SCALING_POLICY) || lib.is_a(TypeSpace::Policy, tosca_type, "tosca.policies.Scaling") {
-        PolicyKind::Scaling
-    } else {
-        // Placement, security and other policies do not act at the edge.
-        return None;
-    };
+fn compile_policy(e: &Entry, shared: &IndexMap<String, serde_json::Value>, targets: &Targets, rejected: &[String], diags: &mut Diagnostics) -> Policy {
+    let mut r = Reader { subject: e.subject.clone(), diags };
+    let props = &e.props;
+    let constants = if e.kind == PolicyKind::Scaling { read_constants(props, &mut r) } else { IndexMap::new() };
+    let scope = Scope { own: &constants, shared };
+    let render = |node: &Node, what: &str, r: &mut Reader| scope.render(node, what, r, false);
 
-    let site = Site { subject: &subject, copy: None };
-    let written = def.get("properties").map(|p| inputs.resolve(p, &site, diags)).unwrap_or_else(Node::null);
-    let mut r = Reader { subject: subject.clone(), diags };
-    let props = with_type_defaults(&written, lib, tosca_type, &mut r);
-
-    let constants: IndexMap<String, serde_json::Value> = props
-        .get("constants")
-        .map(|c| {
-            r.mapping(c, "constants")
-                .iter()
-                .filter_map(|(k, v)| match &v.value {
-                    Value::Seq(_) | Value::Map(_) => {
-                        r.problem(v, format!("constant '{}' must be a number or a string, found {}", k.name, v.kind()));
-                        None
-                    }
-                    _ => Some((k.name.clone(), v.to_json())),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut render = |node: &Node, what: &str, r: &mut Reader| -> Option<String> {
-        let text = r.text(node, what)?;
-        match substitute(&text, &constants) {
-            Ok(s) => Some(s),
-            Err(missing) => {
-                for m in missing {
-                    r.problem(
-                        node,
-                        format!(
-                            "constant '{m}' is not defined{} (constants: {})",
-                            did_you_mean(&m, constants.keys().map(String::as_str)),
-                            list_names(constants.keys().map(String::as_str))
-                        ),
-                    );
+    let (mut sources, mut queries, mut alerts, mut scaling_rule) = (Vec::new(), IndexMap::new(), Vec::new(), None);
+    let (mut min_instances, mut max_instances) = (None, None);
+    if e.kind == PolicyKind::Scaling {
+        sources = props.get("sources").filter(|s| !s.is_null()).map(|s| r.list(s, "sources").to_vec()).unwrap_or_default()
+            .iter()
+            .filter_map(|i| render(i, "a source", &mut r))
+            .collect();
+        // Warned about already when the ADT-wide set was built.
+        queries = read_queries(props, &scope, &mut r, true);
+        alerts = props
+            .get("alerts")
+            .filter(|a| !a.is_null())
+            .map(|a| r.list(a, "alerts").to_vec())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|al| read_alert(al, &scope, &mut r))
+            .collect();
+        scaling_rule = props.get("scaling_rule").filter(|s| !s.is_null()).and_then(|s| {
+            let rule = render(s, "scaling_rule", &mut r)?;
+            warn_python2_prints(s, &rule, &mut r);
+            Some(rule)
+        });
+        let bound = |field: &str, r: &mut Reader| -> Option<u32> {
+            let node = props.get(field).filter(|n| !n.is_null())?;
+            let text = render(node, field, r)?;
+            match text.trim().parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    let written = node.scalar_text().unwrap_or_default();
+                    let why = if written.contains("{{") { format!(" (from \"{written}\": a constant it names is defined nowhere)") } else { String::new() };
+                    r.problem(node, format!("{field} must be a whole number from 0, found \"{text}\"{why}"));
+                    None
                 }
-                None
             }
-        }
-    };
-
-    let sources = props
-        .get("sources")
-        .map(|s| r.list(s, "sources").iter().filter_map(|i| render(i, "a source", &mut r)).collect())
-        .unwrap_or_default();
-    let queries = props
-        .get("queries")
-        .map(|q| {
-            r.mapping(q, "queries")
-                .iter()
-                .filter_map(|(k, v)| Some((k.name.clone(), render(v, &format!("query '{}'", k.name), &mut r)?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let alerts = props
-        .get("alerts")
-        .map(|a| r.list(a, "alerts").iter().filter_map(|al| read_alert(al, &mut render, &mut r)).collect())
-        .unwrap_or_default();
-    let scaling_rule = props.get("scaling_rule").and_then(|s| render(s, "scaling_rule", &mut r));
-    let bound = |field: &str, r: &mut Reader| -> Option<u32> {
-        let node = props.get(field).filter(|n| !n.is_null())?;
-        let text = render(node, field, r)?;
-        match text.trim().parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                r.problem(node, format!("{field} must be a whole number from 0, found \"{text}\""));
-                None
+        };
+        min_instances = bound("min_instances", &mut r);
+        max_instances = bound("max_instances", &mut r);
+        if let (Some(min), Some(max)) = (min_instances, max_instances) {
+            if min > max {
+                let at = props.get("min_instances").unwrap_or(e.def);
+                r.problem(at, format!("min_instances {min} is larger than max_instances {max}"));
             }
-        }
-    };
-    let min_instances = bound("min_instances", &mut r);
-    let max_instances = bound("max_instances", &mut r);
-    if let (Some(min), Some(max)) = (min_instances, max_instances) {
-        if min > max {
-            let at = props.get("min_instances").unwrap_or(def);
-            r.problem(at, format!("min_instances {min} is larger than max_instances {max}"));
         }
     }
     let properties = r
-        .mapping(&props, "properties")
+        .mapping(props, "properties")
         .iter()
-        .filter(|(k, _)| !KNOWN_PROPERTIES.contains(&k.name.as_str()))
+        .filter(|(k, _)| e.kind != PolicyKind::Scaling || !KNOWN_PROPERTIES.contains(&k.name.as_str()))
         .map(|(k, v)| (k.name.clone(), v.to_json()))
         .collect();
-
-    let (targets, target_kind) = resolve_targets(def, kind, targets, &mut r);
-    Some(Policy {
-        name: name.name.clone(),
-        kind,
-        tosca_type: tosca_type.to_string(),
+    let (targets, target_kind) = resolve_targets(e, targets, rejected, &mut r);
+    Policy {
+        name: e.key.name.clone(),
+        index: e.index,
+        kind: e.kind,
+        tosca_type: e.tosca_type.clone(),
         targets,
         target_kind,
         min_instances,
@@ -188,13 +305,35 @@ fn compile_policy(
         alerts,
         scaling_rule,
         properties,
-    })
+    }
+}
+
+/// Python 2 `print "..."` statements: MiCADO's policy keeper fails such a
+/// rule without a word; fogmesh runs them as `print(...)` and says so.
+fn warn_python2_prints(node: &Node, rule: &str, r: &mut Reader) {
+    // A block scalar (`|`) starts on the line after its key.
+    let first_line = if rule.contains('\n') { node.pos.line + 1 } else { node.pos.line };
+    for (i, line) in rule.lines().enumerate() {
+        let t = line.trim_start();
+        let Some(rest) = t.strip_prefix("print") else { continue };
+        let next = rest.chars().next();
+        // `print x`, `print "x"`: a statement. `print(x)`, `print = ..`, `printer` are not.
+        let statement = matches!(next, Some(' ' | '\t')) && !rest.trim_start().starts_with(['(', '=']) && !rest.trim().is_empty()
+            || matches!(next, Some('"' | '\''));
+        if statement {
+            let pos = Pos { line: first_line + i as u32, column: (line.len() - t.len()) as u32 + 1 };
+            r.warn_at(
+                pos,
+                "this scaling_rule line uses a Python 2 print statement; MiCADO's policy keeper fails the whole rule without a word, fogmesh runs it as print(...)",
+            );
+        }
+    }
 }
 
 /// The policy's properties over its type's defaults. A mapping set on both
 /// (constants, queries) is merged key by key; otherwise the policy's value wins.
 fn with_type_defaults(written: &Node, lib: &TypeLibrary, tosca_type: &str, r: &mut Reader) -> Node {
-    let mut merged: Vec<(Key, Node)> = r.mapping(written, "properties").to_vec();
+    let mut merged: Vec<(Key, Node)> = if written.is_null() { Vec::new() } else { r.mapping(written, "properties").to_vec() };
     for (prop, default) in lib.property_defaults(TypeSpace::Policy, tosca_type) {
         match merged.iter_mut().find(|(k, _)| k.name == prop) {
             None => merged.push((Key { name: prop, pos: default.pos }, default)),
@@ -212,11 +351,7 @@ fn with_type_defaults(written: &Node, lib: &TypeLibrary, tosca_type: &str, r: &m
     Node::new(Value::Map(merged), written.pos)
 }
 
-fn read_alert(
-    node: &Node,
-    render: &mut impl FnMut(&Node, &str, &mut Reader) -> Option<String>,
-    r: &mut Reader,
-) -> Option<Alert> {
+fn read_alert(node: &Node, scope: &Scope, r: &mut Reader) -> Option<Alert> {
     if node.as_map().is_none() {
         r.problem(node, format!("an alert must be a mapping {{alert, expr, for}}, found {}", node.kind()));
         return None;
@@ -230,44 +365,46 @@ fn read_alert(
         r.problem(node, format!("alert '{name}' needs an expr"));
         return None;
     };
-    let expr = render(expr_node, &format!("alert '{name}' expr"), r);
+    let expr = scope.render(expr_node, &format!("alert '{name}' expr"), r, false);
     let for_seconds = match node.get("for") {
         None => Some(0),
         Some(f) => {
-            let secs = f.scalar_text().and_then(|t| parse_duration_seconds(&t));
+            let text = scope.render(f, &format!("alert '{name}' for"), r, true);
+            let secs = text.as_deref().and_then(parse_duration_seconds);
             if secs.is_none() {
                 r.problem(f, format!("cannot parse {} as a duration (expected e.g. 30s, 5m, 1h30m)", describe(f)));
             }
             secs
         }
     };
-    Some(Alert {
-        name,
-        expr: expr?,
-        for_seconds: for_seconds?,
-    })
+    Some(Alert { name, expr: expr?, for_seconds: for_seconds? })
 }
 
-fn resolve_targets(def: &Node, kind: PolicyKind, targets: &Targets, r: &mut Reader) -> (Vec<String>, TargetKind) {
+fn resolve_targets(e: &Entry, targets: &Targets, rejected: &[String], r: &mut Reader) -> (Vec<String>, TargetKind) {
     let mut names = Vec::new();
     let mut target_kind = TargetKind::None;
-    let items = def.get("targets").map(|t| r.list(t, "targets")).unwrap_or(&[]);
-    for item in items {
+    let items = e.def.get("targets").map(|t| r.list(t, "targets").to_vec()).unwrap_or_default();
+    for item in &items {
         let Some(target) = r.text(item, "target") else { continue };
         let Some((category, instances)) = targets.get(&target) else {
-            r.problem(
-                item,
-                format!(
-                    "target '{target}' is not a node template in this ADT{}",
-                    did_you_mean(&target, targets.keys().map(String::as_str))
-                ),
-            );
+            // A template already reported as broken is not reported again here.
+            if !rejected.contains(&target) {
+                r.problem(
+                    item,
+                    format!("target '{target}' is not a node template in this ADT{}", did_you_mean(&target, targets.keys().map(String::as_str))),
+                );
+            }
             continue;
         };
+        if !e.kind.enforced() {
+            // Security, secret and alerting policies: kept as written.
+            names.extend(instances.iter().cloned());
+            continue;
+        }
         let this_kind = match category {
-            NodeCategory::Container(_) => TargetKind::Workloads,
+            NodeCategory::Container(_) | NodeCategory::Pod => TargetKind::Workloads,
             NodeCategory::Cloud => TargetKind::Nodes,
-            NodeCategory::Edge if kind == PolicyKind::Scaling => {
+            NodeCategory::Edge if e.kind == PolicyKind::Scaling => {
                 r.problem(item, format!("target '{target}' is an Edge node, which cannot be scaled; target the containers it hosts"));
                 continue;
             }
@@ -284,8 +421,8 @@ fn resolve_targets(def: &Node, kind: PolicyKind, targets: &Targets, r: &mut Read
         target_kind = this_kind;
         names.extend(instances.iter().cloned());
     }
-    if kind == PolicyKind::Scaling && items.is_empty() {
-        r.problem(def, "a scaling policy needs targets: the containers or node sets it scales");
+    if e.kind == PolicyKind::Scaling && items.is_empty() {
+        r.warn(e.def, "this scaling policy has no targets, so it scales nothing");
     }
     (names, target_kind)
 }

@@ -23,6 +23,24 @@ impl Reader<'_> {
         self.diags.push(node.pos, self.subject.clone(), message);
     }
 
+    /// Records a problem at a position (e.g. a mapping key).
+    pub fn problem_at(&mut self, pos: super::yaml::Pos, message: impl Into<String>) {
+        self.diags.push(pos, self.subject.clone(), message);
+    }
+
+    /// Records a warning about `node` (the ADT still compiles).
+    pub fn warn(&mut self, node: &Node, message: impl Into<String>) {
+        if node.is_invalid() {
+            return;
+        }
+        self.diags.warn(node.pos, self.subject.clone(), message);
+    }
+
+    /// Records a warning at a position inside a value (e.g. a rule's line).
+    pub fn warn_at(&mut self, pos: super::yaml::Pos, message: impl Into<String>) {
+        self.diags.warn(pos, self.subject.clone(), message);
+    }
+
     /// A scalar as text; numbers and booleans are accepted as their spelling.
     pub fn text(&mut self, node: &Node, what: &str) -> Option<String> {
         let text = node.scalar_text();

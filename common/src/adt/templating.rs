@@ -1,13 +1,20 @@
 //! `{{ NAME }}` substitution of policy constants into policy strings.
 
-use indexmap::IndexMap;
+/// The text with every `{{ NAME }}` replaced, and the names that had no value.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    /// Names `lookup` did not know, each once; they rendered empty, as
+    /// MiCADO's Jinja rendering does.
+    pub missing: Vec<String>,
+}
 
-/// Replaces every `{{ NAME }}` whose NAME is an identifier with the constant's
-/// text. Returns the names that are not constants as the error; text between
+/// Replaces every `{{ NAME }}` whose NAME is an identifier with
+/// `lookup(NAME)`, or with nothing when it has no value. Text between
 /// braces that is not an identifier is left alone (Python dict literals).
-pub fn substitute(text: &str, constants: &IndexMap<String, serde_json::Value>) -> Result<String, Vec<String>> {
+pub fn render(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Rendered {
     let mut out = String::with_capacity(text.len());
-    let mut missing = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
@@ -19,13 +26,10 @@ pub fn substitute(text: &str, constants: &IndexMap<String, serde_json::Value>) -
         };
         let name = after[..end].trim();
         if is_identifier(name) {
-            match constants.get(name) {
-                Some(value) => out.push_str(&constant_text(value)),
-                None => {
-                    if !missing.iter().any(|m| m == name) {
-                        missing.push(name.to_string());
-                    }
-                }
+            match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None if !missing.iter().any(|m| m == name) => missing.push(name.to_string()),
+                None => {}
             }
         } else {
             out.push_str(&rest[start..start + 2 + end + 2]);
@@ -33,11 +37,7 @@ pub fn substitute(text: &str, constants: &IndexMap<String, serde_json::Value>) -
         rest = &after[end + 2..];
     }
     out.push_str(rest);
-    if missing.is_empty() {
-        Ok(out)
-    } else {
-        Err(missing)
-    }
+    Rendered { text: out, missing }
 }
 
 /// A constant as it reads inside a query or rule: numbers and strings bare.
@@ -57,34 +57,30 @@ fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use indexmap::IndexMap;
     use serde_json::json;
 
-    fn constants() -> IndexMap<String, serde_json::Value> {
-        [("UPPER".to_string(), json!(70)), ("NAME".to_string(), json!("web"))]
-            .into_iter()
-            .collect()
+    fn lookup(name: &str) -> Option<String> {
+        let c: IndexMap<String, serde_json::Value> = [("UPPER".to_string(), json!(70)), ("NAME".to_string(), json!("web"))].into_iter().collect();
+        c.get(name).map(constant_text)
     }
 
     #[test]
     fn substitutes_with_and_without_spaces() {
-        let c = constants();
-        assert_eq!(substitute("x > {{UPPER}}", &c).unwrap(), "x > 70");
-        assert_eq!(substitute("{{ NAME }}-{{UPPER }}", &c).unwrap(), "web-70");
+        assert_eq!(render("x > {{UPPER}}", lookup).text, "x > 70");
+        assert_eq!(render("{{ NAME }}-{{UPPER }}", lookup).text, "web-70");
     }
 
     #[test]
-    fn reports_every_unknown_constant_once() {
-        let c = constants();
-        assert_eq!(
-            substitute("{{A}} {{B}} {{A}}", &c).unwrap_err(),
-            vec!["A".to_string(), "B".to_string()]
-        );
+    fn unknown_names_render_empty_and_are_reported_once() {
+        let r = render("a{{A}}b {{B}} {{A}}", lookup);
+        assert_eq!(r.text, "ab  ");
+        assert_eq!(r.missing, vec!["A".to_string(), "B".to_string()]);
     }
 
     #[test]
     fn leaves_non_identifiers_and_unclosed_braces() {
-        let c = constants();
-        assert_eq!(substitute("d = {{'a': 1}}", &c).unwrap(), "d = {{'a': 1}}");
-        assert_eq!(substitute("open {{ UPPER", &c).unwrap(), "open {{ UPPER");
+        assert_eq!(render("d = {{'a': 1}}", lookup).text, "d = {{'a': 1}}");
+        assert_eq!(render("open {{ UPPER", lookup).text, "open {{ UPPER");
     }
 }

@@ -22,7 +22,7 @@ pub const MAX_ALIASES: usize = 1_000;
 
 /// A 1-based source position. `0:0` means "not from the document" (defaults
 /// from the type library, submit-time parameters).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Pos {
     pub line: u32,
     pub column: u32,

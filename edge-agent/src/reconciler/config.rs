@@ -191,11 +191,14 @@ pub struct Owner {
 }
 
 /// The Docker create request for `spec`, owned by `owner`.
+/// `pod_network` is the id of the container whose network namespace a pod
+/// member joins (it publishes the pod's ports; the member publishes none).
 pub fn create_body(
     spec: &ContainerSpec,
     owner: &Owner,
     hash: &str,
     mounts: Vec<Mount>,
+    pod_network: Option<&str>,
 ) -> Result<ContainerCreateBody, RuntimeError> {
     // The spec's own labels first, so they can never fake ownership.
     let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
@@ -261,10 +264,13 @@ pub fn create_body(
         env: Some(env),
         labels: Some(labels),
         working_dir: spec.working_dir.clone(),
-        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        exposed_ports: (!exposed.is_empty() && pod_network.is_none()).then_some(exposed),
         host_config: Some(HostConfig {
-            port_bindings: (!bindings.is_empty()).then_some(bindings),
-            network_mode: spec.host_network.then(|| "host".to_string()),
+            port_bindings: (!bindings.is_empty() && pod_network.is_none()).then_some(bindings),
+            network_mode: match pod_network {
+                Some(id) => Some(format!("container:{id}")),
+                None => spec.host_network.then(|| "host".to_string()),
+            },
             mounts: (!mounts.is_empty()).then_some(mounts),
             nano_cpus,
             memory,
@@ -306,6 +312,7 @@ mod tests {
             labels: vec![(LABEL_NODE.into(), "spoofed".into()), ("team".into(), "x".into())],
             liveness: None,
             readiness: None,
+            pod_network: None,
         }
     }
 
@@ -372,7 +379,7 @@ mod tests {
             PortSpec { container_port: 80, host_port: Some(8080), protocol: Protocol::Tcp },
             PortSpec { container_port: 53, host_port: None, protocol: Protocol::Udp },
         ];
-        let body = create_body(&s, &owner("n1", Some("127.0.0.1")), "abc", vec![]).unwrap();
+        let body = create_body(&s, &owner("n1", Some("127.0.0.1")), "abc", vec![], None).unwrap();
         assert_eq!(body.entrypoint, Some(s.command.clone()));
         assert_eq!(body.cmd, Some(s.args.clone()));
         assert_eq!(body.env, Some(vec!["A=1".to_string()]));
@@ -394,16 +401,22 @@ mod tests {
         assert_eq!(hc.network_mode, None);
 
         s.host_network = true;
-        let hc = create_body(&s, &owner("n1", None), "abc", vec![]).unwrap().host_config.unwrap();
+        let hc = create_body(&s, &owner("n1", None), "abc", vec![], None).unwrap().host_config.unwrap();
         assert_eq!(hc.network_mode.as_deref(), Some("host"));
         assert_eq!(hc.port_bindings, None, "host networking publishes nothing");
+
+        s.host_network = false;
+        let body = create_body(&s, &owner("n1", None), "abc", vec![], Some("c0ffee")).unwrap();
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("container:c0ffee"), "a pod member joins its pod's network");
+        assert_eq!((hc.port_bindings, body.exposed_ports), (None, None));
     }
 
     #[test]
     fn bad_env_and_configmap_names_are_refused() {
         let mut s = spec();
         s.env = vec![("A=B".into(), "1".into())];
-        assert!(matches!(create_body(&s, &owner("n", None), "h", vec![]), Err(RuntimeError::Invalid(_))));
+        assert!(matches!(create_body(&s, &owner("n", None), "h", vec![], None), Err(RuntimeError::Invalid(_))));
 
         let dir = std::env::temp_dir().join(format!("fm-cfg-unit-{}", std::process::id()));
         let mut s = spec();

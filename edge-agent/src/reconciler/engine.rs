@@ -32,6 +32,8 @@ pub enum RuntimeError {
     Io { context: String, source: std::io::Error },
     /// The spec cannot be run as written.
     Invalid(String),
+    /// Not yet: something it needs is not there (a pod's network container).
+    Waiting(String),
 }
 
 impl RuntimeError {
@@ -63,7 +65,7 @@ impl fmt::Display for RuntimeError {
         match self {
             RuntimeError::Docker { context, source } => write!(f, "{context}: {}", docker_message(source)),
             RuntimeError::Io { context, source } => write!(f, "{context}: {source}"),
-            RuntimeError::Invalid(msg) => f.write_str(msg),
+            RuntimeError::Invalid(msg) | RuntimeError::Waiting(msg) => f.write_str(msg),
         }
     }
 }
@@ -73,7 +75,7 @@ impl std::error::Error for RuntimeError {
         match self {
             RuntimeError::Docker { source, .. } => Some(source),
             RuntimeError::Io { source, .. } => Some(source),
-            RuntimeError::Invalid(_) => None,
+            RuntimeError::Invalid(_) | RuntimeError::Waiting(_) => None,
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct Reconciler {
     tracks: HashMap<String, Track>,
     probes: probes::Prober,
     rollback_window: Duration,
+    /// Pod network holders running in this pass, `KEY@HASH` -> container id.
+    pod_networks: HashMap<String, String>,
+    /// Pod network holders (re)started in this pass: their members must
+    /// restart too, or they keep the old, dead network namespace.
+    restarted_networks: HashSet<String>,
 }
 
 impl Reconciler {
@@ -91,7 +96,7 @@ impl Reconciler {
         let data_dir = std::path::absolute(data_dir)
             .map_err(|source| RuntimeError::Io { context: format!("resolve data directory {}", data_dir.display()), source })?;
         let probes = probes::Prober::new(engine.docker.clone(), wake);
-        Ok(Reconciler { engine, owner, data_dir, tracks: HashMap::new(), probes, rollback_window: track::ROLLBACK_WINDOW })
+        Ok(Reconciler { engine, owner, data_dir, tracks: HashMap::new(), probes, rollback_window: track::ROLLBACK_WINDOW, pod_networks: HashMap::new(), restarted_networks: HashSet::new() })
     }
 
     /// How long the previous version is kept after an update (default
@@ -158,19 +163,28 @@ impl Reconciler {
         self.tracks.retain(|name, _| wanted.contains(name.as_str()));
 
         self.probes.begin_pass();
+        self.pod_networks = by_key
+            .iter()
+            .flat_map(|(key, cs)| cs.iter().filter(|c| is_running(c)).map(move |c| (format!("{key}@{}", label(c, LABEL_SPEC).unwrap_or("")), handle(c))))
+            .collect();
+        self.restarted_networks.clear();
+        // Pod members after the containers whose network they join.
+        let mut order: Vec<usize> = (0..desired.len()).collect();
+        order.sort_by_key(|i| desired[*i].pod_network.is_some());
         let mut seen = HashSet::new();
-        let mut statuses = Vec::with_capacity(desired.len());
-        for spec in desired {
+        let mut statuses: Vec<Option<ContainerStatus>> = vec![None; desired.len()];
+        for i in order {
+            let spec = &desired[i];
             if !seen.insert(spec.name.as_str()) {
                 let error = format!("container {} appears twice in the desired state", spec.name);
-                statuses.push(self.status(spec, Outcome::new(ContainerState::Failed, None, Some(error))));
+                statuses[i] = Some(self.status(spec, Outcome::new(ContainerState::Failed, None, Some(error))));
                 continue;
             }
             let found = by_key.remove(&spec.name).unwrap_or_default();
-            statuses.push(self.reconcile_one(spec, found).await);
+            statuses[i] = Some(self.reconcile_one(spec, found).await);
         }
         self.probes.end_pass();
-        statuses
+        statuses.into_iter().flatten().collect()
     }
 
     fn status(&self, spec: &ContainerSpec, outcome: Outcome) -> ContainerStatus {
@@ -291,6 +305,18 @@ impl Reconciler {
             return self.roll_out(spec, hash, &cname, older, track).await;
         };
         let id = handle(&c);
+        if is_running(&c) && spec.pod_network.as_ref().is_some_and(|n| self.restarted_networks.contains(n)) {
+            info!(container = %cname, "its pod's network container restarted: restarting it to join the new network");
+            let result = match self.engine.stop(&id).await {
+                Ok(()) => self.engine.start(&id, &cname).await,
+                Err(e) => Err(e),
+            };
+            track.started(now, result.is_ok(), true);
+            return match result {
+                Ok(()) => Outcome::new(ContainerState::Starting, Some(hash.into()), None),
+                Err(e) => Outcome::new(ContainerState::Failed, None, Some(e.to_string())),
+            };
+        }
         if is_running(&c) {
             let settled = track.running(now);
             track.failure = None;
@@ -309,6 +335,7 @@ impl Reconciler {
                     Err(e) => Err(e),
                 };
                 track.started(now, result.is_ok(), true);
+                self.restarted_networks.insert(format!("{}@{hash}", spec.name));
                 return match result {
                     Ok(()) => Outcome::new(ContainerState::Starting, Some(hash.into()), Some(format!("restarted: {reason}"))),
                     Err(e) => Outcome::new(ContainerState::Failed, None, Some(e.to_string())),
@@ -349,6 +376,7 @@ impl Reconciler {
                 }
                 info!(container = %cname, restarts = track.restarts + 1, "{why}: restarting");
                 self.probes.forget(&id);
+                self.restarted_networks.insert(format!("{}@{hash}", spec.name));
                 let result = if state == Some(ContainerSummaryStateEnum::DEAD) {
                     // A dead container cannot be started again: make a new one.
                     match self.engine.remove(&id).await {
@@ -406,6 +434,13 @@ impl Reconciler {
                 }
                 Outcome::new(ContainerState::Starting, Some(hash.into()), None)
             }
+            Err(RuntimeError::Waiting(why)) => {
+                let restored = match clash {
+                    Some(old) => self.start_again(old).await,
+                    None => serving,
+                };
+                Outcome::new(ContainerState::Starting, restored, Some(why))
+            }
             Err(e) => {
                 let restored = match clash {
                     Some(old) => self.start_again(old).await,
@@ -446,9 +481,16 @@ impl Reconciler {
 
     /// Prepares mounts, creates and starts the container; a container that
     /// was created but could not start is removed again.
-    async fn create_and_start(&self, spec: &ContainerSpec, hash: &str, cname: &str) -> Result<String, RuntimeError> {
+    async fn create_and_start(&mut self, spec: &ContainerSpec, hash: &str, cname: &str) -> Result<String, RuntimeError> {
+        let network = match &spec.pod_network {
+            None => None,
+            Some(holder) => match self.pod_networks.get(holder) {
+                Some(id) => Some(id.clone()),
+                None => return Err(RuntimeError::Waiting(format!("waiting for its pod's network container {} to run", holder.split('@').next().unwrap_or(holder)))),
+            },
+        };
         let mounts = config::prepare_mounts(spec, hash, &self.data_dir)?;
-        let body = config::create_body(spec, &self.owner, hash, mounts)?;
+        let body = config::create_body(spec, &self.owner, hash, mounts, network.as_deref())?;
         // A leftover container of this very version (e.g. created before a crash) is in the way.
         self.engine.remove(cname).await?;
         let id = self.engine.create(cname, body).await?;
@@ -456,6 +498,9 @@ impl Reconciler {
             let _ = self.engine.remove(&id).await;
             return Err(e);
         }
+        let holder = format!("{}@{hash}", spec.name);
+        self.pod_networks.insert(holder.clone(), id.clone());
+        self.restarted_networks.insert(holder);
         Ok(id)
     }
 

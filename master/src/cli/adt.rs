@@ -21,6 +21,9 @@ pub enum AdtCommand {
         /// Value for an ADT input, overriding its default (repeatable).
         #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_key_value)]
         params: Vec<(String, String)>,
+        /// Treat warnings (placeholders, removed types, undefined constants) as errors.
+        #[arg(long)]
+        strict: bool,
     },
     /// Compile an ADT and print its deployment plan (secrets hidden).
     Compile {
@@ -38,20 +41,39 @@ pub enum AdtCommand {
 
 pub fn run(command: AdtCommand) -> ExitCode {
     match command {
-        AdtCommand::Validate { files, params } => {
+        AdtCommand::Validate { files, params, strict } => {
             let mut all_valid = true;
             for file in &files {
                 match compile_file(file, &params) {
-                    Ok(plan) => println!(
-                        "{}: valid: {} node{}, {} workload{}, {} polic{}",
-                        file.display(),
-                        plan.nodes.len(),
-                        plural(plan.nodes.len(), "", "s"),
-                        plan.workloads.len(),
-                        plural(plan.workloads.len(), "", "s"),
-                        plan.policies.len(),
-                        plural(plan.policies.len(), "y", "ies"),
-                    ),
+                    Ok(plan) => {
+                        let shown = file.display().to_string();
+                        for w in &plan.warnings {
+                            eprintln!("{}", w.render(&shown));
+                        }
+                        if strict && !plan.warnings.is_empty() {
+                            all_valid = false;
+                            eprintln!("{shown}: invalid with --strict: {} warning(s)", plan.warnings.len());
+                            continue;
+                        }
+                        let warned = match plan.warnings.len() {
+                            0 => String::new(),
+                            n => format!(" ({n} warning{})", plural(n, "", "s")),
+                        };
+                        println!(
+                            "{shown}: valid{warned}: {} node{}, {} workload{}, {} polic{}",
+                            plan.nodes.len(),
+                            plural(plan.nodes.len(), "", "s"),
+                            plan.workloads.len(),
+                            plural(plan.workloads.len(), "", "s"),
+                            plan.policies.len(),
+                            plural(plan.policies.len(), "y", "ies"),
+                        );
+                        let ignored: Vec<String> =
+                            plan.policies.iter().filter(|p| !p.kind.enforced()).map(|p| format!("{} ({})", p.name, p.tosca_type)).collect();
+                        if !ignored.is_empty() {
+                            println!("{shown}: not enforced by fogmesh (kept in the plan): {}", ignored.join(", "));
+                        }
+                    }
                     Err(problems) => {
                         all_valid = false;
                         eprint!("{problems}");
@@ -67,6 +89,9 @@ pub fn run(command: AdtCommand) -> ExitCode {
         AdtCommand::Compile { file, params, format } => match compile_file(&file, &params) {
             Ok(plan) => {
                 let plan = plan.redacted();
+                for w in &plan.warnings {
+                    eprintln!("{}", w.render(&file.display().to_string()));
+                }
                 match format {
                     Format::Json => match serde_json::to_string_pretty(&plan) {
                         Ok(json) => println!("{json}"),
@@ -97,6 +122,7 @@ pub fn compile_file(path: &Path, params: &[(String, String)]) -> Result<Plan, St
     let options = CompileOptions {
         params: params.to_vec(),
         local_imports: Some(&read_import),
+        for_deployment: false,
     };
     compile(&text, &options).map_err(|e| e.render(&shown))
 }
