@@ -227,3 +227,78 @@ fn binaries_print_help() {
         assert!(stdout(&out).contains(words), "{name} --help: {}", stdout(&out));
     }
 }
+
+#[test]
+fn warnings_print_with_their_place_and_fail_only_with_strict() {
+    let out = fogmesh(&["adt", "validate", "adts/compat/placeholders.yaml", "adts/compat/pod.yaml"]);
+    assert!(out.status.success(), "warnings alone pass: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("adts/compat/placeholders.yaml:7:67: warning: node 'edge': public_ip \"000.000.000.000\" is not an IP address"), "{err}");
+    assert!(stdout(&out).contains("adts/compat/placeholders.yaml: valid (3 warnings): 2 nodes, 1 workload, 0 policies"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("adts/compat/pod.yaml: valid: 1 node, 2 workloads"), "{}", stdout(&out));
+
+    let strict = fogmesh(&["adt", "validate", "--strict", "adts/compat/placeholders.yaml", "adts/compat/pod.yaml"]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(stderr(&strict).contains("adts/compat/placeholders.yaml: invalid with --strict: 3 warning(s)"), "{}", stderr(&strict));
+
+    // Policies fogmesh does not act on are listed.
+    let out = fogmesh(&["adt", "validate", "adts/compat/policies-shared.yaml"]);
+    assert!(stdout(&out).contains("not enforced by fogmesh (kept in the plan): firewall (tosca.policies.Security.MiCADO.Network.Passthrough)"), "{}", stdout(&out));
+
+    // compile --format json carries the warnings.
+    let plan = compile_json("adts/compat/containers-kinder.yaml", &[]);
+    let warnings = plan["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 3);
+    assert_eq!(warnings[2]["severity"], "warning");
+    assert_eq!(warnings[2]["pos"], serde_json::json!({"line": 34, "column": 13}));
+    assert!(warnings[2]["message"].as_str().unwrap().contains("use 'tosca.nodes.MiCADO.Nova.Compute'"));
+}
+
+/// Point FOGMESH_COMPAT_DIR at a checkout of MiCADO's ADTs (or any folder):
+/// every `*.yaml` in it that is an ADT is validated; each must either be
+/// valid or be refused with errors that say where (never a crash). The
+/// table of verdicts is printed. Skipped when the variable is not set.
+#[test]
+fn validate_every_adt_in_fogmesh_compat_dir() {
+    let Ok(dir) = std::env::var("FOGMESH_COMPAT_DIR") else {
+        eprintln!("FOGMESH_COMPAT_DIR is not set: skipped");
+        return;
+    };
+    let mut files = Vec::new();
+    let mut stack = vec![std::path::PathBuf::from(&dir)];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())).flatten() {
+            let p = entry.path();
+            if p.is_dir() && p.file_name().is_some_and(|n| n != ".git") {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                // Type libraries and other YAML are not ADTs.
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                if text.contains("tosca_definitions_version") && text.contains("topology_template") {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    files.sort();
+    let (mut accepted, mut rejected) = (0, 0);
+    for f in &files {
+        let out = Command::new(bin("fogmesh")).args(["adt", "validate"]).arg(f).output().unwrap();
+        match out.status.code() {
+            Some(0) => {
+                accepted += 1;
+                println!("accepted  {}", f.display());
+            }
+            Some(1) => {
+                rejected += 1;
+                let err = stderr(&out);
+                let first = err.lines().find(|l| l.contains(": error: ")).unwrap_or_default().to_string();
+                println!("rejected  {}  {first}", f.display());
+                assert!(!first.is_empty(), "{} was refused without an error line:\n{err}", f.display());
+            }
+            other => panic!("fogmesh adt validate {} ended with {other:?}:\n{}", f.display(), stderr(&out)),
+        }
+    }
+    println!("{} ADTs: {accepted} accepted, {rejected} rejected", files.len());
+    assert!(!files.is_empty(), "no ADTs under {dir}");
+}

@@ -311,8 +311,8 @@ fn compile_policy(e: &Entry, shared: &IndexMap<String, serde_json::Value>, targe
 /// Python 2 `print "..."` statements: MiCADO's policy keeper fails such a
 /// rule without a word; fogmesh runs them as `print(...)` and says so.
 fn warn_python2_prints(node: &Node, rule: &str, r: &mut Reader) {
-    // A block scalar (`|`) starts on the line after its key.
-    let first_line = if rule.contains('\n') { node.pos.line + 1 } else { node.pos.line };
+    // A block scalar's position is its first content line and column.
+    let block = rule.contains('\n');
     for (i, line) in rule.lines().enumerate() {
         let t = line.trim_start();
         let Some(rest) = t.strip_prefix("print") else { continue };
@@ -321,7 +321,8 @@ fn warn_python2_prints(node: &Node, rule: &str, r: &mut Reader) {
         let statement = matches!(next, Some(' ' | '\t')) && !rest.trim_start().starts_with(['(', '=']) && !rest.trim().is_empty()
             || matches!(next, Some('"' | '\''));
         if statement {
-            let pos = Pos { line: first_line + i as u32, column: (line.len() - t.len()) as u32 + 1 };
+            let indent = (line.len() - t.len()) as u32;
+            let pos = if block { Pos { line: node.pos.line + i as u32, column: node.pos.column + indent } } else { node.pos };
             r.warn_at(
                 pos,
                 "this scaling_rule line uses a Python 2 print statement; MiCADO's policy keeper fails the whole rule without a word, fogmesh runs it as print(...)",

@@ -168,6 +168,11 @@ impl TypeLibrary {
         }
     }
 
+    /// Every type name of a space, in definition order.
+    pub fn names(&self, space: TypeSpace) -> Vec<String> {
+        self.types(space).keys().cloned().collect()
+    }
+
     pub fn contains(&self, space: TypeSpace, name: &str) -> bool {
         self.types(space).contains_key(name)
     }
@@ -199,7 +204,9 @@ impl TypeLibrary {
             let Some(def) = defs.get(&key.name) else {
                 let known: Vec<&str> = defs.keys().map(String::as_str).collect();
                 let hint = match did_you_mean(&key.name, known.iter().copied()) {
-                    s if s.is_empty() => format!(" (it has: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                    s if s.is_empty() && known.is_empty() => " (it has no properties)".to_string(),
+                    s if s.is_empty() && known.len() > 12 => format!(" (it has {}, ... {} in all)", known[..12].join(", "), known.len()),
+                    s if s.is_empty() => format!(" (it has: {})", known.join(", ")),
                     s => s,
                 };
                 r.problem_at(key.pos, format!("unknown property '{}' for type {name}{hint}", key.name));
