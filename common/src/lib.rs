@@ -2,6 +2,7 @@
 
 pub mod adt;
 pub mod codec;
+pub mod metrics;
 pub mod pki;
 pub mod tls;
 pub mod wire;
