@@ -4,5 +4,6 @@ pub mod adt;
 pub mod codec;
 pub mod metrics;
 pub mod pki;
+pub mod promql;
 pub mod tls;
 pub mod wire;
