@@ -402,7 +402,9 @@ mod tests {
                 node_name: "pi-kitchen".into(),
                 cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
                 ca_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n".into(),
+                metrics: MetricsSettings { mqtt_url: "mqtts://203.0.113.5:8883".into(), interval_ms: 15_000, ack_key: vec![4, 1, 2] },
             }),
+            MasterMessage::Metrics(MetricsSettings { mqtt_url: "mqtt://broker:1883".into(), interval_ms: 1_000, ack_key: vec![] }),
             MasterMessage::Welcome {
                 node_name: "pi-kitchen".into(),
                 heartbeat_interval_ms: 5000,
@@ -420,6 +422,15 @@ mod tests {
                 app: AppDesired {
                     app_id: "7f3a0b1c".into(),
                     containers: vec![spec(), spec()],
+                    metrics: Some(AppMetrics {
+                        app_id: "7f3a0b1c".into(),
+                        scrapes: vec![
+                            ScrapeTarget { source: "fog-node:9100".into(), address: ScrapeAddress::Local { port: 9100 }, path: "/metrics".into() },
+                            ScrapeTarget { source: "web:8080".into(), address: ScrapeAddress::Container { key: "7f3a0b1c.web.1".into(), port: 8080 }, path: "/metrics".into() },
+                            ScrapeTarget { source: "10.0.0.9:9117".into(), address: ScrapeAddress::Host("10.0.0.9:9117".into()), path: "/metrics".into() },
+                        ],
+                        interval_ms: Some(5_000),
+                    }),
                 },
             },
             MasterMessage::DesiredDone {

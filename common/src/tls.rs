@@ -171,6 +171,16 @@ pub fn quic_node_client_config(
     quic_client(tls, timing)
 }
 
+/// TLS client config for MQTT: trusts only the cluster CA and presents the
+/// given certificate (a node's, or the master's ingest identity).
+pub fn mqtt_client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(root_store(ca_pem)?)
+        .with_client_auth_cert(certs(cert_pem)?, private_key(key_pem)?)?;
+    Ok(Arc::new(tls))
+}
+
 /// TLS config of the master's REST API: server auth only (clients present
 /// an API token instead), HTTP/1.1.
 pub fn https_server_config(

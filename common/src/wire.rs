@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; an agent with another version is
 /// refused with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// TLS application protocol of the control plane.
 pub const ALPN: &[u8] = b"fogmesh/2";
 
@@ -37,6 +37,8 @@ pub enum MasterMessage {
     Welcome { node_name: String, heartbeat_interval_ms: u64 },
     /// The master will not serve this agent; the reason is for its operator.
     Refused { reason: String, kind: Refusal },
+    /// Where and how often the agent sends its metrics (also at every Welcome).
+    Metrics(MetricsSettings),
     /// One app's part of the desired state `generation`.
     DesiredApp { generation: u64, app: AppDesired },
     /// The desired state `generation` is complete: `apps` parts were sent
@@ -56,11 +58,50 @@ pub enum Refusal {
     Replaced,
 }
 
-/// The containers of one app on one node.
+/// The containers of one app on one node, and what of it to measure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppDesired {
     pub app_id: String,
     pub containers: Vec<ContainerSpec>,
+    pub metrics: Option<AppMetrics>,
+}
+
+/// Where the agent sends metrics: an MQTT broker, and the default interval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsSettings {
+    /// `mqtts://HOST:PORT` (TLS under the cluster CA, node certificate) or `mqtt://HOST:PORT`.
+    pub mqtt_url: String,
+    pub interval_ms: u64,
+    /// The master's public key that signs metric acks (SEC1 P-256 point).
+    pub ack_key: Vec<u8>,
+}
+
+/// What one app asks a node to measure beyond node and container metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppMetrics {
+    pub app_id: String,
+    /// Exporters (`sources` of its policies) this node scrapes.
+    pub scrapes: Vec<ScrapeTarget>,
+    /// A shorter collection interval one of its policies asks for.
+    pub interval_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrapeTarget {
+    /// The source as the policy wrote it (`host:9100`): its `job` label.
+    pub source: String,
+    pub address: ScrapeAddress,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScrapeAddress {
+    /// `HOST:PORT` as given.
+    Host(String),
+    /// A port on this node itself.
+    Local { port: u16 },
+    /// A port of one of this node's containers (by container key).
+    Container { key: String, port: u16 },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +124,7 @@ pub struct JoinResponse {
     pub node_name: String,
     pub cert_pem: String,
     pub ca_pem: String,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,11 +151,13 @@ pub struct Capacity {
     pub os: String,
 }
 
-/// Everything one node should run. Generations only grow.
+/// Everything one node should run and measure. Generations only grow.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DesiredState {
     pub generation: u64,
     pub containers: Vec<ContainerSpec>,
+    #[serde(default)]
+    pub metrics: Vec<AppMetrics>,
 }
 
 impl DesiredState {
@@ -123,10 +167,35 @@ impl DesiredState {
         for c in &self.containers {
             match parts.iter_mut().find(|p| p.app_id == c.app_id) {
                 Some(part) => part.containers.push(c.clone()),
-                None => parts.push(AppDesired { app_id: c.app_id.clone(), containers: vec![c.clone()] }),
+                None => parts.push(AppDesired { app_id: c.app_id.clone(), containers: vec![c.clone()], metrics: None }),
+            }
+        }
+        for m in &self.metrics {
+            match parts.iter_mut().find(|p| p.app_id == m.app_id) {
+                Some(part) => part.metrics = Some(m.clone()),
+                None => parts.push(AppDesired { app_id: m.app_id.clone(), containers: Vec::new(), metrics: Some(m.clone()) }),
             }
         }
         parts
+    }
+
+    /// The parts put back together.
+    pub fn from_parts(generation: u64, parts: Vec<AppDesired>) -> DesiredState {
+        let mut state = DesiredState { generation, ..Default::default() };
+        for p in parts {
+            state.containers.extend(p.containers);
+            state.metrics.extend(p.metrics);
+        }
+        state
+    }
+
+    /// Every exporter to scrape, and the shortest interval any app asks for.
+    pub fn scrapes(&self) -> Vec<ScrapeTarget> {
+        self.metrics.iter().flat_map(|m| m.scrapes.iter().cloned()).collect()
+    }
+
+    pub fn interval_ms(&self) -> Option<u64> {
+        self.metrics.iter().filter_map(|m| m.interval_ms).min()
     }
 }
 

@@ -19,6 +19,7 @@ use crate::capacity;
 use crate::connector::{run_forever, SessionContext};
 use crate::identity::IdentityFiles;
 use crate::local_store::LocalStore;
+use crate::metrics::{self, queue::QueueCap, MetricsOptions};
 use crate::persister::{self, Applied};
 use crate::reconciler::{events, Owner, Reconciler};
 use crate::status::StatusBoard;
@@ -36,6 +37,8 @@ pub struct RunOptions {
     pub container_labels: Vec<(String, String)>,
     /// How fast a dead master or a silent partition is noticed.
     pub master_timeout: Duration,
+    /// How much the metrics queue may hold while the master is away.
+    pub metrics_queue: QueueCap,
 }
 
 pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
@@ -50,6 +53,7 @@ pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
     let reconciler = connect_engine(owner, data_dir, wake.clone()).await;
     let runtime_version = reconciler.runtime_version().await.unwrap_or_else(|e| format!("unknown ({e})"));
     tokio::spawn(events::watch_forever(reconciler.docker(), node.clone(), wake.clone()));
+    let metrics_settings = metrics::start(data_dir, &identity, Some(reconciler.docker()), persist.applied.clone(), MetricsOptions { queue_cap: options.metrics_queue })?;
     tokio::spawn(reconcile_forever(reconciler, persist.applied, board.clone(), wake));
 
     let ctx = SessionContext {
@@ -61,6 +65,7 @@ pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
         runtime_version,
         timing: QuicTiming::with_idle_timeout(options.master_timeout),
         endpoint: None,
+        metrics_settings: Some(metrics_settings),
     };
     tokio::select! {
         _ = run_forever(ctx) => {}

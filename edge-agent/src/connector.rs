@@ -12,7 +12,7 @@ use fogmesh_common::codec::{forward_frames, read_frame, write_frame};
 use fogmesh_common::pki::{node_key_and_csr, JoinToken};
 use fogmesh_common::tls::{quic_join_client_config, quic_node_client_config, QuicTiming};
 use fogmesh_common::wire::{
-    AgentMessage, AppDesired, Capacity, DesiredState, Hello, JoinRequest, MasterMessage, NodeStatus, Refusal, PROTOCOL_VERSION,
+    AgentMessage, AppDesired, Capacity, DesiredState, Hello, JoinRequest, MasterMessage, MetricsSettings, NodeStatus, Refusal, PROTOCOL_VERSION,
 };
 use quinn::Endpoint;
 use tokio::sync::{mpsc, watch};
@@ -34,8 +34,9 @@ pub struct JoinOptions {
     pub replace: bool,
 }
 
-/// Presents the join token and a CSR; returns the identity the master issued.
-pub async fn join(opts: &JoinOptions) -> Result<Identity> {
+/// Presents the join token and a CSR; returns the identity the master
+/// issued and where to send metrics.
+pub async fn join(opts: &JoinOptions) -> Result<(Identity, MetricsSettings)> {
     let token: JoinToken = opts.token.trim().parse().map_err(|e| anyhow!("malformed join token: {e}"))?;
     let (addr, host) = resolve(&opts.master).await?;
     let public_ip = match &opts.public_ip {
@@ -64,12 +65,15 @@ pub async fn join(opts: &JoinOptions) -> Result<Identity> {
     let reply: Option<MasterMessage> = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut recv)).await.context("the master did not answer the join")??;
     conn.close(0u32.into(), b"joined");
     match reply {
-        Some(MasterMessage::Joined(resp)) => Ok(Identity {
-            info: NodeInfo { node_name: resp.node_name, master: opts.master.clone(), public_ip, labels: opts.labels.clone() },
-            key_pem,
-            cert_pem: resp.cert_pem,
-            ca_pem: resp.ca_pem,
-        }),
+        Some(MasterMessage::Joined(resp)) => Ok((
+            Identity {
+                info: NodeInfo { node_name: resp.node_name, master: opts.master.clone(), public_ip, labels: opts.labels.clone() },
+                key_pem,
+                cert_pem: resp.cert_pem,
+                ca_pem: resp.ca_pem,
+            },
+            resp.metrics,
+        )),
         Some(MasterMessage::Refused { reason, .. }) => bail!("the master refused to join this node: {reason}"),
         Some(_) => bail!("the master answered the join with an unexpected message"),
         None => bail!("the master closed the connection without answering the join"),
@@ -90,6 +94,8 @@ pub struct SessionContext {
     /// A shared client endpoint (the simulator runs many nodes on one); the
     /// agent opens one per session when `None`.
     pub endpoint: Option<Endpoint>,
+    /// Where the master's metrics settings go (the metrics pipeline keeps them).
+    pub metrics_settings: Option<watch::Sender<Option<MetricsSettings>>>,
 }
 
 /// Keeps a session with the master open, reconnecting forever. Workloads
@@ -225,6 +231,15 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
                     }
                 }
                 Some(Ok(MasterMessage::Refused { reason, kind })) => break Err(SessionError::Refused { reason, kind }),
+                Some(Ok(MasterMessage::Metrics(settings))) => {
+                    if let Some(tx) = &ctx.metrics_settings {
+                        tx.send_if_modified(|current| {
+                            let changed = current.as_ref() != Some(&settings);
+                            *current = Some(settings);
+                            changed
+                        });
+                    }
+                }
                 Some(Ok(_)) => tracing::warn!("ignoring an unexpected message from the master"),
                 Some(Err(e)) => break Err(anyhow::Error::from(e).context("bad frame from the master").into()),
                 None => break Ok(()),
@@ -272,7 +287,7 @@ impl IncomingState {
         if parts.len() != apps as usize {
             bail!("the master sent {} of {apps} app parts of desired state {generation}", parts.len());
         }
-        Ok(DesiredState { generation, containers: parts.into_iter().flat_map(|p| p.containers).collect() })
+        Ok(DesiredState::from_parts(generation, parts))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod connector;
 pub mod identity;
 pub mod local_store;
+pub mod metrics;
 pub mod persister;
 pub mod reconciler;
 pub mod simulate;

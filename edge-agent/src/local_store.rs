@@ -53,7 +53,7 @@ impl StoredState {
         match self {
             StoredState::Desired(d) => d.clone(),
             StoredState::Decommissioned { generation, .. } | StoredState::HandedOff { generation, .. } => {
-                DesiredState { generation: *generation, containers: vec![] }
+                DesiredState { generation: *generation, ..Default::default() }
             }
         }
     }
@@ -174,7 +174,7 @@ mod tests {
         let d = dir("rt");
         let store = LocalStore::new(&d);
         assert!(matches!(store.load(), Loaded::Missing));
-        let state = StoredState::Desired(DesiredState { generation: 7, containers: vec![] });
+        let state = StoredState::Desired(DesiredState { generation: 7, ..Default::default() });
         store.save(&state).unwrap();
         match store.load() {
             Loaded::Stored(s) => assert_eq!(s, state),
@@ -187,7 +187,7 @@ mod tests {
     fn corrupt_files_are_moved_aside_not_deleted() {
         let d = dir("corrupt");
         let store = LocalStore::new(&d);
-        store.save(&StoredState::Desired(DesiredState { generation: 3, containers: vec![] })).unwrap();
+        store.save(&StoredState::Desired(DesiredState { generation: 3, ..Default::default() })).unwrap();
         let path = d.join(FILE_NAME);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;

@@ -10,6 +10,7 @@ use fogmesh_agent::agent::RunOptions;
 use fogmesh_agent::connector::{join, JoinOptions};
 use fogmesh_agent::simulate::SimulateOptions;
 use fogmesh_agent::identity::IdentityFiles;
+use fogmesh_agent::metrics::queue::QueueCap;
 
 /// fogmesh-agent: the agent on a fog or edge device.
 ///
@@ -104,6 +105,18 @@ struct RunArgs {
     /// timeout; the agent pings four times as often).
     #[arg(long, default_value = "10s", value_parser = duration_arg)]
     master_timeout: std::time::Duration,
+    /// Most disk the metrics queue may use while the broker or master is
+    /// unreachable (e.g. 256Mi, 2Gi); beyond it the oldest batches are
+    /// dropped and counted.
+    #[arg(long, default_value = "256Mi", value_parser = bytes_arg)]
+    metrics_queue_max_bytes: u64,
+    /// Oldest batch the metrics queue keeps (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d", value_parser = duration_arg)]
+    metrics_queue_max_age: std::time::Duration,
+}
+
+fn bytes_arg(text: &str) -> Result<u64, String> {
+    fogmesh_common::adt::quantity::parse_memory_bytes(text).filter(|b| *b > 0).ok_or_else(|| format!("'{text}' is not a size like 256Mi or 2Gi"))
 }
 
 #[derive(Debug, Args)]
@@ -183,7 +196,12 @@ async fn dispatch(command: Command) -> Result<()> {
             if let (Some(master), Some(token), false) = (master, token, files.exists()) {
                 do_join(&files, args, master, token).await?;
             }
-            let options = RunOptions { bind_ip: run.bind_ip, container_labels: run.container_labels, master_timeout: run.master_timeout };
+            let options = RunOptions {
+                bind_ip: run.bind_ip,
+                container_labels: run.container_labels,
+                master_timeout: run.master_timeout,
+                metrics_queue: QueueCap { max_bytes: run.metrics_queue_max_bytes, max_age: run.metrics_queue_max_age },
+            };
             fogmesh_agent::agent::run(&data_dir, options).await
         }
         Command::Simulate(a) => {
@@ -204,8 +222,10 @@ async fn dispatch(command: Command) -> Result<()> {
 }
 
 async fn do_join(files: &IdentityFiles, args: JoinArgs, master: String, token: String) -> Result<()> {
-    let identity = join(&JoinOptions { master, token, public_ip: args.public_ip, name: args.name, labels: args.labels, replace: args.replace }).await?;
+    let data_dir = args.data_dir.clone();
+    let (identity, metrics) = join(&JoinOptions { master, token, public_ip: args.public_ip, name: args.name, labels: args.labels, replace: args.replace }).await?;
     files.save(&identity)?;
+    fogmesh_agent::metrics::settings::SettingsFile::new(&data_dir).save(&metrics)?;
     println!("joined as node {} (public IP {})", identity.info.node_name, identity.info.public_ip);
     Ok(())
 }

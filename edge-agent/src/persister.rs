@@ -191,7 +191,7 @@ mod tests {
     use super::*;
 
     fn state(generation: u64) -> DesiredState {
-        DesiredState { generation, containers: vec![] }
+        DesiredState { generation, ..Default::default() }
     }
 
     #[test]

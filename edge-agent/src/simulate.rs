@@ -83,6 +83,7 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
             runtime_version: "simulated".into(),
             timing: QuicTiming::with_idle_timeout(opts.master_timeout),
             endpoint: Some(endpoint.clone()),
+            metrics_settings: None,
         };
         tokio::spawn(run_forever(ctx));
     }
@@ -104,7 +105,7 @@ async fn ensure_joined(dir: &Path, master: &str, token: Option<String>, name: &s
         labels: vec![("simulated".into(), "true".into())],
         replace: false,
     };
-    let identity = join(&opts).await.with_context(|| format!("join {name}"))?;
+    let (identity, _metrics) = join(&opts).await.with_context(|| format!("join {name}"))?;
     files.save(&identity)
 }
 

@@ -38,6 +38,11 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .with_state(cluster)
 }
 
+/// `router` behind the API token.
+pub fn protect(cluster: &Arc<Cluster>, router: Router) -> Router {
+    router.route_layer(middleware::from_fn_with_state(cluster.clone(), require_token))
+}
+
 async fn require_token(State(cluster): State<Arc<Cluster>>, request: Request, next: Next) -> Response {
     // The scheme is case-insensitive (RFC 9110).
     let presented = request

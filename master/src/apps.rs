@@ -170,7 +170,7 @@ impl Cluster {
         }
         for (node, mut containers) in candidates {
             containers.extend(hostless.iter().cloned());
-            let frame = MasterMessage::DesiredApp { generation: u64::MAX, app: AppDesired { app_id: app.id.clone(), containers } };
+            let frame = MasterMessage::DesiredApp { generation: u64::MAX, app: AppDesired { app_id: app.id.clone(), containers, metrics: None } };
             let size = match codec::encode(&frame) {
                 Ok(bytes) => bytes.len(),
                 Err(codec::CodecError::TooLarge { len, .. }) => len,

@@ -33,6 +33,8 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// `HOST:PORT` agents dial, for hints like the join command.
     pub agent_endpoint: String,
+    /// Where agents send metrics, and how often.
+    pub metrics: fogmesh_common::wire::MetricsSettings,
 }
 
 pub struct Cluster {
@@ -197,8 +199,9 @@ impl Cluster {
         let mut changed = 0;
         for (node, containers) in &plan.per_node {
             let current = self.store.desired(node)?;
-            if current.containers != *containers || current.generation == 0 {
-                let state = DesiredState { generation: self.store.next_generation()?, containers: containers.clone() };
+            let metrics = plan.metrics.get(node).cloned().unwrap_or_default();
+            if current.containers != *containers || current.metrics != metrics || current.generation == 0 {
+                let state = DesiredState { generation: self.store.next_generation()?, containers: containers.clone(), metrics };
                 self.store.put_desired(node, &state)?;
                 changed += 1;
                 tracing::info!(node = %node, generation = state.generation, containers = containers.len(), "desired state changed");

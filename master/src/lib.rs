@@ -9,6 +9,7 @@ pub mod failure;
 pub mod flusher;
 pub mod https;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod nodes;
 pub mod quic;

@@ -18,6 +18,9 @@ pub struct NodeRecord {
     pub agent_version: Option<String>,
     /// SHA-256 of the node certificate; `None` until the agent joins.
     pub cert_fingerprint: Option<String>,
+    /// The node certificate: its key verifies the node's metric batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
     /// Unix milliseconds of the last frame from the agent.
     pub last_seen_ms: Option<u64>,
 }

@@ -100,6 +100,7 @@ impl Cluster {
             runtime_version: None,
             agent_version: None,
             cert_fingerprint: Some(fingerprint),
+            cert_pem: Some(cert_pem.clone()),
             last_seen_ms: Some(now_ms()),
         };
         self.store.put_node(&node).map_err(internal)?;
@@ -107,7 +108,7 @@ impl Cluster {
         // A connection of the replaced agent must learn that it is revoked.
         self.wake_connections();
         tracing::info!(node = %name, public_ip = %node.public_ip, "node joined");
-        Ok(JoinResponse { node_name: name, cert_pem, ca_pem: self.ca.cert_pem().to_string() })
+        Ok(JoinResponse { node_name: name, cert_pem, ca_pem: self.ca.cert_pem().to_string(), metrics: self.config.metrics.clone() })
     }
 
     /// The name a joining node gets: the declared node with its public IP, else
@@ -215,6 +216,7 @@ impl Cluster {
             runtime_version: None,
             agent_version: None,
             cert_fingerprint: None,
+            cert_pem: None,
             last_seen_ms: None,
         };
         self.store.put_node(&node)?;

@@ -116,6 +116,8 @@ async fn run_session(
     let fingerprint = cluster.store.node(node)?.and_then(|n| n.cert_fingerprint);
     let heartbeat_ms = cluster.config.heartbeat_interval.as_millis() as u64;
     write_frame(send, &MasterMessage::Welcome { node_name: node.to_string(), heartbeat_interval_ms: heartbeat_ms }).await?;
+    // Where to send metrics: at every session, so a changed broker reaches every agent.
+    write_frame(send, &MasterMessage::Metrics(cluster.config.metrics.clone())).await?;
     // The node is ready now: hostless workloads may be placed on it.
     cluster.reschedule_soon();
 
@@ -151,7 +153,7 @@ async fn run_session(
                 match cluster.store.node(node)? {
                     None => {
                         // Decommission: the agent drops its containers, then is refused.
-                        let empty = DesiredState { generation: cluster.store.next_generation()?, containers: vec![] };
+                        let empty = DesiredState { generation: cluster.store.next_generation()?, ..Default::default() };
                         let _ = push(send, &empty).await;
                         let reason = "this node was removed from the cluster and its certificate revoked".to_string();
                         let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Revoked }).await;

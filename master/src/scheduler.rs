@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use fogmesh_common::adt::plan::{self, NodeKind, VolumeSource, Workload};
 use fogmesh_common::adt::probes::parse_probe;
-use fogmesh_common::wire::{container_key, ContainerSpec, MountSource, MountSpec, PortSpec, Protocol};
+use fogmesh_common::wire::{container_key, AppMetrics, ContainerSpec, MountSource, MountSpec, PortSpec, Protocol, ScrapeAddress, ScrapeTarget};
 
 use crate::model::{AppRecord, NodeRecord, NodeState, Pending, PendingKind};
 
@@ -26,6 +26,8 @@ pub struct Schedule {
     pub placements: BTreeMap<String, Vec<String>>,
     /// Why a workload (keyed `APP_ID/WORKLOAD`) is not (fully) placed.
     pub pending: BTreeMap<String, Pending>,
+    /// What each node measures for each app (exporters, intervals).
+    pub metrics: BTreeMap<String, Vec<AppMetrics>>,
 }
 
 pub fn placement_key(app_id: &str, workload: &str) -> String {
@@ -230,7 +232,64 @@ pub fn schedule(
     for specs in out.per_node.values_mut() {
         specs.sort_by(|a, b| a.name.cmp(&b.name));
     }
+    for app in &apps {
+        plan_metrics(app, nodes, &mut out);
+    }
     out
+}
+
+/// Which node scrapes each `source` of an app's scaling policies, and the
+/// interval the policies ask for. A source's host may name an Edge node of
+/// the ADT (its agent scrapes the port locally), a workload (each node
+/// running a replica scrapes that container), or anything else (the first
+/// node running the policy's targets scrapes it as written).
+fn plan_metrics(app: &AppRecord, nodes: &[(NodeRecord, NodeState)], out: &mut Schedule) {
+    let runs = |workloads: &[String]| -> Vec<String> {
+        out.per_node
+            .iter()
+            .filter(|(_, specs)| specs.iter().any(|c| c.app_id == app.id && workloads.contains(&c.workload)))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let mut per_node: BTreeMap<String, AppMetrics> = BTreeMap::new();
+    for policy in app.plan.policies.iter().filter(|p| p.kind == plan::PolicyKind::Scaling) {
+        let target_nodes = runs(&policy.targets);
+        if let Some(secs) = policy.interval_seconds {
+            for n in &target_nodes {
+                let m = per_node.entry(n.clone()).or_insert_with(|| AppMetrics { app_id: app.id.clone(), ..Default::default() });
+                let ms = secs.max(1) * 1000;
+                m.interval_ms = Some(m.interval_ms.map_or(ms, |old| old.min(ms)));
+            }
+        }
+        for source in &policy.sources {
+            let Some((host, port)) = source.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?))) else { continue };
+            let wanted = host.replace(['_', '.'], "-");
+            let mut add = |node: &str, address: ScrapeAddress| {
+                let m = per_node.entry(node.to_string()).or_insert_with(|| AppMetrics { app_id: app.id.clone(), ..Default::default() });
+                let target = ScrapeTarget { source: source.clone(), address, path: "/metrics".into() };
+                if !m.scrapes.contains(&target) {
+                    m.scrapes.push(target);
+                }
+            };
+            if let Some(edge) = app.plan.node(&wanted).filter(|n| n.kind == NodeKind::Edge) {
+                let ip = edge.public_ip.as_deref().unwrap_or_default();
+                if let Some((n, _)) = nodes.iter().find(|(n, _)| n.public_ip == ip) {
+                    add(&n.name, ScrapeAddress::Local { port });
+                }
+            } else if app.plan.workloads.iter().any(|w| w.name == wanted || w.template == host) {
+                for (node, specs) in &out.per_node {
+                    for c in specs.iter().filter(|c| c.app_id == app.id && (c.workload == wanted || app.plan.workload(&c.workload).is_some_and(|w| w.template == host))) {
+                        add(node, ScrapeAddress::Container { key: c.name.clone(), port });
+                    }
+                }
+            } else if let Some(first) = target_nodes.first() {
+                add(first, ScrapeAddress::Host(source.clone()));
+            }
+        }
+    }
+    for (node, m) in per_node {
+        out.metrics.entry(node).or_default().push(m);
+    }
 }
 
 /// The node a unit's hosts mean: one registered for an Edge host's public
@@ -368,6 +427,7 @@ mod tests {
             runtime_version: None,
             agent_version: None,
             cert_fingerprint: Some("x".into()),
+            cert_pem: None,
             last_seen_ms: None,
         }
     }

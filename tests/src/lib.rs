@@ -104,11 +104,20 @@ pub struct Master {
     pub dir: PathBuf,
     pub api_port: u16,
     pub quic_port: u16,
+    /// The embedded MQTT broker's port.
+    pub mqtt_port: u16,
+    /// More `serve` arguments (kept across restarts).
+    pub serve_args: Vec<String>,
     pub proc: Option<Proc>,
 }
 
 impl Master {
     pub fn start(dir: &Path) -> Master {
+        Master::start_with(dir, &[])
+    }
+
+    /// `start` with more `serve` arguments.
+    pub fn start_with(dir: &Path, serve_args: &[&str]) -> Master {
         std::fs::create_dir_all(dir).expect("create test dir");
         let api_port = free_port();
         let quic_port = free_port();
@@ -120,7 +129,8 @@ impl Master {
             .output()
             .expect("run fogmesh-master init");
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut master = Master { dir: dir.to_path_buf(), api_port, quic_port, proc: None };
+        let serve_args = serve_args.iter().map(|a| a.to_string()).collect();
+        let mut master = Master { dir: dir.to_path_buf(), api_port, quic_port, mqtt_port: free_port(), serve_args, proc: None };
         master.restart();
         master
     }
@@ -134,6 +144,8 @@ impl Master {
             .args(["--api", &format!("127.0.0.1:{}", self.api_port)])
             .args(["--quic", &format!("127.0.0.1:{}", self.quic_port)])
             .args(["--offline-after", "4s", "--heartbeat", "1s"])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{}", self.mqtt_port)])
+            .args(&self.serve_args)
             .env("RUST_LOG", "info");
         let n = std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0);
         self.proc = Some(Proc::spawn(cmd, self.dir.join(format!("master-{n}.log"))));

@@ -48,6 +48,6 @@ fn quickstart_runs_and_stop_removes_everything_it_made() {
         let alive = std::fs::read(format!("/proc/{pid}/status")).map(|s| !text(&s).contains("State:\tZ")).unwrap_or(false);
         assert!(!alive, "process {pid} still runs after stop");
     }
-    assert!(docker(&["ps", "-q", "--filter", &format!("name={bystander}")]).len() > 0, "stop touched a container it did not make");
+    assert!(!docker(&["ps", "-q", "--filter", &format!("name={bystander}")]).is_empty(), "stop touched a container it did not make");
     docker(&["rm", "-f", &bystander]);
 }

@@ -238,6 +238,10 @@ pub struct Policy {
     pub queries: IndexMap<String, Query>,
     pub alerts: Vec<Alert>,
     pub scaling_rule: Option<String>,
+    /// fogmesh: how often the policy's metrics are collected and its rule
+    /// evaluated (`interval: 10s`); the default when `None`.
+    #[serde(default)]
+    pub interval_seconds: Option<u64>,
     /// Monitoring switches and any other property, as given.
     pub properties: IndexMap<String, serde_json::Value>,
 }

@@ -25,7 +25,7 @@ use super::yaml::{Key, Node, Pos, Value};
 pub type Targets = IndexMap<String, (NodeCategory, Vec<String>)>;
 
 /// Properties read into dedicated plan fields; the rest are kept as given.
-const KNOWN_PROPERTIES: &[&str] = &["sources", "constants", "queries", "alerts", "scaling_rule", "min_instances", "max_instances"];
+const KNOWN_PROPERTIES: &[&str] = &["sources", "constants", "queries", "alerts", "scaling_rule", "min_instances", "max_instances", "interval"];
 
 /// Keys a policy definition may have (TOSCA).
 const POLICY_KEYS: &[&str] = &["type", "description", "metadata", "properties", "targets", "triggers"];
@@ -130,9 +130,7 @@ fn read_entry<'a>(key: &'a Key, index: u32, subject: String, def: &'a Node, inpu
         return None;
     };
     let lib = input.lib;
-    let Some(tosca_type) = lib.resolve(TypeSpace::Policy, requested, type_node.pos, &subject, diags) else {
-        return None;
-    };
+    let tosca_type = lib.resolve(TypeSpace::Policy, requested, type_node.pos, &subject, diags)?;
     let is = |ancestor: &str| lib.is_a(TypeSpace::Policy, &tosca_type, ancestor);
     let kind = if is(MONITORING_POLICY) || is("tosca.policies.Monitoring") {
         PolicyKind::Monitoring
@@ -240,7 +238,7 @@ fn compile_policy(e: &Entry, shared: &IndexMap<String, serde_json::Value>, targe
     let render = |node: &Node, what: &str, r: &mut Reader| scope.render(node, what, r, false);
 
     let (mut sources, mut queries, mut alerts, mut scaling_rule) = (Vec::new(), IndexMap::new(), Vec::new(), None);
-    let (mut min_instances, mut max_instances) = (None, None);
+    let (mut min_instances, mut max_instances, mut interval_seconds) = (None, None, None);
     if e.kind == PolicyKind::Scaling {
         sources = props.get("sources").filter(|s| !s.is_null()).map(|s| r.list(s, "sources").to_vec()).unwrap_or_default()
             .iter()
@@ -276,6 +274,13 @@ fn compile_policy(e: &Entry, shared: &IndexMap<String, serde_json::Value>, targe
         };
         min_instances = bound("min_instances", &mut r);
         max_instances = bound("max_instances", &mut r);
+        interval_seconds = props.get("interval").filter(|n| !n.is_null()).and_then(|n| {
+            let secs = n.scalar_text().and_then(|t| parse_duration_seconds(&t)).filter(|s| *s > 0);
+            if secs.is_none() {
+                r.problem(n, format!("interval must be a duration like 10s or 1m, found {}", describe(n)));
+            }
+            secs
+        });
         if let (Some(min), Some(max)) = (min_instances, max_instances) {
             if min > max {
                 let at = props.get("min_instances").unwrap_or(e.def);
@@ -304,6 +309,7 @@ fn compile_policy(e: &Entry, shared: &IndexMap<String, serde_json::Value>, targe
         queries,
         alerts,
         scaling_rule,
+        interval_seconds,
         properties,
     }
 }

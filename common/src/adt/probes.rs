@@ -52,7 +52,7 @@ fn port(v: Option<&Value>, what: &str) -> Result<u16, String> {
     let v = v.ok_or_else(|| format!("{what} needs a port"))?;
     let n = match v {
         Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse::<u64>().ok().or_else(|| None),
+        Value::String(s) => s.parse::<u64>().ok(),
         _ => None,
     }
     .ok_or_else(|| format!("{what} port must be a number (named ports are not supported), found {v}"))?;

@@ -30,11 +30,17 @@ pub struct Batch {
     pub samples: Vec<BatchSample>,
 }
 
-/// The master stored these batches durably: the agent may forget them.
+/// The master stored these batches of `node` durably: the agent may forget
+/// them. Signed by the master's ingest key, so no other client of the
+/// broker can make an agent drop batches the master never stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchAck {
+    pub node: String,
     pub seqs: Vec<u64>,
 }
+
+/// First bytes of every ack payload.
+pub const ACK_MAGIC: &[u8; 4] = b"FMA1";
 
 /// A batch with the node's signature over its encoded bytes.
 #[derive(Serialize, Deserialize)]
@@ -103,6 +109,61 @@ pub fn decode_payload(payload: &[u8], verify: impl FnOnce(&[u8], &[u8]) -> bool)
     codec::decode_record(&signed.batch).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))
 }
 
+/// The payload of an ack: magic, then the encoded ack and the master's signature.
+pub fn encode_ack(ack: &BatchAck, sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
+    let bytes = codec::encode_record(ack).map_err(|e| e.to_string())?;
+    let signature = sign(&bytes)?;
+    let mut out = ACK_MAGIC.to_vec();
+    out.extend(codec::encode_record(&Signed { batch: bytes, signature }).map_err(|e| e.to_string())?);
+    Ok(out)
+}
+
+/// Checks magic and signature, then decodes an ack.
+pub fn decode_ack(payload: &[u8], verify: impl FnOnce(&[u8], &[u8]) -> bool) -> Result<BatchAck, PayloadError> {
+    if payload.len() > MAX_BATCH_BYTES {
+        return Err(PayloadError::TooLarge(payload.len()));
+    }
+    let Some(rest) = payload.strip_prefix(ACK_MAGIC.as_slice()) else { return Err(PayloadError::NotABatch) };
+    let signed: Signed = codec::decode_record(rest).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))?;
+    if !verify(&signed.batch, &signed.signature) {
+        return Err(PayloadError::BadSignature);
+    }
+    codec::decode_record(&signed.batch).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))
+}
+
+/// A broker address: `mqtts://HOST:PORT` (TLS under the cluster CA, client
+/// certificates) or `mqtt://HOST:PORT` (plain, for a broker on a trusted link).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttUrl {
+    pub fn parse(url: &str) -> Result<MqttUrl, String> {
+        let (tls, rest, default_port) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r, 8883)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r, 1883)
+        } else {
+            return Err(format!("MQTT URL {url:?} must start with mqtts:// or mqtt://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| format!("MQTT URL {url:?}: port {p:?} is not a number from 1 to 65535"))?)
+            }
+            _ => (rest, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || rest.contains('/') {
+            return Err(format!("MQTT URL {url:?} must be mqtts://HOST:PORT"));
+        }
+        Ok(MqttUrl { tls, host: host.to_string(), port })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +182,18 @@ mod tests {
         assert!(matches!(decode_payload(b"FMB1\xff\xff", |_, _| true), Err(PayloadError::Malformed(_))));
         assert_eq!(node_of_topic("fogmesh/v1/nodes/n-1/metrics"), Some("n-1"));
         assert_eq!(node_of_topic("fogmesh/v1/nodes/a/b/metrics"), None);
+        let ack = BatchAck { node: "n1".into(), seqs: vec![1, 2] };
+        let p = encode_ack(&ack, |b| Ok(b.to_vec())).unwrap();
+        assert_eq!(decode_ack(&p, |b, s| b == s).unwrap(), ack);
+        assert_eq!(decode_ack(&p, |_, _| false), Err(PayloadError::BadSignature));
+    }
+
+    #[test]
+    fn mqtt_urls_parse_with_defaults_and_name_what_is_wrong() {
+        assert_eq!(MqttUrl::parse("mqtts://10.0.0.1:8883").unwrap(), MqttUrl { tls: true, host: "10.0.0.1".into(), port: 8883 });
+        assert_eq!(MqttUrl::parse("mqtt://broker").unwrap(), MqttUrl { tls: false, host: "broker".into(), port: 1883 });
+        assert_eq!(MqttUrl::parse("mqtts://[::1]:9000").unwrap().host, "::1");
+        assert!(MqttUrl::parse("http://x:1").unwrap_err().contains("mqtts://"));
+        assert!(MqttUrl::parse("mqtts://x:port").unwrap_err().contains("\"port\""));
     }
 }

@@ -13,6 +13,7 @@ use fogmesh_master::cli::duration_arg;
 use fogmesh_master::cluster::{Cluster, ClusterConfig};
 use fogmesh_master::datadir::{DataDir, ADVERTISE_HOST_KEY};
 use fogmesh_master::https::ApiLimits;
+use fogmesh_master::metrics::{Credentials, Metrics, MetricsOptions};
 use fogmesh_master::store::Store;
 use fogmesh_master::{api, https, quic};
 
@@ -46,6 +47,21 @@ enum Command {
     },
     /// Run the control plane: REST API (HTTPS) and agent endpoint (QUIC).
     Serve(ServeArgs),
+    /// Issue a server certificate under the cluster CA, e.g. for an external
+    /// MQTT broker (mosquitto) that agents and the master reach with
+    /// `--mqtt-url mqtts://HOST:PORT`. Writes OUT/server.pem, OUT/server.key
+    /// and OUT/ca.pem (for the broker to verify client certificates).
+    IssueCert {
+        /// The folder `init` created.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// A DNS name or IP address clients use to reach the server (repeatable).
+        #[arg(long = "name", value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// Folder to write the certificate, key and CA into.
+        #[arg(long, value_name = "OUT")]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +88,26 @@ struct ServeArgs {
     /// Most REST API connections open at once; more are closed at accept.
     #[arg(long, default_value_t = 128)]
     max_api_connections: usize,
+    /// Where the embedded MQTT broker listens for agents' metrics (TLS,
+    /// client certificates under the cluster CA).
+    #[arg(long, default_value = "0.0.0.0:8883")]
+    mqtt_listen: SocketAddr,
+    /// Use this external broker instead of the embedded one, for agents and
+    /// the master (mqtts://HOST:PORT with certificates under the cluster CA,
+    /// see `issue-cert`; or mqtt://HOST:PORT on a trusted network).
+    #[arg(long, value_name = "URL")]
+    mqtt_url: Option<String>,
+    /// How often agents collect metrics (a policy may ask for less).
+    #[arg(long, default_value = "15s", value_parser = duration_arg)]
+    metrics_interval: Duration,
+    /// How long the master keeps samples.
+    #[arg(long, default_value = "6h", value_parser = duration_arg)]
+    metrics_retention: Duration,
+    /// Also forward every stored sample to this Prometheus remote-write
+    /// endpoint (VictoriaMetrics, Prometheus, Mimir), e.g.
+    /// http://vm:8428/api/v1/write.
+    #[arg(long, value_name = "URL")]
+    remote_write: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +115,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { data_dir, advertise, api } => init(&data_dir, &advertise, &api),
+        Command::IssueCert { data_dir, names, out_dir } => issue_cert(&data_dir, &names, &out_dir),
         Command::Serve(args) => tokio::runtime::Runtime::new().context("start the async runtime").and_then(|rt| rt.block_on(serve(args))),
     };
     match result {
@@ -98,6 +135,25 @@ fn init(data_dir: &std::path::Path, advertise: &[String], api: &str) -> Result<(
     Ok(())
 }
 
+fn issue_cert(data_dir: &std::path::Path, names: &[String], out_dir: &std::path::Path) -> Result<()> {
+    let files = DataDir::new(data_dir).load()?;
+    let (cert, key) = files.ca.issue_server_cert(names).context("issue the certificate")?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    let write = |name: &str, text: &str, mode: u32| -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = out_dir.join(name);
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&path).with_context(|| format!("write {}", path.display()))?;
+        f.write_all(text.as_bytes())?;
+        Ok(())
+    };
+    write("server.pem", &cert, 0o644)?;
+    write("server.key", &key, 0o600)?;
+    write("ca.pem", files.ca.cert_pem(), 0o644)?;
+    println!("wrote {0}/server.pem, {0}/server.key (mode 0600) and {0}/ca.pem for {1}", out_dir.display(), names.join(", "));
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let dir = DataDir::new(&args.data_dir);
     let files = dir.load()?;
@@ -106,12 +162,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let quic_config = quic_server_config(files.ca.cert_pem(), &files.cert_pem, &files.key_pem, &timing)?;
     let https_config = https_server_config(files.ca.cert_pem(), &files.cert_pem, &files.key_pem)?;
     let host = store.meta(ADVERTISE_HOST_KEY)?.unwrap_or_else(|| args.quic.ip().to_string());
+    let metrics_options = metrics_options(&args, &host, &dir);
+    let credentials = Credentials { ca_pem: files.ca.cert_pem().to_string(), cert_pem: files.cert_pem.clone(), key_pem: files.key_pem.clone() };
     let config = ClusterConfig {
         offline_after: args.offline_after,
         heartbeat_interval: args.heartbeat,
         agent_endpoint: format!("{host}:{}", args.quic.port()),
+        metrics: fogmesh_master::metrics::agent_settings(&credentials, &metrics_options)?,
     };
     let cluster = Cluster::new(store, files.ca, config);
+    let metrics = Metrics::start(cluster.clone(), &credentials, metrics_options).await?;
     // Desired states reflect the apps and nodes in the store as of now.
     cluster.reschedule().await?;
 
@@ -123,7 +183,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(cluster.clone().reschedule_forever());
     let quic_task = tokio::spawn(quic::serve(cluster.clone(), endpoint.clone()));
     let limits = ApiLimits { max_connections: args.max_api_connections.max(1), ..ApiLimits::default() };
-    let api_task = tokio::spawn(https::serve(tcp, https_config, api::router(Arc::clone(&cluster)), limits));
+    let router = api::router(Arc::clone(&cluster)).merge(api::protect(&cluster, fogmesh_master::metrics::http::router(metrics)));
+    let api_task = tokio::spawn(https::serve(tcp, https_config, router, limits));
     tokio::select! {
         _ = api_task => anyhow::bail!("API server stopped"),
         _ = quic_task => anyhow::bail!("QUIC endpoint stopped"),
@@ -136,6 +197,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     cluster.store.flush().await?;
     Ok(())
+}
+
+/// The embedded broker on `--mqtt-listen` (agents dial the advertised host),
+/// or the `--mqtt-url` broker for everyone.
+fn metrics_options(args: &ServeArgs, advertise_host: &str, dir: &DataDir) -> MetricsOptions {
+    let (embedded_broker, agent_url, ingest_url) = match &args.mqtt_url {
+        Some(url) => (None, url.clone(), url.clone()),
+        None => {
+            let port = args.mqtt_listen.port();
+            let local = if args.mqtt_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.mqtt_listen.ip().to_string() };
+            let host = if advertise_host.contains(':') { format!("[{advertise_host}]") } else { advertise_host.to_string() };
+            (Some(args.mqtt_listen), format!("mqtts://{host}:{port}"), format!("mqtts://{local}:{port}"))
+        }
+    };
+    MetricsOptions {
+        embedded_broker,
+        agent_url,
+        ingest_url,
+        interval: args.metrics_interval,
+        retention: args.metrics_retention,
+        remote_write: args.remote_write.clone(),
+        dir: dir.root.join("metrics"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use fogmesh_master::cli::adt::{self, AdtCommand};
 use fogmesh_master::cli::app::{self, AppCommand};
 use fogmesh_master::cli::client::Connection;
+use fogmesh_master::cli::metrics::{self, MetricsCommand};
 use fogmesh_master::cli::node::{self, NodeCommand};
 use fogmesh_master::cli::token::{self, TokenCommand};
 
@@ -44,6 +45,9 @@ enum RemoteCommand {
     /// Create join tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Query the metrics agents report (PromQL).
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn run_remote(connection: &Connection, command: RemoteCommand) -> anyhow::Result
             RemoteCommand::App(cmd) => app::run(&client, cmd).await,
             RemoteCommand::Node(cmd) => node::run(&client, cmd).await,
             RemoteCommand::Token(cmd) => token::run(&client, cmd).await,
+            RemoteCommand::Metrics(cmd) => metrics::run(&client, cmd).await,
         }
     })
 }

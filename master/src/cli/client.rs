@@ -103,6 +103,14 @@ impl Client {
         response.json().await.context("read the master's answer")
     }
 
+    /// A form POST (the Prometheus API's way), answered with JSON.
+    pub async fn post_form<T: DeserializeOwned>(&self, path: &str, form: &[(&str, String)]) -> Result<T> {
+        let url = format!("{}{path}", self.api);
+        let response = self.http.post(&url).bearer_auth(&self.token).form(form).send().await.with_context(|| format!("cannot reach the master at {}", self.api))?;
+        let response = check(response).await?;
+        response.json().await.context("read the master's answer")
+    }
+
     pub async fn delete(&self, path: &str) -> Result<()> {
         let response = self.request(Method::DELETE, path, None::<&()>, &[]).await?;
         check(response).await.map(|_| ())

@@ -8,6 +8,7 @@ use fogmesh_common::adt::quantity::parse_duration_seconds;
 pub mod adt;
 pub mod app;
 pub mod client;
+pub mod metrics;
 pub mod node;
 pub mod table;
 pub mod token;

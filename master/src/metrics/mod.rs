@@ -1,0 +1,146 @@
+//! Metrics on the master: the embedded MQTT broker, ingest of the agents'
+//! signed batches into the time-series store, queries (PromQL, the
+//! Prometheus HTTP API), the master's own metrics, and forwarding to an
+//! external store with remote write.
+//!
+//! ```text
+//! agent ──MQTT (TLS, node cert)──▶ broker ──▶ ingest ──▶ tsdb (WAL, fsync) ──▶ ack ──▶ agent
+//!                                                 └──▶ remote write (optional)
+//! tsdb ◀── /api/v1/query* (PromQL) ◀── Grafana, `fogmesh metrics query`, scaling
+//! ```
+
+pub mod broker;
+pub mod chunk;
+pub mod http;
+pub mod ingest;
+pub mod own;
+pub mod remote_write;
+pub mod tsdb;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fogmesh_common::metrics::batch::MqttUrl;
+use fogmesh_common::pki::{cert_public_key, NodeSigner};
+use fogmesh_common::tls::mqtt_client_config;
+use fogmesh_common::wire::MetricsSettings;
+
+use crate::cluster::Cluster;
+
+/// The master's certificate and key (server and client auth) and the
+/// cluster CA: the broker's server identity, the ingest's client identity,
+/// and the key that signs acks.
+pub struct Credentials {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A broker the master's ingest connects to.
+#[derive(Clone)]
+pub struct MqttEndpoint {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// How metrics run on this master (from `fogmesh-master serve` flags).
+#[derive(Clone, Debug)]
+pub struct MetricsOptions {
+    /// Where the embedded broker listens; `None` when an external broker is used.
+    pub embedded_broker: Option<SocketAddr>,
+    /// The broker URL agents (and the master's ingest) connect to.
+    pub agent_url: String,
+    /// The URL the master's ingest uses, if it differs (e.g. loopback).
+    pub ingest_url: String,
+    /// Default collection interval on agents.
+    pub interval: Duration,
+    pub retention: Duration,
+    pub remote_write: Option<String>,
+    /// Where the store keeps its log.
+    pub dir: PathBuf,
+}
+
+/// Everything metrics-related the API needs.
+pub struct Metrics {
+    pub tsdb: Arc<tsdb::Tsdb>,
+    pub counters: Arc<ingest::IngestCounters>,
+    pub settings: MetricsSettings,
+    pub remote: Option<Arc<remote_write::RemoteWriter>>,
+}
+
+/// What agents are told: the broker, the default interval, the key that
+/// signs acks (the master's own).
+pub fn agent_settings(files: &Credentials, options: &MetricsOptions) -> Result<MetricsSettings> {
+    MqttUrl::parse(&options.agent_url).map_err(anyhow::Error::msg)?;
+    let ack_key = cert_public_key(&files.cert_pem).context("read the master certificate's public key")?;
+    Ok(MetricsSettings { mqtt_url: options.agent_url.clone(), interval_ms: options.interval.as_millis() as u64, ack_key })
+}
+
+impl Metrics {
+    /// Opens the store, starts the broker (if embedded), the ingest, the
+    /// retention sweep and remote write.
+    pub async fn start(cluster: Arc<Cluster>, files: &Credentials, options: MetricsOptions) -> Result<Arc<Metrics>> {
+        let tsdb = tsdb::Tsdb::open(&options.dir, options.retention)?;
+        if let Some(listen) = options.embedded_broker {
+            let dir = options.dir.join("broker");
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let (ca, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+            write_private(&ca, &files.ca_pem)?;
+            write_private(&cert, &files.cert_pem)?;
+            write_private(&key, &files.key_pem)?;
+            broker::start(listen, &ca, &cert, &key, 100_000)?;
+        }
+        let endpoint = endpoint(&options.ingest_url, files)?;
+        let signer = Arc::new(NodeSigner::from_key_pem(&files.key_pem).context("the master key cannot sign metric acks")?);
+        let settings = cluster.config.metrics.clone();
+        let remote = match &options.remote_write {
+            Some(url) => Some(remote_write::RemoteWriter::start(url)?),
+            None => None,
+        };
+        let counters = Arc::new(ingest::IngestCounters::default());
+        tokio::spawn(ingest::run_forever(cluster, tsdb.clone(), endpoint, counters.clone(), signer, remote.clone()));
+        tokio::spawn(expire_forever(tsdb.clone()));
+        tracing::info!(agents_use = %options.agent_url, interval = ?options.interval, retention = ?options.retention, "metrics enabled");
+        Ok(Arc::new(Metrics { tsdb, counters, settings, remote }))
+    }
+}
+
+/// The ingest's broker connection: TLS with the master's certificate
+/// (which carries client auth) for `mqtts://`.
+fn endpoint(url: &str, files: &Credentials) -> Result<MqttEndpoint> {
+    let parsed = MqttUrl::parse(url).map_err(anyhow::Error::msg)?;
+    let tls = if parsed.tls { Some(mqtt_client_config(&files.ca_pem, &files.cert_pem, &files.key_pem)?) } else { None };
+    Ok(MqttEndpoint { url: url.to_string(), host: parsed.host, port: parsed.port, tls })
+}
+
+async fn expire_forever(tsdb: Arc<tsdb::Tsdb>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let db = tsdb.clone();
+        match tokio::task::spawn_blocking(move || db.expire()).await {
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "metrics retention sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "metrics retention sweep panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! The master's own metrics, in the Prometheus text format (`/metrics`):
+//! what ingest took and refused, the store's size, remote write.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use super::Metrics;
+
+pub fn render(m: &Metrics) -> String {
+    let mut out = String::new();
+    let c = &m.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter(&mut out, "fogmesh_ingest_batches_total", "Metric batches stored and acknowledged.", &[("", load(&c.batches))]);
+    counter(&mut out, "fogmesh_ingest_samples_total", "Samples stored.", &[("", load(&c.samples))]);
+    counter(
+        &mut out,
+        "fogmesh_ingest_refused_total",
+        "Batches refused, by reason.",
+        &[
+            ("reason=\"forged\"", load(&c.refused_forged)),
+            ("reason=\"unknown_node\"", load(&c.refused_unknown_node)),
+            ("reason=\"malformed\"", load(&c.refused_malformed)),
+        ],
+    );
+    counter(&mut out, "fogmesh_ingest_store_errors_total", "Batches that could not be stored (the agent resends them).", &[("", load(&c.store_errors))]);
+    let stats = m.tsdb.stats();
+    gauge(&mut out, "fogmesh_tsdb_series", "Series in the store.", stats.series as f64);
+    gauge(&mut out, "fogmesh_tsdb_samples", "Samples in the store.", stats.samples as f64);
+    gauge(&mut out, "fogmesh_tsdb_memory_bytes", "Bytes the stored samples take in memory (compressed chunks).", stats.bytes as f64);
+    if let Some(r) = &m.remote {
+        let rc = &r.counters;
+        counter(&mut out, "fogmesh_remote_write_samples_total", "Samples the remote store accepted.", &[("", load(&rc.sent_samples))]);
+        counter(&mut out, "fogmesh_remote_write_failed_requests_total", "Remote-write requests that failed and were retried.", &[("", load(&rc.failed_requests))]);
+        counter(&mut out, "fogmesh_remote_write_dropped_samples_total", "Samples dropped: refused by the store or over the queue's cap.", &[("", load(&rc.dropped_samples))]);
+        gauge(&mut out, "fogmesh_remote_write_queued_samples", "Samples waiting to be sent.", r.queued() as f64);
+    }
+    out
+}
+
+fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, v) in values {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}

@@ -1,0 +1,478 @@
+//! The master's embedded time-series store.
+//!
+//! Durability: every ingested batch is appended to a write-ahead log and
+//! fsynced (group commit: concurrent batches share a flush) before
+//! [`Tsdb::append`] returns, so an agent is acked only for what survives a
+//! crash. At start the log is replayed. The log rotates into segments; a
+//! segment older than the retention is deleted whole.
+//!
+//! Memory: per series, Gorilla-compressed chunks of 120 samples plus a small
+//! buffer of samples that arrived out of order (late batches replayed by an
+//! agent after an outage, at their original times), merged into the chunks
+//! when it grows. Samples older than the retention are dropped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fogmesh_common::codec;
+use fogmesh_common::metrics::{Labels, MatchOp, Matcher, Sample, Series, SeriesSource, METRIC_NAME};
+use serde::{Deserialize, Serialize};
+
+use super::chunk::Chunk;
+use crate::flusher::GroupFlusher;
+
+/// Out-of-order samples kept aside before they are merged into the chunks.
+const OOO_MERGE_AT: usize = 256;
+/// A log segment is closed after this long or this size.
+const SEGMENT_MS: i64 = 10 * 60 * 1000;
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+const WAL_MAGIC: u32 = 0x464d_574c; // "FMWL"
+
+/// One logged write: a batch's samples.
+#[derive(Serialize, Deserialize)]
+struct WalEntry {
+    samples: Vec<(Labels, i64, f64)>,
+}
+
+struct Wal {
+    dir: PathBuf,
+    current: Arc<Mutex<Option<(File, i64, u64)>>>,
+    flusher: GroupFlusher,
+}
+
+impl Wal {
+    fn open(dir: &Path) -> Result<Wal> {
+        let current: Arc<Mutex<Option<(File, i64, u64)>>> = Arc::new(Mutex::new(None));
+        let syncing = current.clone();
+        let flusher = GroupFlusher::start("tsdb-wal", move || {
+            // Sync a clone of the handle so appends need not wait for the disk.
+            let file = syncing.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(f, _, _)| f.try_clone()).transpose()?;
+            if let Some(f) = file {
+                f.sync_data()?;
+            }
+            Ok(())
+        })?;
+        Ok(Wal { dir: dir.to_path_buf(), current, flusher })
+    }
+
+    /// Writes an entry; durable once `flush` returned.
+    fn write(&self, entry: &WalEntry, now_ms: i64) -> Result<()> {
+        let payload = codec::encode_record(entry)?;
+        let mut record = Vec::with_capacity(payload.len() + 12);
+        record.extend_from_slice(&WAL_MAGIC.to_le_bytes());
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        record.extend_from_slice(&payload);
+        let mut guard = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let rotate = guard.as_ref().is_none_or(|(_, started, bytes)| now_ms - started > SEGMENT_MS || *bytes > SEGMENT_BYTES);
+        if rotate {
+            if let Some((old, _, _)) = guard.as_ref() {
+                old.sync_data()?;
+            }
+            let path = self.dir.join(format!("wal-{now_ms:015}.log"));
+            let file = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("open {}", path.display()))?;
+            if let Ok(d) = File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            *guard = Some((file, now_ms, 0));
+        }
+        let (file, _, bytes) = guard.as_mut().context("a log segment is open")?;
+        file.write_all(&record).context("append to the metrics log")?;
+        *bytes += record.len() as u64;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flusher.flush().await
+    }
+
+    /// Every entry of every segment, oldest segment first; a torn tail is cut off.
+    fn replay(dir: &Path, mut each: impl FnMut(WalEntry)) -> Result<usize> {
+        let mut n = 0;
+        for path in segments(dir)? {
+            let mut bytes = Vec::new();
+            File::open(&path)?.read_to_end(&mut bytes)?;
+            let mut pos = 0;
+            while pos + 12 <= bytes.len() {
+                let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+                let len = word(pos + 4) as usize;
+                if word(pos) != WAL_MAGIC || pos + 12 + len > bytes.len() || crc32fast::hash(&bytes[pos + 12..pos + 12 + len]) != word(pos + 8) {
+                    break;
+                }
+                match codec::decode_record::<WalEntry>(&bytes[pos + 12..pos + 12 + len]) {
+                    Ok(entry) => {
+                        each(entry);
+                        n += 1;
+                    }
+                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping an undecodable metrics log record"),
+                }
+                pos += 12 + len;
+            }
+            if pos < bytes.len() {
+                tracing::warn!(file = %path.display(), lost = bytes.len() - pos, "metrics log ends in a torn record: cut off");
+                OpenOptions::new().write(true).open(&path)?.set_len(pos as u64)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes whole segments that ended before `cutoff_ms`.
+    fn drop_before(&self, cutoff_ms: i64) -> Result<usize> {
+        let all = segments(&self.dir)?;
+        let mut dropped = 0;
+        // A segment's data ends where the next one starts.
+        for pair in all.windows(2) {
+            if segment_start(&pair[1]).is_some_and(|next| next < cutoff_ms) {
+                fs::remove_file(&pair[0])?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| segment_start(p).is_some())
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+fn segment_start(path: &Path) -> Option<i64> {
+    path.file_name()?.to_str()?.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+}
+
+#[derive(Default)]
+struct SeriesData {
+    labels: Labels,
+    sealed: Vec<Chunk>,
+    head: Chunk,
+    /// Samples older than the head's last one, sorted by time.
+    late: Vec<Sample>,
+}
+
+impl SeriesData {
+    fn append(&mut self, ts: i64, value: f64) {
+        if self.head.is_empty() && self.sealed.last().is_none_or(|c| ts > c.last_ts()) || !self.head.is_empty() && ts > self.head.last_ts() {
+            if self.head.is_full() {
+                self.sealed.push(std::mem::take(&mut self.head));
+            }
+            self.head.push(ts, value);
+            return;
+        }
+        if self.chunks_hold(ts) {
+            return; // a duplicate: the first write wins
+        }
+        match self.late.binary_search_by_key(&ts, |s| s.ts_ms) {
+            Ok(_) => {} // a duplicate: the first write wins
+            Err(i) => self.late.insert(i, Sample { ts_ms: ts, value }),
+        }
+        if self.late.len() >= OOO_MERGE_AT {
+            self.compact();
+        }
+    }
+
+    /// Whether a chunk already has a sample at `ts`.
+    fn chunks_hold(&self, ts: i64) -> bool {
+        self.sealed
+            .iter()
+            .chain(std::iter::once(&self.head))
+            .filter(|c| !c.is_empty() && c.first_ts() <= ts && ts <= c.last_ts())
+            .any(|c| c.samples().binary_search_by_key(&ts, |(t, _)| *t).is_ok())
+    }
+
+    /// Samples in `[start, end]`, time ordered, one per time stamp.
+    fn range(&self, start: i64, end: i64) -> Vec<Sample> {
+        let mut out: Vec<Sample> = Vec::new();
+        for c in self.sealed.iter().chain(std::iter::once(&self.head)) {
+            if c.is_empty() || c.last_ts() < start || c.first_ts() > end {
+                continue;
+            }
+            out.extend(c.samples().into_iter().filter(|(t, _)| *t >= start && *t <= end).map(|(ts_ms, value)| Sample { ts_ms, value }));
+        }
+        let late = self.late.iter().filter(|s| s.ts_ms >= start && s.ts_ms <= end);
+        if self.late.is_empty() {
+            return out;
+        }
+        merge(out, late.copied().collect())
+    }
+
+    /// Rewrites the chunks with the late samples merged in.
+    fn compact(&mut self) {
+        let all = self.range(i64::MIN, i64::MAX);
+        self.sealed.clear();
+        self.head = Chunk::default();
+        self.late.clear();
+        for s in all {
+            if self.head.is_full() {
+                self.sealed.push(std::mem::take(&mut self.head));
+            }
+            self.head.push(s.ts_ms, s.value);
+        }
+    }
+
+    /// Drops what ended before `cutoff`; returns whether nothing is left.
+    fn expire(&mut self, cutoff: i64) -> bool {
+        self.sealed.retain(|c| c.last_ts() >= cutoff);
+        self.late.retain(|s| s.ts_ms >= cutoff);
+        if !self.head.is_empty() && self.head.last_ts() < cutoff {
+            self.head = Chunk::default();
+        }
+        self.sealed.is_empty() && self.head.is_empty() && self.late.is_empty()
+    }
+
+    fn samples(&self) -> usize {
+        self.sealed.iter().map(Chunk::len).sum::<usize>() + self.head.len() + self.late.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.sealed.iter().map(Chunk::bytes).sum::<usize>() + self.head.bytes() + self.late.len() * std::mem::size_of::<Sample>()
+    }
+}
+
+/// Two time-ordered lists into one; on equal time stamps the first list wins.
+fn merge(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let take_a = j >= b.len() || (i < a.len() && a[i].ts_ms <= b[j].ts_ms);
+        if take_a {
+            if j < b.len() && a[i].ts_ms == b[j].ts_ms {
+                j += 1;
+            }
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct Index {
+    series: Vec<SeriesData>,
+    by_labels: HashMap<Labels, usize>,
+    /// `__name__` value -> series ids.
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl Index {
+    fn insert(&mut self, labels: Labels, ts: i64, value: f64) {
+        let id = match self.by_labels.get(&labels) {
+            Some(id) => *id,
+            None => {
+                let id = self.series.len();
+                self.by_name.entry(labels.name().unwrap_or("").to_string()).or_default().push(id);
+                self.by_labels.insert(labels.clone(), id);
+                self.series.push(SeriesData { labels, ..Default::default() });
+                id
+            }
+        };
+        self.series[id].append(ts, value);
+    }
+
+    fn candidates(&self, matchers: &[Matcher]) -> Vec<usize> {
+        match matchers.iter().find(|m| m.name == METRIC_NAME && m.op == MatchOp::Equal) {
+            Some(m) => self.by_name.get(&m.value).cloned().unwrap_or_default(),
+            None => (0..self.series.len()).collect(),
+        }
+    }
+}
+
+/// Sizes of the store, for `/metrics` and the benchmark.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct TsdbStats {
+    pub series: usize,
+    pub samples: usize,
+    pub bytes: usize,
+}
+
+pub struct Tsdb {
+    index: RwLock<Index>,
+    wal: Wal,
+    retention: Duration,
+}
+
+impl Tsdb {
+    /// Opens the store in `dir`, replaying its log.
+    pub fn open(dir: &Path, retention: Duration) -> Result<Arc<Tsdb>> {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        let mut index = Index::default();
+        let entries = Wal::replay(dir, |entry| {
+            for (labels, ts, value) in entry.samples {
+                if ts >= cutoff {
+                    index.insert(labels, ts, value);
+                }
+            }
+        })?;
+        let tsdb = Tsdb { index: RwLock::new(index), wal: Wal::open(dir)?, retention };
+        let stats = tsdb.stats();
+        tracing::info!(entries, series = stats.series, samples = stats.samples, "metrics store opened");
+        Ok(Arc::new(tsdb))
+    }
+
+    /// Stores samples durably: they are logged and fsynced before this
+    /// returns, then queryable.
+    pub async fn append(&self, samples: Vec<(Labels, i64, f64)>) -> Result<()> {
+        let now = now_ms();
+        let cutoff = now - self.retention.as_millis() as i64;
+        let samples: Vec<_> = samples.into_iter().filter(|(_, ts, _)| *ts >= cutoff).collect();
+        let entry = WalEntry { samples };
+        self.wal.write(&entry, now)?;
+        self.wal.flush().await?;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for (labels, ts, value) in entry.samples {
+            index.insert(labels, ts, value);
+        }
+        Ok(())
+    }
+
+    /// Drops samples and log segments older than the retention.
+    pub fn expire(&self) -> Result<()> {
+        let cutoff = now_ms() - self.retention.as_millis() as i64;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for s in index.series.iter_mut() {
+            s.expire(cutoff);
+        }
+        drop(index);
+        let dropped = self.wal.drop_before(cutoff)?;
+        if dropped > 0 {
+            tracing::debug!(dropped, "metrics log segments past the retention removed");
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> TsdbStats {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        TsdbStats {
+            series: index.series.iter().filter(|s| s.samples() > 0).count(),
+            samples: index.series.iter().map(SeriesData::samples).sum(),
+            bytes: index.series.iter().map(SeriesData::bytes).sum(),
+        }
+    }
+
+    /// Label names that occur in series matching `matchers` (all when empty).
+    pub fn label_names(&self, matchers: &[Matcher]) -> Vec<String> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut names = BTreeSet::new();
+        for id in index.candidates(matchers) {
+            let s = &index.series[id];
+            if s.samples() > 0 && matchers.iter().all(|m| m.matches(&s.labels)) {
+                names.extend(s.labels.iter().map(|(k, _)| k.to_string()));
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    /// Values of one label across series matching `matchers`.
+    pub fn label_values(&self, name: &str, matchers: &[Matcher]) -> Vec<String> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut values = BTreeSet::new();
+        for id in index.candidates(matchers) {
+            let s = &index.series[id];
+            if s.samples() > 0 && matchers.iter().all(|m| m.matches(&s.labels)) {
+                if let Some(v) = s.labels.get(name) {
+                    values.insert(v.to_string());
+                }
+            }
+        }
+        values.into_iter().collect()
+    }
+
+    /// Label sets of the series with samples in `[start, end]`.
+    pub fn series_labels(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Labels> {
+        self.select(matchers, start, end).into_iter().map(|s| s.labels).collect()
+    }
+
+    /// Samples per metric name, for `/metrics`.
+    pub fn counts_by_name(&self) -> BTreeMap<String, usize> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.by_name.iter().map(|(n, ids)| (n.clone(), ids.len())).collect()
+    }
+}
+
+impl SeriesSource for Tsdb {
+    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for id in index.candidates(matchers) {
+            let s = &index.series[id];
+            if !matchers.iter().all(|m| m.matches(&s.labels)) {
+                continue;
+            }
+            let samples = s.range(start_ms, end_ms);
+            if !samples.is_empty() {
+                out.push(Series { labels: s.labels.clone(), samples });
+            }
+        }
+        out
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fm-tsdb-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn up(node: &str) -> Labels {
+        Labels::metric("up", &[("node", node)])
+    }
+
+    #[tokio::test]
+    async fn late_and_duplicate_samples_land_in_order_and_survive_a_restart() {
+        let d = dir("restart");
+        let now = now_ms();
+        let db = Tsdb::open(&d, Duration::from_secs(3600)).unwrap();
+        // The present first, then a replayed backlog, then a duplicate.
+        db.append(vec![(up("a"), now, 10.0)]).await.unwrap();
+        db.append((1..=300).map(|i| (up("a"), now - 1000 * (301 - i), i as f64)).collect()).await.unwrap();
+        db.append(vec![(up("a"), now - 1000 * 100, 999.0)]).await.unwrap();
+        let check = |db: &Tsdb| {
+            let got = db.select(&[Matcher::new("node", MatchOp::Equal, "a").unwrap()], now - 400_000, now);
+            assert_eq!(got.len(), 1);
+            let s = &got[0].samples;
+            assert_eq!(s.len(), 301);
+            assert!(s.windows(2).all(|w| w[0].ts_ms < w[1].ts_ms), "time ordered");
+            assert_eq!(s[200].value, 201.0, "the first write of a time stamp wins");
+            assert_eq!(s[300].value, 10.0);
+        };
+        check(&db);
+        drop(db);
+        let db = Tsdb::open(&d, Duration::from_secs(3600)).unwrap();
+        check(&db);
+        let st = db.stats();
+        assert_eq!((st.series, st.samples), (1, 301));
+        assert_eq!(db.label_values("node", &[]), vec!["a".to_string()]);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn retention_drops_old_samples() {
+        let d = dir("retention");
+        let now = now_ms();
+        let db = Tsdb::open(&d, Duration::from_secs(60)).unwrap();
+        db.append(vec![(up("a"), now - 120_000, 1.0), (up("a"), now, 2.0)]).await.unwrap();
+        let got = db.select(&[], 0, i64::MAX);
+        assert_eq!(got[0].samples.len(), 1, "older than the retention at write time");
+        let _ = fs::remove_dir_all(&d);
+    }
+}
