@@ -197,6 +197,51 @@ impl Master {
     pub fn token(&self) -> String {
         self.cli_ok(&["token", "create", "--ttl", "10m"]).trim().to_string()
     }
+
+    /// A form POST to the master's API (e.g. `/api/v1/query`) with its
+    /// token and CA, via curl: the HTTP status and the JSON answer.
+    pub fn api_post(&self, path: &str, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(self.config()).expect("read client.conf")).expect("client.conf is JSON");
+        let ca = self.dir.join("api-ca.pem");
+        std::fs::write(&ca, conf["ca_pem"].as_str().unwrap_or_default()).expect("write CA");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "30", "-w", "\n%{http_code}", "--cacert"]).arg(&ca);
+        cmd.args(["-H", &format!("Authorization: Bearer {}", conf["token"].as_str().unwrap_or_default())]);
+        if form.is_empty() {
+            cmd.args(["-X", "POST"]);
+        }
+        for (k, v) in form {
+            cmd.args(["--data-urlencode", &format!("{k}={v}")]);
+        }
+        cmd.arg(format!("{}{path}", conf["api"].as_str().unwrap_or_default()));
+        let out = cmd.output().expect("run curl");
+        let body = text(&out.stdout);
+        let (json, code) = body.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// GET with the token (e.g. `/metrics`): the body, panicking on failure.
+    pub fn api_get_text(&self, path: &str) -> String {
+        let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(self.config()).expect("read client.conf")).expect("client.conf is JSON");
+        let ca = self.dir.join("api-ca.pem");
+        std::fs::write(&ca, conf["ca_pem"].as_str().unwrap_or_default()).expect("write CA");
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "30", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {}", conf["token"].as_str().unwrap_or_default())])
+            .arg(format!("{}{path}", conf["api"].as_str().unwrap_or_default()))
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "GET {path} failed: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// An instant query's `data.result` (panics on an API error).
+    pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let (status, answer) = self.api_post("/api/v1/query", &[("query", expr)]);
+        assert_eq!(status, 200, "query {expr}: {answer}");
+        answer["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
 }
 
 /// An agent with its own data dir, joined under `name` with `public_ip`.

@@ -105,11 +105,27 @@ struct CollectLoop {
 
 impl CollectLoop {
     async fn run_forever(mut self) {
-        let mut next = tokio::time::Instant::now();
+        let mut last = tokio::time::Instant::now();
+        let mut next = last;
+        let (mut applied_open, mut settings_open) = (true, true);
         loop {
-            tokio::time::sleep_until(next).await;
+            // A new desired state or new settings may change the interval: re-plan.
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                changed = self.applied.changed(), if applied_open => {
+                    applied_open = changed.is_ok();
+                    next = next.min(last + self.interval());
+                    continue;
+                }
+                changed = self.settings.changed(), if settings_open => {
+                    settings_open = changed.is_ok();
+                    next = next.min(last + self.interval());
+                    continue;
+                }
+            }
             let interval = self.interval();
             let started = Instant::now();
+            last = tokio::time::Instant::now();
             let now_ms = unix_ms();
             let scrapes = match &*self.applied.borrow() {
                 Applied::Desired(d) => d.scrapes(),
@@ -121,7 +137,7 @@ impl CollectLoop {
                 tracing::error!(error = %format!("{e:#}"), "cannot queue this interval's metrics (disk full?): they are lost");
             }
             self.wake.notify_one();
-            next += interval;
+            next = last + interval;
             let now = tokio::time::Instant::now();
             if next < now {
                 next = now + interval;
@@ -170,6 +186,8 @@ impl CollectLoop {
         let mut payloads = Vec::new();
         let mut seq = self.queue.lock().unwrap_or_else(|e| e.into_inner()).next_seq();
         let mut rest = samples;
+        // The collection's first batch number: consecutive when nothing was lost.
+        rest.push(sample(&self.node, "fogmesh_agent_batch_seq", &[], seq as f64, now_ms));
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(SAMPLES_PER_BATCH));
             let batch = Batch { node: self.node.clone(), seq, collected_ms: now_ms, samples: std::mem::replace(&mut rest, tail) };

@@ -86,7 +86,11 @@ impl Publisher {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = self.settings.changed() => {}
+                changed = self.settings.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -110,6 +114,7 @@ impl Publisher {
         let mut inflight: HashMap<u64, Instant> = HashMap::new();
         let mut connected = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut settings_open = true;
         loop {
             tokio::select! {
                 event = eventloop.poll() => match event.map_err(|e| anyhow!("{e}"))? {
@@ -129,8 +134,9 @@ impl Publisher {
                 },
                 _ = self.wake.notified(), if connected => self.fill(&client, &topic, &mut inflight),
                 _ = tick.tick(), if connected => self.fill(&client, &topic, &mut inflight),
-                changed = self.settings.changed() => {
-                    if changed.is_err() || self.settings.borrow().as_ref() != Some(settings) {
+                changed = self.settings.changed(), if settings_open => {
+                    settings_open = changed.is_ok();
+                    if settings_open && self.settings.borrow().as_ref() != Some(settings) {
                         tracing::info!("metrics settings changed: reconnecting");
                         let _ = client.try_disconnect();
                         return Ok(());

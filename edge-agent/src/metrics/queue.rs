@@ -79,7 +79,8 @@ impl MetricQueue {
     /// Opens (or creates) the queue; a torn last record is cut off.
     pub fn open(dir: &Path, cap: QueueCap) -> Result<MetricQueue> {
         fs::create_dir_all(dir).with_context(|| format!("create the metric queue folder {}", dir.display()))?;
-        let (mut next_seq, dropped_total) = read_state(dir);
+        let state = read_state(dir);
+        let (mut next_seq, dropped_total) = state.unwrap_or((1, 0));
         let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seg-") && n.ends_with(".q")))
@@ -97,7 +98,18 @@ impl MetricQueue {
                 segments.push(segment);
             }
         }
-        Ok(MetricQueue { dir: dir.to_path_buf(), segments, acked: BTreeSet::new(), next_seq: next_seq.max(1), dropped_total, cap })
+        let fresh = state.is_none() && segments.is_empty();
+        if fresh {
+            // A new queue, or its folder was lost: start above anything sent
+            // before (the time in microseconds), so an old ack never matches
+            // a new batch.
+            next_seq = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        }
+        let queue = MetricQueue { dir: dir.to_path_buf(), segments, acked: BTreeSet::new(), next_seq: next_seq.max(1), dropped_total, cap };
+        if fresh {
+            queue.write_state()?;
+        }
+        Ok(queue)
     }
 
     /// The sequence number the next batch gets.
@@ -235,14 +247,11 @@ impl MetricQueue {
     }
 }
 
-/// `(next sequence, drops so far)`. A queue without state (new, or its
-/// folder lost) starts its sequence at the current time in microseconds:
-/// above anything it sent before, so an old ack never matches a new batch.
-fn read_state(dir: &Path) -> (u64, u64) {
-    let text = fs::read_to_string(dir.join("state")).unwrap_or_default();
+/// `(next sequence, drops so far)`, if the queue has a state file.
+fn read_state(dir: &Path) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(dir.join("state")).ok()?;
     let mut parts = text.split_whitespace().map(|p| p.parse::<u64>().ok());
-    let fresh = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
-    (parts.next().flatten().unwrap_or_else(fresh), parts.next().flatten().unwrap_or(0))
+    Some((parts.next().flatten()?, parts.next().flatten().unwrap_or(0)))
 }
 
 fn sync_dir(dir: &Path) {
@@ -300,6 +309,21 @@ mod tests {
         let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
         let q = MetricQueue::open(&d, QueueCap::default()).unwrap();
         assert!(q.next_seq() >= before, "a lost queue must not reuse sequence numbers an old ack could match");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_queue_with_batches_but_no_state_file_counts_on_from_its_batches() {
+        // The state file is written only when segments go; a kill -9 before
+        // that must not make the sequence jump (it did: a gap in the batches).
+        let d = dir("nostate");
+        let mut q = MetricQueue::open(&d, QueueCap::default()).unwrap();
+        for seq in 1..=3 {
+            q.append(seq, 0, b"b").unwrap();
+        }
+        drop(q);
+        fs::remove_file(d.join("state")).unwrap();
+        assert_eq!(MetricQueue::open(&d, QueueCap::default()).unwrap().next_seq(), 4);
         let _ = fs::remove_dir_all(&d);
     }
 
