@@ -67,7 +67,7 @@ pub struct AppDesired {
 }
 
 /// Where the agent sends metrics: an MQTT broker, and the default interval.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsSettings {
     /// `mqtts://HOST:PORT` (TLS under the cluster CA, node certificate) or `mqtt://HOST:PORT`.
     pub mqtt_url: String,

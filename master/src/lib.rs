@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod datadir;

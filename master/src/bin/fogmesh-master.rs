@@ -15,6 +15,7 @@ use fogmesh_master::datadir::{DataDir, ADVERTISE_HOST_KEY};
 use fogmesh_master::https::ApiLimits;
 use fogmesh_master::metrics::{Credentials, Metrics, MetricsOptions};
 use fogmesh_master::store::Store;
+use fogmesh_master::bench::{self, BenchOptions};
 use fogmesh_master::{api, https, quic};
 
 /// fogmesh-master: the control plane of a fogmesh cluster.
@@ -47,6 +48,10 @@ enum Command {
     },
     /// Run the control plane: REST API (HTTPS) and agent endpoint (QUIC).
     Serve(ServeArgs),
+    /// Measure the metrics store on generated data, side by side with
+    /// VictoriaMetrics on the same data (build with --release for figures).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Issue a server certificate under the cluster CA, e.g. for an external
     /// MQTT broker (mosquitto) that agents and the master reach with
     /// `--mqtt-url mqtts://HOST:PORT`. Writes OUT/server.pem, OUT/server.key
@@ -61,6 +66,40 @@ enum Command {
         /// Folder to write the certificate, key and CA into.
         #[arg(long, value_name = "OUT")]
         out_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Ingest rate, query latency and bytes per sample of the metrics store.
+    Metrics {
+        /// Series (one per container).
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        /// Samples per series.
+        #[arg(long, default_value_t = 720)]
+        samples: usize,
+        /// Time between two samples of a series.
+        #[arg(long, default_value = "15s", value_parser = duration_arg)]
+        interval: Duration,
+        /// Series per node batch (what one agent sends per interval).
+        #[arg(long, default_value_t = 100)]
+        series_per_node: usize,
+        /// Timed runs per query.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// VictoriaMetrics binary to compare with (`apt-get install victoria-metrics`).
+        #[arg(long, default_value = "victoria-metrics", value_name = "PATH")]
+        victoria_metrics: PathBuf,
+        /// Measure fogmesh alone.
+        #[arg(long)]
+        no_peer: bool,
+        /// Scratch folder (emptied first).
+        #[arg(long, default_value = "/tmp/fogmesh-bench", value_name = "DIR")]
+        work_dir: PathBuf,
+        /// Also write the report (markdown) to this file.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -116,6 +155,24 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init { data_dir, advertise, api } => init(&data_dir, &advertise, &api),
         Command::IssueCert { data_dir, names, out_dir } => issue_cert(&data_dir, &names, &out_dir),
+        Command::Bench(BenchCommand::Metrics { series, samples, interval, series_per_node, runs, victoria_metrics, no_peer, work_dir, out }) => {
+            let options = BenchOptions {
+                series: series.max(1),
+                samples_per_series: samples.max(2),
+                interval,
+                series_per_node: series_per_node.max(1),
+                victoria_metrics: (!no_peer).then_some(victoria_metrics),
+                runs: runs.max(1),
+                work_dir,
+            };
+            tokio::runtime::Runtime::new().context("start the async runtime").and_then(|rt| rt.block_on(bench::run(options))).and_then(|report| {
+                print!("{report}");
+                match out {
+                    Some(path) => std::fs::write(&path, &report).with_context(|| format!("write {}", path.display())),
+                    None => Ok(()),
+                }
+            })
+        }
         Command::Serve(args) => tokio::runtime::Runtime::new().context("start the async runtime").and_then(|rt| rt.block_on(serve(args))),
     };
     match result {

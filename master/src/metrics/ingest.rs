@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use fogmesh_common::metrics::batch::{acks_topic, decode_payload, encode_ack, node_of_topic};
-use fogmesh_common::metrics::BatchAck;
+use fogmesh_common::metrics::batch::{acks_topic, decode_payload, encode_ack, node_of_topic, PayloadError};
+use fogmesh_common::metrics::{BatchAck, Labels};
 use fogmesh_common::pki::{cert_public_key, verify_node_signature, NodeSigner};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::Semaphore;
@@ -113,31 +113,25 @@ async fn handle(client: &AsyncClient, shared: &Shared, topic: &str, payload: &[u
         tracing::warn!(%node, "metrics batch from a node that is not registered (or was removed): refused");
         return;
     };
-    let batch = match decode_payload(payload, |bytes, sig| verify_node_signature(&key, bytes, sig)) {
-        Ok(b) if b.node == node => b,
-        Ok(b) => {
+    let (seq, samples) = match verify_batch(node, &key, payload) {
+        Ok(checked) => checked,
+        Err(Refused::Forged(why)) => {
             counters.refused_forged.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic_node = %node, batch_node = %b.node, "metrics batch names another node than its topic: refused");
+            tracing::warn!(%node, "metrics batch refused: {why}");
             return;
         }
-        Err(fogmesh_common::metrics::batch::PayloadError::BadSignature) => {
-            counters.refused_forged.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%node, "metrics batch not signed by the node's key (forged?): refused");
-            return;
-        }
-        Err(e) => {
+        Err(Refused::Malformed(why)) => {
             counters.refused_malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%node, error = %e, "metrics batch refused");
+            tracing::warn!(%node, error = %why, "metrics batch refused");
             return;
         }
     };
-    let n = batch.samples.len() as u64;
-    let samples: Vec<_> = batch.samples.into_iter().map(|s| (s.labels.with("node", node), s.ts_ms, s.value)).collect();
+    let n = samples.len() as u64;
     // Forwarded only once stored, so a batch the agent must resend is not forwarded twice.
     let forward = shared.remote.as_ref().map(|_| samples.clone());
     if let Err(e) = shared.tsdb.append(samples).await {
         counters.store_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(%node, seq = batch.seq, error = %format!("{e:#}"), "cannot store a metrics batch; the agent will send it again");
+        tracing::error!(%node, seq, error = %format!("{e:#}"), "cannot store a metrics batch; the agent will send it again");
         return;
     }
     if let (Some(remote), Some(samples)) = (&shared.remote, forward) {
@@ -146,13 +140,32 @@ async fn handle(client: &AsyncClient, shared: &Shared, topic: &str, payload: &[u
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.samples.fetch_add(n, Ordering::Relaxed);
     // Durable: the agent may forget it now.
-    let ack = BatchAck { node: node.to_string(), seqs: vec![batch.seq] };
+    let ack = BatchAck { node: node.to_string(), seqs: vec![seq] };
     match encode_ack(&ack, |bytes| shared.signer.sign(bytes).map_err(|e| e.to_string())) {
         Ok(payload) => {
             let _ = client.publish(acks_topic(node), QoS::AtLeastOnce, false, payload).await;
         }
         Err(e) => tracing::error!(%node, error = %e, "cannot sign a metrics ack; the agent will send the batch again"),
     }
+}
+
+/// Why a batch is not stored.
+pub enum Refused {
+    /// Not signed by the node of its topic, or naming another node.
+    Forged(String),
+    Malformed(String),
+}
+
+/// Checks a payload published under `node` against the node's public key;
+/// its sequence number and samples, each labelled with the verified node.
+pub fn verify_batch(node: &str, key: &[u8], payload: &[u8]) -> Result<(u64, Vec<(Labels, i64, f64)>), Refused> {
+    let batch = match decode_payload(payload, |bytes, sig| verify_node_signature(key, bytes, sig)) {
+        Ok(b) if b.node == node => b,
+        Ok(b) => return Err(Refused::Forged(format!("published under {node} but names {}", b.node))),
+        Err(PayloadError::BadSignature) => return Err(Refused::Forged("not signed by the node's key".into())),
+        Err(e) => return Err(Refused::Malformed(e.to_string())),
+    };
+    Ok((batch.seq, batch.samples.into_iter().map(|s| (s.labels.with("node", node), s.ts_ms, s.value)).collect()))
 }
 
 /// The node's public key, from its registered certificate (cached by fingerprint).

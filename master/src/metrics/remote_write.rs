@@ -167,7 +167,7 @@ enum Failure {
 }
 
 /// One request: samples grouped by series, each series' samples in time order.
-fn encode(samples: &[(Labels, i64, f64)]) -> Vec<u8> {
+pub fn encode(samples: &[(Labels, i64, f64)]) -> Vec<u8> {
     let mut by_series: BTreeMap<&Labels, Vec<Sample>> = BTreeMap::new();
     for (labels, ts, value) in samples {
         by_series.entry(labels).or_default().push(Sample { value: *value, timestamp: *ts });

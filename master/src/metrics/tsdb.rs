@@ -31,7 +31,7 @@ const OOO_MERGE_AT: usize = 256;
 /// A log segment is closed after this long or this size.
 const SEGMENT_MS: i64 = 10 * 60 * 1000;
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-const WAL_MAGIC: u32 = 0x464d_574c; // "FMWL"
+const WAL_MAGIC: u32 = 0x464d_5753; // "FMWS": snappy-compressed records
 
 /// One logged write: a batch's samples.
 #[derive(Serialize, Deserialize)]
@@ -62,7 +62,8 @@ impl Wal {
 
     /// Writes an entry; durable once `flush` returned.
     fn write(&self, entry: &WalEntry, now_ms: i64) -> Result<()> {
-        let payload = codec::encode_record(entry)?;
+        // Label sets repeat in every entry: snappy takes most of that out.
+        let payload = snap::raw::Encoder::new().compress_vec(&codec::encode_record(entry)?).context("compress a metrics log record")?;
         let mut record = Vec::with_capacity(payload.len() + 12);
         record.extend_from_slice(&WAL_MAGIC.to_le_bytes());
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -104,7 +105,8 @@ impl Wal {
                 if word(pos) != WAL_MAGIC || pos + 12 + len > bytes.len() || crc32fast::hash(&bytes[pos + 12..pos + 12 + len]) != word(pos + 8) {
                     break;
                 }
-                match codec::decode_record::<WalEntry>(&bytes[pos + 12..pos + 12 + len]) {
+                let record = snap::raw::Decoder::new().decompress_vec(&bytes[pos + 12..pos + 12 + len]).map_err(|e| e.to_string());
+                match record.and_then(|r| codec::decode_record::<WalEntry>(&r).map_err(|e| e.to_string())) {
                     Ok(entry) => {
                         each(entry);
                         n += 1;
