@@ -4,6 +4,7 @@ pub mod adt;
 pub mod codec;
 pub mod metrics;
 pub mod pki;
+pub mod procstat;
 pub mod promql;
 pub mod tls;
 pub mod wire;

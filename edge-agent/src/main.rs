@@ -57,6 +57,32 @@ enum Command {
     /// own certificate and its own QUIC session, with a fake container
     /// runtime. For fleet-scale tests and benchmarks.
     Simulate(SimulateArgs),
+    /// Measure what the agent costs the node it runs on.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// CPU and memory of collecting metrics (node and containers, signed,
+    /// queued with fsync) every interval; beside a node-exporter scraped as often.
+    Collect {
+        /// Time between two collections.
+        #[arg(long, default_value = "15s", value_parser = duration_arg)]
+        interval: std::time::Duration,
+        /// How long to measure.
+        #[arg(long, default_value = "5m", value_parser = duration_arg)]
+        duration: std::time::Duration,
+        /// Prometheus node-exporter to compare with (`apt-get install prometheus-node-exporter`).
+        #[arg(long, default_value = "prometheus-node-exporter", value_name = "PATH")]
+        node_exporter: PathBuf,
+        /// Measure fogmesh alone.
+        #[arg(long)]
+        no_peer: bool,
+        /// Scratch folder (emptied first).
+        #[arg(long, default_value = "/tmp/fogmesh-bench-collect", value_name = "DIR")]
+        work_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +229,12 @@ async fn dispatch(command: Command) -> Result<()> {
                 metrics_queue: QueueCap { max_bytes: run.metrics_queue_max_bytes, max_age: run.metrics_queue_max_age },
             };
             fogmesh_agent::agent::run(&data_dir, options).await
+        }
+        Command::Bench(BenchCommand::Collect { interval, duration, node_exporter, no_peer, work_dir }) => {
+            let options = fogmesh_agent::bench::CollectBenchOptions { interval, duration, node_exporter: (!no_peer).then_some(node_exporter), work_dir };
+            let report = fogmesh_agent::bench::run(options).await?;
+            print!("{report}");
+            Ok(())
         }
         Command::Simulate(a) => {
             fogmesh_agent::simulate::run(SimulateOptions {

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use fogmesh_common::metrics::batch::{encode_payload, Batch, BatchSample};
 use fogmesh_common::metrics::Labels;
 use fogmesh_common::pki::{cert_public_key, node_key_and_csr, ClusterCa, NodeSigner};
+use fogmesh_common::procstat::{cpu_seconds as process_cpu_seconds, rss_bytes as process_rss};
 use serde_json::Value;
 
 use crate::metrics::ingest::{verify_batch, IngestCounters};
@@ -266,7 +267,7 @@ async fn time_queries(url: &str, at_ms: i64, runs: usize) -> Result<Vec<(f64, f6
             if i >= 3 {
                 times.push(started.elapsed().as_secs_f64() * 1000.0);
             }
-            answer = first_value(&body);
+            answer = answer_summary(&body);
         }
         times.sort_by(f64::total_cmp);
         out.push((percentile(&times, 0.5), percentile(&times, 0.9), answer));
@@ -274,11 +275,11 @@ async fn time_queries(url: &str, at_ms: i64, runs: usize) -> Result<Vec<(f64, f6
     Ok(out)
 }
 
-fn first_value(body: &Value) -> String {
-    let result = &body["data"]["result"];
-    let n = result.as_array().map_or(0, Vec::len);
-    let v = result[0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).map(|v| format!("{v:.4}")).unwrap_or_default();
-    format!("{n} series, first {v}")
+/// `N series, sum S`: comparable whatever order the series come in.
+fn answer_summary(body: &Value) -> String {
+    let result = body["data"]["result"].as_array().cloned().unwrap_or_default();
+    let sum: f64 = result.iter().filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok()).sum();
+    format!("{} series, sum {sum:.4}", result.len())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -352,22 +353,8 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// utime + stime of a process, in seconds (/proc/PID/stat, 100 ticks/s).
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some((_, after)) = stat.rsplit_once(')') else { return 0.0 };
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
-}
-
 fn own_cpu_seconds() -> f64 {
     process_cpu_seconds(std::process::id())
-}
-
-fn process_rss(pid: u32) -> u64 {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0) * 1024
 }
 
 fn rss_bytes() -> u64 {

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::Labels;
 use crate::codec::{self, CodecError};
 
-/// First bytes of every batch payload; the last one is the format version.
-pub const BATCH_MAGIC: &[u8; 4] = b"FMB1";
+/// First bytes of every batch payload; the last one is the format version
+/// (2: the signed batch is snappy-compressed; label sets repeat a lot).
+pub const BATCH_MAGIC: &[u8; 4] = b"FMB2";
 /// Largest payload accepted (a batch is one interval of one node).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
@@ -66,7 +67,8 @@ pub fn node_of_topic(topic: &str) -> Option<&str> {
 
 /// The payload of a batch: magic, then the encoded batch and its signature.
 pub fn encode_payload(batch: &Batch, sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
-    let bytes = codec::encode_record(batch).map_err(|e| e.to_string())?;
+    let plain = codec::encode_record(batch).map_err(|e| e.to_string())?;
+    let bytes = snap::raw::Encoder::new().compress_vec(&plain).map_err(|e| e.to_string())?;
     let signature = sign(&bytes)?;
     let mut out = BATCH_MAGIC.to_vec();
     out.extend(codec::encode_record(&Signed { batch: bytes, signature }).map_err(|e| e.to_string())?);
@@ -106,7 +108,13 @@ pub fn decode_payload(payload: &[u8], verify: impl FnOnce(&[u8], &[u8]) -> bool)
     if !verify(&signed.batch, &signed.signature) {
         return Err(PayloadError::BadSignature);
     }
-    codec::decode_record(&signed.batch).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))
+    // Bounded: a decompressed batch may not exceed the codec's record limit.
+    let len = snap::raw::decompress_len(&signed.batch).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    if len > 16 * MAX_BATCH_BYTES {
+        return Err(PayloadError::Malformed(format!("batch expands to {len} bytes")));
+    }
+    let plain = snap::raw::Decoder::new().decompress_vec(&signed.batch).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    codec::decode_record(&plain).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))
 }
 
 /// The payload of an ack: magic, then the encoded ack and the master's signature.
@@ -179,7 +187,7 @@ mod tests {
         assert_eq!(ok, batch());
         assert_eq!(decode_payload(&p, |_, _| false), Err(PayloadError::BadSignature));
         assert_eq!(decode_payload(b"garbage", |_, _| true), Err(PayloadError::NotABatch));
-        assert!(matches!(decode_payload(b"FMB1\xff\xff", |_, _| true), Err(PayloadError::Malformed(_))));
+        assert!(matches!(decode_payload(b"FMB2\xff\xff", |_, _| true), Err(PayloadError::Malformed(_))));
         assert_eq!(node_of_topic("fogmesh/v1/nodes/n-1/metrics"), Some("n-1"));
         assert_eq!(node_of_topic("fogmesh/v1/nodes/a/b/metrics"), None);
         let ack = BatchAck { node: "n1".into(), seqs: vec![1, 2] };

@@ -25,6 +25,7 @@ use bollard::Docker;
 use fogmesh_common::metrics::batch::{encode_payload, Batch};
 use fogmesh_common::metrics::BatchSample;
 use fogmesh_common::pki::NodeSigner;
+use fogmesh_common::procstat;
 use fogmesh_common::wire::MetricsSettings;
 use tokio::sync::{watch, Notify};
 
@@ -174,10 +175,9 @@ impl CollectLoop {
         if let Some(oldest) = stats.oldest_ms {
             out.push(sample(n, "fogmesh_agent_queue_oldest_timestamp_seconds", &[], oldest as f64 / 1000.0, now_ms));
         }
-        if let Some((cpu, rss)) = own_process() {
-            out.push(sample(n, "process_cpu_seconds_total", &[("job", "fogmesh-agent")], cpu, now_ms));
-            out.push(sample(n, "process_resident_memory_bytes", &[("job", "fogmesh-agent")], rss, now_ms));
-        }
+        let pid = std::process::id();
+        out.push(sample(n, "process_cpu_seconds_total", &[("job", "fogmesh-agent")], procstat::cpu_seconds(pid), now_ms));
+        out.push(sample(n, "process_resident_memory_bytes", &[("job", "fogmesh-agent")], procstat::rss_bytes(pid) as f64, now_ms));
         out
     }
 
@@ -207,18 +207,6 @@ impl CollectLoop {
         .await
         .context("queue writer")?
     }
-}
-
-/// This process's CPU seconds and resident bytes, from /proc.
-fn own_process() -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse::<f64>().ok()?;
-    Some((ticks / 100.0, rss_kb * 1024.0))
 }
 
 fn unix_ms() -> i64 {

@@ -9,7 +9,8 @@
 //! Memory: per series, Gorilla-compressed chunks of 120 samples plus a small
 //! buffer of samples that arrived out of order (late batches replayed by an
 //! agent after an outage, at their original times), merged into the chunks
-//! when it grows. Samples older than the retention are dropped.
+//! when it grows. Samples older than the retention are dropped, and a
+//! series keeps at most `MAX_CHUNKS_PER_SERIES` chunks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +29,10 @@ use crate::flusher::GroupFlusher;
 
 /// Out-of-order samples kept aside before they are merged into the chunks.
 const OOO_MERGE_AT: usize = 256;
+/// Most sealed chunks a series keeps (120 samples each: 6 h at 1 s), so a
+/// series sent far faster than planned cannot take unbounded memory; the
+/// oldest go first.
+const MAX_CHUNKS_PER_SERIES: usize = 180;
 /// A log segment is closed after this long or this size.
 const SEGMENT_MS: i64 = 10 * 60 * 1000;
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -164,7 +169,7 @@ impl SeriesData {
     fn append(&mut self, ts: i64, value: f64) {
         if self.head.is_empty() && self.sealed.last().is_none_or(|c| ts > c.last_ts()) || !self.head.is_empty() && ts > self.head.last_ts() {
             if self.head.is_full() {
-                self.sealed.push(std::mem::take(&mut self.head));
+                self.seal();
             }
             self.head.push(ts, value);
             return;
@@ -214,9 +219,18 @@ impl SeriesData {
         self.late.clear();
         for s in all {
             if self.head.is_full() {
-                self.sealed.push(std::mem::take(&mut self.head));
+                self.seal();
             }
             self.head.push(s.ts_ms, s.value);
+        }
+    }
+
+    /// The head becomes a sealed chunk; past the cap the oldest chunk goes.
+    fn seal(&mut self) {
+        self.sealed.push(std::mem::take(&mut self.head));
+        if self.sealed.len() > MAX_CHUNKS_PER_SERIES {
+            let dropped = self.sealed.remove(0);
+            tracing::debug!(series = %self.labels, samples = dropped.len(), "series over its memory cap: oldest chunk dropped");
         }
     }
 
@@ -465,6 +479,42 @@ mod tests {
         assert_eq!((st.series, st.samples), (1, 301));
         assert_eq!(db.label_values("node", &[]), vec!["a".to_string()]);
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn appends_in_any_order_read_back_sorted_and_complete() {
+        // A scrambled order (as concurrent ingest and replayed backlogs give).
+        let n = 1000i64;
+        let mut order: Vec<i64> = (0..n).collect();
+        let mut x: u64 = 42;
+        for i in (1..order.len()).rev() {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            order.swap(i, (x >> 33) as usize % (i + 1));
+        }
+        let mut s = SeriesData::default();
+        for &i in &order {
+            s.append(i * 15_000, i as f64 * 0.5);
+        }
+        let got = s.range(i64::MIN, i64::MAX);
+        assert_eq!(got.len(), n as usize);
+        assert_eq!(s.samples(), n as usize);
+        for (i, sample) in got.iter().enumerate() {
+            assert_eq!((sample.ts_ms, sample.value), (i as i64 * 15_000, i as f64 * 0.5));
+        }
+        assert_eq!(s.range(15_000 * 10, 15_000 * 20).len(), 11);
+    }
+
+    #[test]
+    fn a_series_memory_is_capped_oldest_first() {
+        let mut s = SeriesData::default();
+        let n = (MAX_CHUNKS_PER_SERIES + 3) * 120;
+        for i in 0..n as i64 {
+            s.append(i * 1000, i as f64);
+        }
+        assert!(s.sealed.len() <= MAX_CHUNKS_PER_SERIES);
+        let kept = s.range(i64::MIN, i64::MAX);
+        assert_eq!(kept.last().map(|x| x.value), Some((n - 1) as f64), "the newest stay");
+        assert!(kept[0].ts_ms > 0, "the oldest went");
     }
 
     #[tokio::test]
