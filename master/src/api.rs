@@ -122,7 +122,7 @@ async fn list_apps(State(c): State<Arc<Cluster>>) -> ApiResult<Vec<crate::model:
 
 async fn submit_app(State(c): State<Arc<Cluster>>, payload: Result<Json<SubmitApp>, JsonRejection>) -> Result<(StatusCode, Json<crate::model::AppDetail>), Failure> {
     let app = c.submit_app(&body(payload)?).await?;
-    Ok((StatusCode::CREATED, Json(c.app_detail(&app.id, None, Duration::ZERO).await?)))
+    Ok((StatusCode::CREATED, Json(c.view_of(&app)?)))
 }
 
 /// `?wait_after=VERSION&timeout=SECONDS`: long-poll for the next change.
@@ -155,7 +155,7 @@ async fn update_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>, heade
         ),
     };
     let app = c.update_app(&id, &body(payload)?, expected).await?;
-    Ok(Json(c.app_detail(&app.id, None, Duration::ZERO).await?))
+    Ok(Json(c.view_of(&app)?))
 }
 
 async fn delete_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>) -> Result<StatusCode, Failure> {

@@ -118,6 +118,14 @@ impl Cluster {
 
     /// The app's rollout view. With `wait_after`, first waits (at most
     /// `timeout`) until something changed after that version.
+    /// The view of `app` as this write left it (not re-read: another
+    /// writer may have moved the app on since, and the caller must see the
+    /// revision it made).
+    pub fn view_of(&self, app: &AppRecord) -> Result<AppDetail, Failure> {
+        let version = *self.watch_changes().borrow();
+        Ok(app_view(app, &self.node_snapshots()?, &self.pending_reasons()?, version))
+    }
+
     pub async fn app_detail(&self, id_or_name: &str, wait_after: Option<u64>, timeout: Duration) -> Result<AppDetail, Failure> {
         if let Some(after) = wait_after {
             self.app_record(id_or_name)?;
