@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepares a Debian/Ubuntu host for fogmesh's tests and quickstart: installs
 # the Docker engine (and curl, which tests use) if missing and starts the
-# engine if it is not running.
+# engine if it is not running. With --peers it also installs what the tests
+# and benchmarks run beside fogmesh: mosquitto, VictoriaMetrics and the
+# Prometheus node-exporter (binaries only; none is started here).
 # Idempotent; needs root (or sudo) only for what is missing.
 set -euo pipefail
 
@@ -10,6 +12,11 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io iptables)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ "${1:-}" = "--peers" ]; then
+    command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+    command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+    command -v prometheus-node-exporter >/dev/null 2>&1 || missing+=(prometheus-node-exporter)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup-host: installing ${missing[*]}"
     as_root apt-get update -qq

@@ -198,22 +198,29 @@ impl Master {
         self.cli_ok(&["token", "create", "--ttl", "10m"]).trim().to_string()
     }
 
-    /// A form POST to the master's API (e.g. `/api/v1/query`) with its
-    /// token and CA, via curl: the HTTP status and the JSON answer.
-    pub fn api_post(&self, path: &str, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    /// API URL, a file with the CA, and the token, from client.conf.
+    fn api_credentials(&self) -> (String, PathBuf, String) {
         let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(self.config()).expect("read client.conf")).expect("client.conf is JSON");
         let ca = self.dir.join("api-ca.pem");
         std::fs::write(&ca, conf["ca_pem"].as_str().unwrap_or_default()).expect("write CA");
+        let text = |k: &str| conf[k].as_str().unwrap_or_default().to_string();
+        (text("api"), ca, text("token"))
+    }
+
+    /// A form POST to the master's API (e.g. `/api/v1/query`) with its
+    /// token and CA, via curl: the HTTP status and the JSON answer.
+    pub fn api_post(&self, path: &str, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let (api, ca, token) = self.api_credentials();
         let mut cmd = Command::new("curl");
         cmd.args(["-s", "--max-time", "30", "-w", "\n%{http_code}", "--cacert"]).arg(&ca);
-        cmd.args(["-H", &format!("Authorization: Bearer {}", conf["token"].as_str().unwrap_or_default())]);
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
         if form.is_empty() {
             cmd.args(["-X", "POST"]);
         }
         for (k, v) in form {
             cmd.args(["--data-urlencode", &format!("{k}={v}")]);
         }
-        cmd.arg(format!("{}{path}", conf["api"].as_str().unwrap_or_default()));
+        cmd.arg(format!("{api}{path}"));
         let out = cmd.output().expect("run curl");
         let body = text(&out.stdout);
         let (json, code) = body.rsplit_once('\n').unwrap_or(("", "0"));
@@ -222,14 +229,12 @@ impl Master {
 
     /// GET with the token (e.g. `/metrics`): the body, panicking on failure.
     pub fn api_get_text(&self, path: &str) -> String {
-        let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(self.config()).expect("read client.conf")).expect("client.conf is JSON");
-        let ca = self.dir.join("api-ca.pem");
-        std::fs::write(&ca, conf["ca_pem"].as_str().unwrap_or_default()).expect("write CA");
+        let (api, ca, token) = self.api_credentials();
         let out = Command::new("curl")
             .args(["-sf", "--max-time", "30", "--cacert"])
             .arg(&ca)
-            .args(["-H", &format!("Authorization: Bearer {}", conf["token"].as_str().unwrap_or_default())])
-            .arg(format!("{}{path}", conf["api"].as_str().unwrap_or_default()))
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("{api}{path}"))
             .output()
             .expect("run curl");
         assert!(out.status.success(), "GET {path} failed: {}", text(&out.stderr));

@@ -65,17 +65,37 @@ pub fn node_of_topic(topic: &str) -> Option<&str> {
     topic.strip_prefix("fogmesh/v1/nodes/")?.strip_suffix("/metrics").filter(|n| !n.is_empty() && !n.contains('/'))
 }
 
-/// The payload of a batch: magic, then the encoded batch and its signature.
+/// The payload of a batch: magic, then the snappy-compressed encoded batch
+/// and the node's signature over it.
 pub fn encode_payload(batch: &Batch, sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
     let plain = codec::encode_record(batch).map_err(|e| e.to_string())?;
     let bytes = snap::raw::Encoder::new().compress_vec(&plain).map_err(|e| e.to_string())?;
-    let signature = sign(&bytes)?;
-    let mut out = BATCH_MAGIC.to_vec();
-    out.extend(codec::encode_record(&Signed { batch: bytes, signature }).map_err(|e| e.to_string())?);
+    let out = seal(BATCH_MAGIC, bytes, sign)?;
     if out.len() > MAX_BATCH_BYTES {
         return Err(format!("batch of {} bytes exceeds the {MAX_BATCH_BYTES} byte limit", out.len()));
     }
     Ok(out)
+}
+
+/// `magic`, then `bytes` with their signature.
+fn seal(magic: &[u8; 4], bytes: Vec<u8>, sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
+    let signature = sign(&bytes)?;
+    let mut out = magic.to_vec();
+    out.extend(codec::encode_record(&Signed { batch: bytes, signature }).map_err(|e| e.to_string())?);
+    Ok(out)
+}
+
+/// The signed bytes of a payload, once size, magic and signature checked out.
+fn unseal(magic: &[u8; 4], payload: &[u8], verify: impl FnOnce(&[u8], &[u8]) -> bool) -> Result<Vec<u8>, PayloadError> {
+    if payload.len() > MAX_BATCH_BYTES {
+        return Err(PayloadError::TooLarge(payload.len()));
+    }
+    let Some(rest) = payload.strip_prefix(magic.as_slice()) else { return Err(PayloadError::NotABatch) };
+    let signed: Signed = codec::decode_record(rest).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))?;
+    if !verify(&signed.batch, &signed.signature) {
+        return Err(PayloadError::BadSignature);
+    }
+    Ok(signed.batch)
 }
 
 /// Why a payload was refused.
@@ -98,45 +118,27 @@ impl std::fmt::Display for PayloadError {
     }
 }
 
-/// Checks size, magic and signature (with `verify(bytes, signature)`), then decodes.
+/// Checks size, magic and signature (with `verify(bytes, signature)`), then
+/// decompresses (bounded) and decodes.
 pub fn decode_payload(payload: &[u8], verify: impl FnOnce(&[u8], &[u8]) -> bool) -> Result<Batch, PayloadError> {
-    if payload.len() > MAX_BATCH_BYTES {
-        return Err(PayloadError::TooLarge(payload.len()));
-    }
-    let Some(rest) = payload.strip_prefix(BATCH_MAGIC.as_slice()) else { return Err(PayloadError::NotABatch) };
-    let signed: Signed = codec::decode_record(rest).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))?;
-    if !verify(&signed.batch, &signed.signature) {
-        return Err(PayloadError::BadSignature);
-    }
-    // Bounded: a decompressed batch may not exceed the codec's record limit.
-    let len = snap::raw::decompress_len(&signed.batch).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    let compressed = unseal(BATCH_MAGIC, payload, verify)?;
+    let len = snap::raw::decompress_len(&compressed).map_err(|e| PayloadError::Malformed(e.to_string()))?;
     if len > 16 * MAX_BATCH_BYTES {
         return Err(PayloadError::Malformed(format!("batch expands to {len} bytes")));
     }
-    let plain = snap::raw::Decoder::new().decompress_vec(&signed.batch).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    let plain = snap::raw::Decoder::new().decompress_vec(&compressed).map_err(|e| PayloadError::Malformed(e.to_string()))?;
     codec::decode_record(&plain).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))
 }
 
 /// The payload of an ack: magic, then the encoded ack and the master's signature.
 pub fn encode_ack(ack: &BatchAck, sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
-    let bytes = codec::encode_record(ack).map_err(|e| e.to_string())?;
-    let signature = sign(&bytes)?;
-    let mut out = ACK_MAGIC.to_vec();
-    out.extend(codec::encode_record(&Signed { batch: bytes, signature }).map_err(|e| e.to_string())?);
-    Ok(out)
+    seal(ACK_MAGIC, codec::encode_record(ack).map_err(|e| e.to_string())?, sign)
 }
 
 /// Checks magic and signature, then decodes an ack.
 pub fn decode_ack(payload: &[u8], verify: impl FnOnce(&[u8], &[u8]) -> bool) -> Result<BatchAck, PayloadError> {
-    if payload.len() > MAX_BATCH_BYTES {
-        return Err(PayloadError::TooLarge(payload.len()));
-    }
-    let Some(rest) = payload.strip_prefix(ACK_MAGIC.as_slice()) else { return Err(PayloadError::NotABatch) };
-    let signed: Signed = codec::decode_record(rest).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))?;
-    if !verify(&signed.batch, &signed.signature) {
-        return Err(PayloadError::BadSignature);
-    }
-    codec::decode_record(&signed.batch).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))
+    let bytes = unseal(ACK_MAGIC, payload, verify)?;
+    codec::decode_record(&bytes).map_err(|e: CodecError| PayloadError::Malformed(e.to_string()))
 }
 
 /// A broker address: `mqtts://HOST:PORT` (TLS under the cluster CA, client

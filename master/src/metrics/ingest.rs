@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use fogmesh_common::metrics::batch::{acks_topic, decode_payload, encode_ack, node_of_topic, PayloadError};
-use fogmesh_common::metrics::{BatchAck, Labels};
+use fogmesh_common::metrics::BatchAck;
 use fogmesh_common::pki::{cert_public_key, verify_node_signature, NodeSigner};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::Semaphore;
 
 use super::remote_write::RemoteWriter;
-use super::tsdb::Tsdb;
+use super::tsdb::{StoredSample, Tsdb};
 use super::MqttEndpoint;
 use crate::cluster::Cluster;
 
@@ -158,7 +158,7 @@ pub enum Refused {
 
 /// Checks a payload published under `node` against the node's public key;
 /// its sequence number and samples, each labelled with the verified node.
-pub fn verify_batch(node: &str, key: &[u8], payload: &[u8]) -> Result<(u64, Vec<(Labels, i64, f64)>), Refused> {
+pub fn verify_batch(node: &str, key: &[u8], payload: &[u8]) -> Result<(u64, Vec<StoredSample>), Refused> {
     let batch = match decode_payload(payload, |bytes, sig| verify_node_signature(key, bytes, sig)) {
         Ok(b) if b.node == node => b,
         Ok(b) => return Err(Refused::Forged(format!("published under {node} but names {}", b.node))),

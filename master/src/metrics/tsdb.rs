@@ -38,10 +38,13 @@ const SEGMENT_MS: i64 = 10 * 60 * 1000;
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const WAL_MAGIC: u32 = 0x464d_5753; // "FMWS": snappy-compressed records
 
+/// A sample as the store takes it: its series, time (unix ms) and value.
+pub type StoredSample = (Labels, i64, f64);
+
 /// One logged write: a batch's samples.
 #[derive(Serialize, Deserialize)]
 struct WalEntry {
-    samples: Vec<(Labels, i64, f64)>,
+    samples: Vec<StoredSample>,
 }
 
 struct Wal {
@@ -339,7 +342,7 @@ impl Tsdb {
 
     /// Stores samples durably: they are logged and fsynced before this
     /// returns, then queryable.
-    pub async fn append(&self, samples: Vec<(Labels, i64, f64)>) -> Result<()> {
+    pub async fn append(&self, samples: Vec<StoredSample>) -> Result<()> {
         let now = now_ms();
         let cutoff = now - self.retention.as_millis() as i64;
         let samples: Vec<_> = samples.into_iter().filter(|(_, ts, _)| *ts >= cutoff).collect();
