@@ -9,12 +9,14 @@
 # Everything it makes is marked: processes have pid files in $WORK,
 # containers carry the label fogmesh.quickstart=$WORK, host folders live in
 # $WORK/volumes. `stop` removes those and $WORK itself (CA key, admin token).
-# Ports: API 7400/tcp, agents 7401/udp (FOGMESH_QS_API_PORT, FOGMESH_QS_QUIC_PORT).
+# Ports: API 7400/tcp, agents 7401/udp, metrics broker 8883/tcp
+# (FOGMESH_QS_API_PORT, FOGMESH_QS_QUIC_PORT, FOGMESH_QS_MQTT_PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${FOGMESH_QUICKSTART_DIR:-/tmp/fogmesh-quickstart}
 API_PORT=${FOGMESH_QS_API_PORT:-7400}
 QUIC_PORT=${FOGMESH_QS_QUIC_PORT:-7401}
+MQTT_PORT=${FOGMESH_QS_MQTT_PORT:-8883}
 BIN=target/debug
 NODES=(camera:127.0.0.2 fog:127.0.0.3 cloud:127.0.0.4)
 MARKER="fogmesh.quickstart=$WORK"
@@ -48,7 +50,8 @@ mkdir -p "$WORK/volumes"
 
 echo "== master"
 "$BIN/fogmesh-master" init --data-dir "$WORK/master" --api "127.0.0.1:$API_PORT"
-"$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "127.0.0.1:$API_PORT" --quic "127.0.0.1:$QUIC_PORT" >"$WORK/master.log" 2>&1 &
+"$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "127.0.0.1:$API_PORT" --quic "127.0.0.1:$QUIC_PORT" \
+    --mqtt-listen "127.0.0.1:$MQTT_PORT" >"$WORK/master.log" 2>&1 &
 echo $! >"$WORK/master.pid"
 export FOGMESH_CONFIG="$WORK/master/client.conf"
 for _ in $(seq 1 50); do "$BIN/fogmesh" node list >/dev/null 2>&1 && break; sleep 0.2; done
@@ -75,11 +78,20 @@ echo "== submit adts/face-detection.yaml"
 "$BIN/fogmesh" app show face-detection
 echo
 docker ps --filter "label=$MARKER" --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}'
+
+echo "== metrics (agents -> MQTT -> master)"
+for _ in $(seq 1 100); do
+    [ "$("$BIN/fogmesh" metrics query 'count by (node) (container_memory_usage_bytes)' 2>/dev/null | grep -c 'node=')" -ge 3 ] && break
+    sleep 0.2
+done
+"$BIN/fogmesh" metrics query 'sum by (node) (container_memory_usage_bytes)'
 cat <<MSG
 
 fogmesh is running. Try:
   export FOGMESH_CONFIG=$WORK/master/client.conf
   $BIN/fogmesh node list
   $BIN/fogmesh app show face-detection
+  $BIN/fogmesh metrics query 'sum by (node) (rate(container_cpu_usage_seconds_total[1m]))'
+  $BIN/fogmesh metrics query 'node_load1' --range 10m
 Logs are in $WORK. Remove everything with: bash deploy/quickstart.sh stop
 MSG

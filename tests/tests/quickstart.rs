@@ -15,6 +15,7 @@ fn quickstart_runs_and_stop_removes_everything_it_made() {
         let mut cmd = Command::new("bash");
         cmd.arg(&script).args(arg).env("FOGMESH_QUICKSTART_DIR", &work);
         cmd.env("FOGMESH_QS_API_PORT", free_port().to_string()).env("FOGMESH_QS_QUIC_PORT", free_port().to_string());
+        cmd.env("FOGMESH_QS_MQTT_PORT", free_port().to_string());
         cmd.output().expect("run quickstart.sh")
     };
     // A container of someone else's on the same engine must survive `stop`.
@@ -25,6 +26,11 @@ fn quickstart_runs_and_stop_removes_everything_it_made() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "quickstart failed:\n{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("app face-detection is running"), "{stdout}");
+    // Every node's container metrics reached the master.
+    let metrics = stdout.split("== metrics").nth(1).unwrap_or_default();
+    for node in ["camera", "fog", "cloud"] {
+        assert!(metrics.contains(&format!("node=\"{node}\"")), "no metrics of {node}:\n{metrics}");
+    }
     let pids: Vec<String> = std::fs::read_dir(&work)
         .unwrap()
         .filter_map(|e| e.ok())
