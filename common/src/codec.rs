@@ -393,6 +393,19 @@ mod tests {
                     since_ms: 1_700_000_000_000,
                 }],
             }),
+            AgentMessage::ScalingReport(vec![LocalDecision {
+                app_id: "7f3a0b1c".into(),
+                workload: "web".into(),
+                key: "scale#2/web".into(),
+                label: "scale #2".into(),
+                at_ms: 1_700_000_000_000,
+                from: 1,
+                to: 3,
+                printed: vec!["load 0.93".into()],
+                readings_json: "{\"LOAD\":0.93}".into(),
+                message: String::new(),
+                failed: false,
+            }]),
         ]
     }
 
@@ -431,12 +444,21 @@ mod tests {
                         ],
                         interval_ms: Some(5_000),
                     }),
+                    policies: vec![LocalPolicy {
+                        app_id: "7f3a0b1c".into(),
+                        workload: "web".into(),
+                        key: "scale#2/web".into(),
+                        label: "scale #2".into(),
+                        plan_json: "{\"nodes\":[]}".into(),
+                        replicas: 2,
+                    }],
                 },
             },
             MasterMessage::DesiredDone {
                 generation: 43,
                 apps: 1,
             },
+            MasterMessage::ScalingReportTaken { up_to_ms: 1_700_000_000_000 },
         ]
     }
 

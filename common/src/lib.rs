@@ -6,5 +6,6 @@ pub mod metrics;
 pub mod pki;
 pub mod procstat;
 pub mod promql;
+pub mod scaling;
 pub mod tls;
 pub mod wire;

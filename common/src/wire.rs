@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; an agent with another version is
 /// refused with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// TLS application protocol of the control plane.
 pub const ALPN: &[u8] = b"fogmesh/2";
 
@@ -28,6 +28,9 @@ pub enum AgentMessage {
     /// The desired state of this generation is durably stored on the node.
     Ack { generation: u64 },
     Status(NodeStatus),
+    /// Scaling decisions the agent made on its own while cut off, oldest
+    /// first (sent after Welcome until the master takes them).
+    ScalingReport(Vec<LocalDecision>),
 }
 
 /// Master -> agent.
@@ -44,6 +47,44 @@ pub enum MasterMessage {
     /// The desired state `generation` is complete: `apps` parts were sent
     /// for it, and every app not among them must not run on the node.
     DesiredDone { generation: u64, apps: u32 },
+    /// The master recorded the agent's decisions up to this time (unix ms):
+    /// the agent may forget them.
+    ScalingReportTaken { up_to_ms: i64 },
+}
+
+/// A scaling policy the agent may evaluate on its own while cut off from
+/// the master: its target runs only on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalPolicy {
+    pub app_id: String,
+    /// The target workload.
+    pub workload: String,
+    /// Identifies the policy and target (the master's runtime key).
+    pub key: String,
+    /// `KEY #INDEX`, for events.
+    pub label: String,
+    /// A plan holding the policy, its target workload and the ADT-wide
+    /// constants and queries, as JSON (the wire codec is not self-describing).
+    pub plan_json: String,
+    /// Replicas the master last decided.
+    pub replicas: u32,
+}
+
+/// A decision an agent made on its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalDecision {
+    pub app_id: String,
+    pub workload: String,
+    pub key: String,
+    pub label: String,
+    pub at_ms: i64,
+    pub from: u32,
+    pub to: u32,
+    pub printed: Vec<String>,
+    /// Query and alert values the rule read, as JSON.
+    pub readings_json: String,
+    pub message: String,
+    pub failed: bool,
 }
 
 /// Why the master refused; agents act on some kinds.
@@ -64,6 +105,8 @@ pub struct AppDesired {
     pub app_id: String,
     pub containers: Vec<ContainerSpec>,
     pub metrics: Option<AppMetrics>,
+    /// Policies this node may evaluate on its own while cut off.
+    pub policies: Vec<LocalPolicy>,
 }
 
 /// Where the agent sends metrics: an MQTT broker, and the default interval.
@@ -158,6 +201,8 @@ pub struct DesiredState {
     pub containers: Vec<ContainerSpec>,
     #[serde(default)]
     pub metrics: Vec<AppMetrics>,
+    #[serde(default)]
+    pub policies: Vec<LocalPolicy>,
 }
 
 impl DesiredState {
@@ -167,13 +212,19 @@ impl DesiredState {
         for c in &self.containers {
             match parts.iter_mut().find(|p| p.app_id == c.app_id) {
                 Some(part) => part.containers.push(c.clone()),
-                None => parts.push(AppDesired { app_id: c.app_id.clone(), containers: vec![c.clone()], metrics: None }),
+                None => parts.push(AppDesired { app_id: c.app_id.clone(), containers: vec![c.clone()], metrics: None, policies: Vec::new() }),
             }
         }
         for m in &self.metrics {
             match parts.iter_mut().find(|p| p.app_id == m.app_id) {
                 Some(part) => part.metrics = Some(m.clone()),
-                None => parts.push(AppDesired { app_id: m.app_id.clone(), containers: Vec::new(), metrics: Some(m.clone()) }),
+                None => parts.push(AppDesired { app_id: m.app_id.clone(), containers: Vec::new(), metrics: Some(m.clone()), policies: Vec::new() }),
+            }
+        }
+        for p in &self.policies {
+            match parts.iter_mut().find(|part| part.app_id == p.app_id) {
+                Some(part) => part.policies.push(p.clone()),
+                None => parts.push(AppDesired { app_id: p.app_id.clone(), containers: Vec::new(), metrics: None, policies: vec![p.clone()] }),
             }
         }
         parts
@@ -185,6 +236,7 @@ impl DesiredState {
         for p in parts {
             state.containers.extend(p.containers);
             state.metrics.extend(p.metrics);
+            state.policies.extend(p.policies);
         }
         state
     }

@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{watch, Notify};
 
+use crate::autonomy::{self, AutonomyOptions, Link};
 use crate::capacity;
 use crate::connector::{run_forever, SessionContext};
 use crate::identity::IdentityFiles;
 use crate::local_store::LocalStore;
-use crate::metrics::{self, queue::QueueCap, MetricsOptions};
+use crate::metrics::{self, queue::QueueCap, recent::RecentSamples, MetricsOptions};
+use fogmesh_common::scaling::round::NodeRef;
+use fogmesh_common::scaling::{RuleLimits, RuleWorker};
 use crate::persister::{self, Applied};
 use crate::reconciler::{events, Owner, Reconciler};
 use crate::status::StatusBoard;
@@ -39,6 +42,11 @@ pub struct RunOptions {
     pub master_timeout: Duration,
     /// How much the metrics queue may hold while the master is away.
     pub metrics_queue: QueueCap,
+    /// How long the master must be unreachable before the node runs its
+    /// scaling policies itself.
+    pub autonomy_after: Duration,
+    /// The program and arguments that run scaling rules in a child process.
+    pub rule_worker: (std::path::PathBuf, Vec<String>),
 }
 
 pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
@@ -53,8 +61,27 @@ pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
     let reconciler = connect_engine(owner, data_dir, wake.clone()).await;
     let runtime_version = reconciler.runtime_version().await.unwrap_or_else(|e| format!("unknown ({e})"));
     tokio::spawn(events::watch_forever(reconciler.docker(), node.clone(), wake.clone()));
-    let metrics_settings = metrics::start(data_dir, &identity, Some(reconciler.docker()), persist.applied.clone(), MetricsOptions { queue_cap: options.metrics_queue })?;
-    tokio::spawn(reconcile_forever(reconciler, persist.applied, board.clone(), wake));
+    let recent = Arc::new(RecentSamples::default());
+    let metrics_settings = metrics::start(
+        data_dir,
+        &identity,
+        Some(reconciler.docker()),
+        persist.applied.clone(),
+        MetricsOptions { queue_cap: options.metrics_queue, recent: Some(recent.clone()) },
+    )?;
+    let (link_tx, link_rx) = watch::channel(Link::Down { since: Instant::now() });
+    let worker = Arc::new(RuleWorker::new(options.rule_worker.0.clone(), options.rule_worker.1.clone()));
+    let me = NodeRef { id: node.clone(), addr: identity.info.public_ip.clone() };
+    let (autonomy, effective) = autonomy::start(
+        data_dir,
+        me,
+        persist.applied.clone(),
+        link_rx,
+        recent,
+        AutonomyOptions { after: options.autonomy_after, limits: RuleLimits::default(), worker },
+    );
+    // The reconciler runs the stored desired state with local scaling applied.
+    tokio::spawn(reconcile_forever(reconciler, effective, board.clone(), wake));
 
     let ctx = SessionContext {
         identity,
@@ -66,6 +93,8 @@ pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
         timing: QuicTiming::with_idle_timeout(options.master_timeout),
         endpoint: None,
         metrics_settings: Some(metrics_settings),
+        link: Some(link_tx),
+        autonomy: Some(autonomy),
     };
     tokio::select! {
         _ = run_forever(ctx) => {}

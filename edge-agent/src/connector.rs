@@ -5,6 +5,7 @@
 //! durable; the session loop never waits for the disk itself.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,6 +18,7 @@ use fogmesh_common::wire::{
 use quinn::Endpoint;
 use tokio::sync::{mpsc, watch};
 
+use crate::autonomy::{Autonomy, Link};
 use crate::identity::{Identity, NodeInfo};
 use crate::persister::Command;
 
@@ -96,6 +98,10 @@ pub struct SessionContext {
     pub endpoint: Option<Endpoint>,
     /// Where the master's metrics settings go (the metrics pipeline keeps them).
     pub metrics_settings: Option<watch::Sender<Option<MetricsSettings>>>,
+    /// Whether a session is up, for the local scaling policies.
+    pub link: Option<watch::Sender<Link>>,
+    /// Local scaling decisions to report once the master is back.
+    pub autonomy: Option<Arc<Autonomy>>,
 }
 
 /// Keeps a session with the master open, reconnecting forever. Workloads
@@ -105,7 +111,17 @@ pub async fn run_forever(ctx: SessionContext) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
-        match session(&ctx).await {
+        let result = session(&ctx).await;
+        if let Some(link) = &ctx.link {
+            link.send_if_modified(|l| {
+                let was_up = *l == Link::Up;
+                if was_up {
+                    *l = Link::Down { since: Instant::now() };
+                }
+                was_up
+            });
+        }
+        match result {
             Ok(()) => tracing::info!(%node, "the master closed the session; workloads keep running"),
             Err(SessionError::Refused { reason, kind: Refusal::Revoked }) => {
                 tracing::error!(%node, %reason, "the master removed this node: removing its workloads; join again with a new token to return");
@@ -204,6 +220,16 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
         None => return Err(anyhow!("the master closed the stream").into()),
     };
     tracing::info!(master = %info.master, node = %info.node_name, generation = acked, "connected to the master");
+    if let Some(link) = &ctx.link {
+        link.send_replace(Link::Up);
+    }
+    if let Some(autonomy) = &ctx.autonomy {
+        let report = autonomy.pending_report();
+        if !report.is_empty() {
+            tracing::info!(decisions = report.len(), "reporting the scaling decisions made while offline");
+            write_frame(&mut send, &AgentMessage::ScalingReport(report)).await?;
+        }
+    }
 
     let (tx, mut frames) = mpsc::channel(8);
     let reader = tokio::spawn(forward_frames(recv, tx));
@@ -231,6 +257,11 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
                     }
                 }
                 Some(Ok(MasterMessage::Refused { reason, kind })) => break Err(SessionError::Refused { reason, kind }),
+                Some(Ok(MasterMessage::ScalingReportTaken { up_to_ms })) => {
+                    if let Some(autonomy) = &ctx.autonomy {
+                        autonomy.report_taken(up_to_ms);
+                    }
+                }
                 Some(Ok(MasterMessage::Metrics(settings))) => {
                     if let Some(tx) = &ctx.metrics_settings {
                         tx.send_if_modified(|current| {

@@ -1,6 +1,7 @@
 //! The fogmesh edge agent: runs one fog node's containers, online or not.
 
 pub mod agent;
+pub mod autonomy;
 pub mod bench;
 pub mod capacity;
 pub mod connector;

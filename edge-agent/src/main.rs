@@ -139,6 +139,10 @@ struct RunArgs {
     /// Oldest batch the metrics queue keeps (e.g. 7d, 12h).
     #[arg(long, default_value = "7d", value_parser = duration_arg)]
     metrics_queue_max_age: std::time::Duration,
+    /// After the master has been unreachable this long, the node runs the
+    /// scaling policies of workloads that run only on it by itself.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    autonomy_after: std::time::Duration,
 }
 
 fn bytes_arg(text: &str) -> Result<u64, String> {
@@ -160,6 +164,11 @@ struct JoinArgs {
     /// Node label K=V (repeatable).
     #[arg(long = "label", value_name = "K=V", value_parser = label)]
     labels: Vec<(String, String)>,
+    /// Join as a member of this node set of an ADT (e.g. machines a
+    /// `--node-set-hook` created for a Compute node set); same as
+    /// `--label fogmesh.node-set=NAME`.
+    #[arg(long, value_name = "NAME")]
+    node_set: Option<String>,
     /// Take over the node already registered with this public IP: its old
     /// certificate is revoked and its old agent is refused from then on.
     #[arg(long)]
@@ -189,7 +198,17 @@ fn label(arg: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Scaling rules run in a child process: this program with this argument.
+const RULE_WORKER_ARG: &str = "__rule-worker";
+
+// Lets the rule worker enforce its memory limit; unarmed it only counts.
+#[global_allocator]
+static ALLOCATOR: monty_alloc::LimitedAllocator = monty_alloc::LimitedAllocator;
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(RULE_WORKER_ARG) {
+        return fogmesh_common::scaling::worker::serve_worker();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -227,6 +246,8 @@ async fn dispatch(command: Command) -> Result<()> {
                 container_labels: run.container_labels,
                 master_timeout: run.master_timeout,
                 metrics_queue: QueueCap { max_bytes: run.metrics_queue_max_bytes, max_age: run.metrics_queue_max_age },
+                autonomy_after: run.autonomy_after,
+                rule_worker: (std::env::current_exe().context("find this program to run scaling rules")?, vec![RULE_WORKER_ARG.into()]),
             };
             fogmesh_agent::agent::run(&data_dir, options).await
         }
@@ -255,7 +276,11 @@ async fn dispatch(command: Command) -> Result<()> {
 
 async fn do_join(files: &IdentityFiles, args: JoinArgs, master: String, token: String) -> Result<()> {
     let data_dir = args.data_dir.clone();
-    let (identity, metrics) = join(&JoinOptions { master, token, public_ip: args.public_ip, name: args.name, labels: args.labels, replace: args.replace }).await?;
+    let mut labels = args.labels;
+    if let Some(set) = args.node_set {
+        labels.push(("fogmesh.node-set".into(), set));
+    }
+    let (identity, metrics) = join(&JoinOptions { master, token, public_ip: args.public_ip, name: args.name, labels, replace: args.replace }).await?;
     files.save(&identity)?;
     fogmesh_agent::metrics::settings::SettingsFile::new(&data_dir).save(&metrics)?;
     println!("joined as node {} (public IP {})", identity.info.node_name, identity.info.public_ip);

@@ -84,6 +84,8 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
             timing: QuicTiming::with_idle_timeout(opts.master_timeout),
             endpoint: Some(endpoint.clone()),
             metrics_settings: None,
+            link: None,
+            autonomy: None,
         };
         tokio::spawn(run_forever(ctx));
     }

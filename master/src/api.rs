@@ -30,6 +30,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/nodes/{name}", delete(remove_node))
         .route("/apps", get(list_apps).post(submit_app))
         .route("/apps/{id}", get(show_app).put(update_app).delete(delete_app))
+        .route("/apps/{id}/events", get(app_events))
         .route_layer(middleware::from_fn_with_state(cluster.clone(), require_token));
     Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -156,6 +157,27 @@ async fn update_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>, heade
     };
     let app = c.update_app(&id, &body(payload)?, expected).await?;
     Ok(Json(c.view_of(&app)?))
+}
+
+/// `?after=SEQ&wait=true&timeout=SECONDS`: events after SEQ; with `wait`,
+/// long-poll until there is one.
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    wait: bool,
+    #[serde(default = "default_watch_seconds")]
+    timeout: u64,
+}
+
+async fn app_events(
+    State(c): State<Arc<Cluster>>,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<crate::model::EventPage> {
+    let Query(q) = query.map_err(|e| Failure::BadRequest(format!("bad query: {e}")))?;
+    Ok(Json(c.app_events(&id, q.after, q.wait, Duration::from_secs(q.timeout)).await?))
 }
 
 async fn delete_app(State(c): State<Arc<Cluster>>, Path(id): Path<String>) -> Result<StatusCode, Failure> {

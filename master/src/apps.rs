@@ -14,7 +14,8 @@ use fogmesh_common::wire::{AppDesired, MasterMessage};
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
-use crate::model::{now_ms, AppDetail, AppRecord, AppSummary, SubmitApp};
+use crate::model::{now_ms, AppDetail, AppRecord, AppSummary, EventPage, SubmitApp};
+use crate::policy_keeper::policy_views;
 use crate::rollout::{app_view, NodeSnapshot};
 use crate::scheduler::{container_spec, schedule};
 
@@ -56,7 +57,20 @@ impl Cluster {
             }
         }
         let params = merged_params(&app.params, req);
-        app.plan = compile_adt(&req.adt, &params)?;
+        let mut plan = compile_adt(&req.adt, &params)?;
+        // What a policy scaled stays, within the new bounds.
+        for w in &mut plan.workloads {
+            if let Some(old) = app.plan.workload(&w.name) {
+                w.replicas = old.replicas.max(w.min_instances).min(w.max_instances.unwrap_or(u32::MAX));
+            }
+        }
+        for n in &mut plan.nodes {
+            if let Some(old) = app.plan.node(&n.name) {
+                n.scaled_to = old.scaled_to.map(|c| c.max(n.min_instances).min(n.max_instances.unwrap_or(u32::MAX)));
+                n.dropped = old.dropped.clone();
+            }
+        }
+        app.plan = plan;
         app.adt = req.adt.clone();
         app.params = params;
         app.revision += 1;
@@ -123,7 +137,79 @@ impl Cluster {
     /// revision it made).
     pub fn view_of(&self, app: &AppRecord) -> Result<AppDetail, Failure> {
         let version = *self.watch_changes().borrow();
-        Ok(app_view(app, &self.node_snapshots()?, &self.pending_reasons()?, version))
+        self.full_view(app, version)
+    }
+
+    /// The rollout view plus the scaling policies' state.
+    fn full_view(&self, app: &AppRecord, version: u64) -> Result<AppDetail, Failure> {
+        let mut view = app_view(app, &self.node_snapshots()?, &self.pending_reasons()?, version);
+        view.scaling = policy_views(app, &self.store.scaling(&app.id)?, self.config.scaling_period);
+        Ok(view)
+    }
+
+    /// A policy's decision: the workload's replica count (within its
+    /// bounds; every member of its pod), as a change of the plan, not a new
+    /// revision. Serialised with every other write.
+    pub async fn scale_workload(&self, app_id: &str, workload: &str, replicas: u32) -> Result<(), Failure> {
+        let _write = self.write_lock().await;
+        let mut app = self.store.app(app_id)?.ok_or_else(|| Failure::NotFound(format!("app {app_id} is gone")))?;
+        let Some(w) = app.plan.workload(workload) else {
+            return Err(Failure::NotFound(format!("app {} has no workload {workload} any more", app.name)));
+        };
+        let replicas = replicas.max(w.min_instances).min(w.max_instances.unwrap_or(u32::MAX));
+        let pod = w.pod.clone();
+        let mut changed = false;
+        for w in app.plan.workloads.iter_mut().filter(|x| x.name == workload || (pod.is_some() && x.pod == pod)) {
+            changed |= w.replicas != replicas;
+            w.replicas = replicas;
+        }
+        if !changed {
+            return Ok(());
+        }
+        self.check_wire_size(&app)?;
+        self.store.put_app(&app)?;
+        self.reschedule_locked().await?;
+        tracing::info!(app = %app.name, workload, replicas, "scaled");
+        Ok(())
+    }
+
+    /// A policy's decision for a node set: how many members it wants and
+    /// which it asked to drop (within its bounds), kept in the plan.
+    pub async fn scale_node_set(&self, app_id: &str, set: &str, count: u32, drop: &[String]) -> Result<(), Failure> {
+        let _write = self.write_lock().await;
+        let mut app = self.store.app(app_id)?.ok_or_else(|| Failure::NotFound(format!("app {app_id} is gone")))?;
+        let name = app.name.clone();
+        let Some(node) = app.plan.nodes.iter_mut().find(|n| n.name == set) else {
+            return Err(Failure::NotFound(format!("app {name} has no node set {set} any more")));
+        };
+        let count = count.max(node.min_instances).min(node.max_instances.unwrap_or(u32::MAX));
+        node.scaled_to = Some(count);
+        for d in drop {
+            if !node.dropped.contains(d) {
+                node.dropped.push(d.clone());
+            }
+        }
+        self.store.put_app(&app)?;
+        self.reschedule_locked().await?;
+        tracing::info!(app = %name, set, count, "node set scaled");
+        Ok(())
+    }
+
+    /// Scaling events of an app after `after`; with `wait`, first waits
+    /// (at most `timeout`) until there is one.
+    pub async fn app_events(&self, id_or_name: &str, after: u64, wait: bool, timeout: Duration) -> Result<EventPage, Failure> {
+        let app = self.app_record(id_or_name)?;
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_WATCH);
+        loop {
+            let version = *self.watch_changes().borrow();
+            let events = self.store.events(&app.id, after, 500)?;
+            if !events.is_empty() || !wait || tokio::time::Instant::now() >= deadline {
+                let last_seq = events.last().map(|e| e.seq).unwrap_or(after);
+                return Ok(EventPage { events, last_seq, version });
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.wait_for_change(version, remaining).await;
+        }
     }
 
     pub async fn app_detail(&self, id_or_name: &str, wait_after: Option<u64>, timeout: Duration) -> Result<AppDetail, Failure> {
@@ -133,11 +219,11 @@ impl Cluster {
         }
         let version = *self.watch_changes().borrow();
         let app = self.app_record(id_or_name)?;
-        Ok(app_view(&app, &self.node_snapshots()?, &self.pending_reasons()?, version))
+        self.full_view(&app, version)
     }
 
     /// Every node with what it should run, what it acked and reports, and its state.
-    fn node_snapshots(&self) -> Result<Vec<NodeSnapshot>, Failure> {
+    pub(crate) fn node_snapshots(&self) -> Result<Vec<NodeSnapshot>, Failure> {
         let mut out = Vec::new();
         for node in self.store.nodes()? {
             out.push(NodeSnapshot {
@@ -178,7 +264,7 @@ impl Cluster {
         }
         for (node, mut containers) in candidates {
             containers.extend(hostless.iter().cloned());
-            let frame = MasterMessage::DesiredApp { generation: u64::MAX, app: AppDesired { app_id: app.id.clone(), containers, metrics: None } };
+            let frame = MasterMessage::DesiredApp { generation: u64::MAX, app: AppDesired { app_id: app.id.clone(), containers, metrics: None, policies: Vec::new() } };
             let size = match codec::encode(&frame) {
                 Ok(bytes) => bytes.len(),
                 Err(codec::CodecError::TooLarge { len, .. }) => len,

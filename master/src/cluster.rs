@@ -35,6 +35,8 @@ pub struct ClusterConfig {
     pub agent_endpoint: String,
     /// Where agents send metrics, and how often.
     pub metrics: fogmesh_common::wire::MetricsSettings,
+    /// Seconds between two rounds of a scaling policy without its own `interval`.
+    pub scaling_period: Duration,
 }
 
 pub struct Cluster {
@@ -196,12 +198,14 @@ impl Cluster {
             .collect();
         let previous = self.store.placements()?;
         let plan = scheduler::schedule(&apps, &nodes, &previous, &self.config.agent_endpoint);
+        let mut local = crate::policy_keeper::local_policies(&apps, &plan.per_node);
         let mut changed = 0;
         for (node, containers) in &plan.per_node {
             let current = self.store.desired(node)?;
             let metrics = plan.metrics.get(node).cloned().unwrap_or_default();
-            if current.containers != *containers || current.metrics != metrics || current.generation == 0 {
-                let state = DesiredState { generation: self.store.next_generation()?, containers: containers.clone(), metrics };
+            let policies = local.remove(node).unwrap_or_default();
+            if current.containers != *containers || current.metrics != metrics || current.policies != policies || current.generation == 0 {
+                let state = DesiredState { generation: self.store.next_generation()?, containers: containers.clone(), metrics, policies };
                 self.store.put_desired(node, &state)?;
                 changed += 1;
                 tracing::info!(node = %node, generation = state.generation, containers = containers.len(), "desired state changed");

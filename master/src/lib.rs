@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod nodes;
+pub mod policy_keeper;
 pub mod quic;
 pub mod rollout;
 pub mod scheduler;

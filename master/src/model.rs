@@ -107,8 +107,68 @@ pub struct AppDetail {
     /// Per node the app runs on: the desired state it must ack.
     pub nodes: Vec<NodeRollout>,
     pub workloads: Vec<WorkloadView>,
+    /// Per scaling policy: its target, bounds and last decision.
+    #[serde(default)]
+    pub scaling: Vec<PolicyView>,
     /// The master's change counter when this view was taken: pass it back as
     /// `wait_after` to wait for the next change.
+    pub version: u64,
+}
+
+/// A scaling policy as `app show` presents it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// `KEY #INDEX` (keys repeat in real ADTs).
+    pub policy: String,
+    pub target: String,
+    /// Replicas (container target) or nodes (node set) now.
+    pub current: u32,
+    pub min: u32,
+    pub max: Option<u32>,
+    /// Seconds between rounds.
+    pub period_seconds: u64,
+    pub last: Option<ScalingEvent>,
+}
+
+/// One round of a scaling policy (or an agent's decision made offline):
+/// what it read, printed and decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScalingEvent {
+    /// Increases per app.
+    pub seq: u64,
+    /// When the round ran (unix ms).
+    pub at_ms: i64,
+    pub policy: String,
+    pub target: String,
+    /// `master`, or `agent NODE (offline)` for a decision made on the node.
+    pub by: String,
+    pub outcome: EventOutcome,
+    pub from: Option<u32>,
+    pub to: Option<u32>,
+    /// Query and alert values the rule read.
+    pub readings: serde_json::Map<String, serde_json::Value>,
+    pub printed: Vec<String>,
+    /// Why: adjustments, query warnings, the rule's error with its line.
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventOutcome {
+    /// The count changed.
+    Scaled,
+    /// The rule kept the count.
+    Unchanged,
+    /// The rule or its inputs failed: nothing changed.
+    Failed,
+}
+
+/// `GET /v1/apps/ID/events`: events after `after`, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventPage {
+    pub events: Vec<ScalingEvent>,
+    /// Pass back as `after` to get only newer ones.
+    pub last_seq: u64,
     pub version: u64,
 }
 

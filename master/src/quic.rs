@@ -17,6 +17,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
 use crate::cluster::Cluster;
+use crate::policy_keeper;
 
 /// How long a new connection may take to say who it is.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,8 +130,12 @@ async fn run_session(
     let reader = tokio::spawn(forward_frames(recv, tx));
     let mut last_heard = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let (taken_tx, mut taken_rx) = mpsc::channel::<i64>(4);
     let result = loop {
         tokio::select! {
+            Some(up_to_ms) = taken_rx.recv() => {
+                write_frame(send, &MasterMessage::ScalingReportTaken { up_to_ms }).await?;
+            }
             frame = frames.recv() => {
                 let msg = match frame {
                     Some(Ok(msg)) => msg,
@@ -143,6 +148,18 @@ async fn run_session(
                     AgentMessage::Heartbeat => cluster.record_seen(node),
                     AgentMessage::Ack { generation } => cluster.record_ack(node, generation)?,
                     AgentMessage::Status(status) => cluster.record_status(node, &status)?,
+                    AgentMessage::ScalingReport(decisions) => {
+                        // Off the loop: recording and adopting waits for the disk.
+                        let (cluster, node, taken) = (cluster.clone(), node.to_string(), taken_tx.clone());
+                        tokio::spawn(async move {
+                            match policy_keeper::take_report(&cluster, &node, decisions).await {
+                                Ok(up_to) => {
+                                    let _ = taken.send(up_to).await;
+                                }
+                                Err(e) => tracing::warn!(%node, error = %format!("{e:#}"), "cannot take the agent's scaling report; it will send it again"),
+                            }
+                        });
+                    }
                     other => break Err(anyhow!("unexpected {} from node {node}", message_name(&other))),
                 }
             }
@@ -215,5 +232,6 @@ fn message_name(msg: &AgentMessage) -> &'static str {
         AgentMessage::Heartbeat => "Heartbeat",
         AgentMessage::Ack { .. } => "Ack",
         AgentMessage::Status(_) => "Status",
+        AgentMessage::ScalingReport(_) => "ScalingReport",
     }
 }

@@ -134,6 +134,7 @@ pub fn app_view(app: &AppRecord, nodes: &[NodeSnapshot], pending: &BTreeMap<Stri
         rollout: verdict.rollout(),
         nodes: node_rollouts,
         workloads,
+        scaling: Vec::new(),
         version,
     }
 }

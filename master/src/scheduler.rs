@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use fogmesh_common::adt::plan::{self, NodeKind, VolumeSource, Workload};
+use fogmesh_common::adt::plan::{self, NodeKind, Plan, PlanNode, VolumeSource, Workload};
 use fogmesh_common::adt::probes::parse_probe;
 use fogmesh_common::wire::{container_key, AppMetrics, ContainerSpec, MountSource, MountSpec, PortSpec, Protocol, ScrapeAddress, ScrapeTarget};
 
@@ -159,13 +159,27 @@ pub fn schedule(
     apps.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
     let mut ports = PortBook::default();
 
-    // Node-bound units first, so hostless ones see the real load.
-    let mut hostless = Vec::new();
+    // Node-bound units first, so hostless ones see the real load. Units on
+    // a node set spread like hostless ones, over the set's active members.
+    let mut hostless: Vec<(Unit, Option<Vec<String>>)> = Vec::new();
     for app in &apps {
+        for set in app.plan.nodes.iter().filter(|n| n.kind == NodeKind::Cloud) {
+            let key = placement_key(&app.id, &format!("set:{}", set.name));
+            out.placements.insert(key.clone(), active_members(set, &app.plan, nodes, previous.get(&key)));
+        }
         for unit in Unit::of_app(app) {
             let hosts = unit.hosts();
             if hosts.is_empty() {
-                hostless.push(unit);
+                hostless.push((unit, None));
+                continue;
+            }
+            if let Some(set) = app.plan.node(&hosts[0]).filter(|n| n.kind == NodeKind::Cloud) {
+                let active = out.placements.get(&placement_key(&app.id, &format!("set:{}", set.name))).cloned().unwrap_or_default();
+                if active.is_empty() {
+                    unit.pend(&mut out, Pending { kind: PendingKind::Waiting, reason: no_members_reason(set, agent_endpoint) });
+                    continue;
+                }
+                hostless.push((unit, Some(active)));
                 continue;
             }
             let sticky = previous.get(&unit.key()).and_then(|p| p.first()).map(String::as_str);
@@ -191,13 +205,14 @@ pub fn schedule(
 
     // Containers per node so far; each new replica goes to the least loaded.
     let mut load: BTreeMap<String, usize> = out.per_node.iter().map(|(n, specs)| (n.clone(), specs.len())).collect();
-    for unit in hostless {
+    for (unit, allowed) in hostless {
         let key = unit.key();
         let (holder, wanted, replicas) = (unit.holder(), unit.host_ports(), unit.replicas() as usize);
+        let may_run_on = |node: &str| allowed.as_ref().is_none_or(|a| a.iter().any(|n| n == node));
         // Keep earlier choices on nodes that still exist, ready or not.
         let mut chosen: Vec<String> = previous
             .get(&key)
-            .map(|p| p.iter().filter(|n| known.contains(n.as_str())).cloned().collect())
+            .map(|p| p.iter().filter(|n| known.contains(n.as_str()) && may_run_on(n)).cloned().collect())
             .unwrap_or_default();
         chosen.truncate(replicas);
         for node in &chosen {
@@ -207,7 +222,7 @@ pub fn schedule(
         while chosen.len() < replicas {
             let least_loaded = nodes
                 .iter()
-                .filter(|(n, state)| *state == NodeState::Ready && ports.clash(&n.name, &wanted).is_none())
+                .filter(|(n, state)| *state == NodeState::Ready && may_run_on(&n.name) && ports.clash(&n.name, &wanted).is_none())
                 .min_by_key(|(n, _)| (load.get(&n.name).copied().unwrap_or(0), n.name.clone()));
             let Some((node, _)) = least_loaded else {
                 let missing = replicas - chosen.len();
@@ -289,6 +304,67 @@ fn plan_metrics(app: &AppRecord, nodes: &[(NodeRecord, NodeState)], out: &mut Sc
     }
     for (node, m) in per_node {
         out.metrics.entry(node).or_default().push(m);
+    }
+}
+
+/// Every registered node that belongs to node set `set`: joined with
+/// `--node-set NAME` (label `fogmesh.node-set`), or for a fog group,
+/// matching its selector or registered for one of its member Edge nodes.
+pub fn set_candidates<'n>(set: &PlanNode, plan: &Plan, nodes: &'n [(NodeRecord, NodeState)]) -> Vec<&'n (NodeRecord, NodeState)> {
+    let label = |n: &NodeRecord, k: &str, v: &str| n.labels.iter().any(|(a, b)| a == k && b == v);
+    let member_ips: Vec<&str> = set
+        .fog_group
+        .iter()
+        .flat_map(|g| g.members.iter())
+        .filter_map(|m| plan.node(m).and_then(|n| n.public_ip.as_deref()))
+        .collect();
+    nodes
+        .iter()
+        .filter(|(n, _)| {
+            label(n, NODE_SET_LABEL, &set.name)
+                || set.fog_group.as_ref().is_some_and(|g| {
+                    (!g.selector.is_empty() && g.selector.iter().all(|(k, v)| label(n, k, v))) || member_ips.contains(&n.public_ip.as_str())
+                })
+        })
+        .collect()
+}
+
+/// The label an agent joined with `--node-set NAME` carries.
+pub const NODE_SET_LABEL: &str = "fogmesh.node-set";
+
+/// The members a node set's workloads run on. A cloud set: every ready
+/// member (its count is for the provisioner). A fog group: as many ready
+/// candidates as its policy wants, those active before first, never one it
+/// asked to drop.
+fn active_members(set: &PlanNode, plan: &Plan, nodes: &[(NodeRecord, NodeState)], before: Option<&Vec<String>>) -> Vec<String> {
+    let candidates: Vec<&(NodeRecord, NodeState)> =
+        set_candidates(set, plan, nodes).into_iter().filter(|(n, state)| *state == NodeState::Ready && !set.dropped.contains(&n.name)).collect();
+    if set.fog_group.is_none() {
+        return candidates.iter().map(|(n, _)| n.name.clone()).collect();
+    }
+    let mut ordered: Vec<String> = Vec::new();
+    for name in before.into_iter().flatten() {
+        if candidates.iter().any(|(n, _)| &n.name == name) {
+            ordered.push(name.clone());
+        }
+    }
+    for (n, _) in &candidates {
+        if !ordered.contains(&n.name) {
+            ordered.push(n.name.clone());
+        }
+    }
+    ordered.truncate(set.wanted() as usize);
+    ordered
+}
+
+fn no_members_reason(set: &PlanNode, agent_endpoint: &str) -> String {
+    match &set.fog_group {
+        Some(_) if set.wanted() == 0 => format!("node set '{}' is scaled to 0 nodes", set.name),
+        Some(_) => format!("no ready fog node belongs to node set '{}' (its selector or members)", set.name),
+        None => format!(
+            "node set '{0}' ({1}) has no ready member: provision machines (see `--node-set-hook`) and join them with `fogmesh-agent run --master {agent_endpoint} --node-set {0} ...`",
+            set.name, set.tosca_type
+        ),
     }
 }
 

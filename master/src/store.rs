@@ -17,7 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::flusher::GroupFlusher;
-use crate::model::{AppRecord, NodeRecord, TokenRecord};
+use crate::model::{AppRecord, NodeRecord, ScalingEvent, TokenRecord};
+use crate::policy_keeper::AppScaling;
 
 /// Why a node certificate is no longer valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -42,6 +43,10 @@ pub struct Store {
     revoked: sled::Tree,
     placements: sled::Tree,
     meta: sled::Tree,
+    /// Per app: scaling state (`m_userdata`, alert clocks, last rounds).
+    scaling: sled::Tree,
+    /// Per app: scaling events, keyed `APP_ID/SEQ` (SEQ zero-padded).
+    events: sled::Tree,
 }
 
 impl Store {
@@ -69,6 +74,8 @@ impl Store {
             revoked: tree("revoked")?,
             placements: tree("placements")?,
             meta: tree("meta")?,
+            scaling: tree("scaling")?,
+            events: tree("events")?,
             db,
         })
     }
@@ -125,7 +132,45 @@ impl Store {
     }
     pub fn remove_app(&self, id: &str) -> Result<()> {
         self.apps.remove(id)?;
+        self.scaling.remove(id)?;
+        for key in self.events.scan_prefix(format!("{id}/")).keys() {
+            self.events.remove(key?)?;
+        }
         Ok(())
+    }
+
+    pub fn scaling(&self, app_id: &str) -> Result<AppScaling> {
+        Ok(get(&self.scaling, app_id)?.unwrap_or_default())
+    }
+    pub fn put_scaling(&self, app_id: &str, state: &AppScaling) -> Result<()> {
+        put(&self.scaling, app_id, state)
+    }
+
+    /// Stores an event under the next sequence number of its app and keeps
+    /// only the newest `keep`; returns the sequence number.
+    pub fn append_event(&self, app_id: &str, mut event: ScalingEvent, keep: usize) -> Result<u64> {
+        let prefix = format!("{app_id}/");
+        let last = self.events.scan_prefix(&prefix).keys().next_back().transpose()?;
+        let last_seq = last.and_then(|k| std::str::from_utf8(&k).ok()?.strip_prefix(&prefix)?.parse::<u64>().ok()).unwrap_or(0);
+        event.seq = last_seq + 1;
+        put(&self.events, &format!("{prefix}{:020}", event.seq), &event)?;
+        let count = self.events.scan_prefix(&prefix).count();
+        for key in self.events.scan_prefix(&prefix).keys().take(count.saturating_sub(keep)) {
+            self.events.remove(key?)?;
+        }
+        Ok(event.seq)
+    }
+
+    /// Events of an app with a sequence number above `after`, oldest first.
+    pub fn events(&self, app_id: &str, after: u64, limit: usize) -> Result<Vec<ScalingEvent>> {
+        let from = format!("{app_id}/{:020}", after.saturating_add(1));
+        let to = format!("{app_id}0");
+        self.events
+            .range(from..to)
+            .values()
+            .take(limit)
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
     }
 
     pub fn desired(&self, node: &str) -> Result<DesiredState> {

@@ -6,7 +6,7 @@ use indexmap::IndexMap;
 use super::containers::{build_workload, ContainerTemplate};
 use super::diagnostics::{did_you_mean, CompileError, Diagnostics};
 use super::inputs::{Inputs, Site};
-use super::plan::{Mount, NodeKind, Plan, PlanNode, PolicyKind, TargetKind, VolumeSource};
+use super::plan::{FogGroup, Mount, NodeKind, Plan, PlanNode, PolicyKind, TargetKind, VolumeSource};
 use super::policies::{compile_policies, PolicyInput, Targets};
 use super::props::{describe, Reader};
 use super::types::{NodeCategory, TypeLibrary, TypeSpace};
@@ -366,7 +366,8 @@ impl<'d> Compiler<'d> {
             let mut r = Reader { subject: subject.clone(), diags: self.diags };
             match inst.category {
                 NodeCategory::Edge | NodeCategory::Cloud => {
-                    if let Some(node) = plan_node(&self.lib, inst, &props, bounds, self.for_deployment, &mut r) {
+                    if let Some(mut node) = plan_node(&self.lib, inst, &props, bounds, self.for_deployment, &mut r) {
+                        node.fog_group = fog_group(&self.lib, inst, &props, instances, &mut r);
                         plan.nodes.push(node);
                     }
                 }
@@ -656,6 +657,9 @@ fn plan_node(lib: &TypeLibrary, inst: &Instance, props: &Node, bounds: &IndexMap
             min_instances: 1,
             max_instances: Some(1),
             properties: redact_key(props.to_json(), "ssh_private_key"),
+            fog_group: None,
+            scaled_to: None,
+            dropped: Vec::new(),
         });
     }
     let provisioner = inst
@@ -674,7 +678,40 @@ fn plan_node(lib: &TypeLibrary, inst: &Instance, props: &Node, bounds: &IndexMap
         min_instances: b.min,
         max_instances: b.max,
         properties: props.to_json(),
+        fog_group: None,
+        scaled_to: None,
+        dropped: Vec::new(),
     })
+}
+
+/// The members of an `Edge.Group`: `selector` labels and/or `members`
+/// (Edge templates of the ADT).
+fn fog_group(lib: &TypeLibrary, inst: &Instance, props: &Node, instances: &[Instance], r: &mut Reader) -> Option<FogGroup> {
+    if !lib.is_a(TypeSpace::Node, &inst.tosca_type, "tosca.nodes.MiCADO.Edge.Group") {
+        return None;
+    }
+    let mut group = FogGroup::default();
+    if let Some(map) = props.get("selector").and_then(Node::as_map) {
+        for (k, v) in map {
+            if let Some(text) = r.text(v, "selector") {
+                group.selector.insert(k.name.clone(), text);
+            }
+        }
+    }
+    if let Some(list) = props.get("members").and_then(Node::as_seq) {
+        for m in list {
+            let Some(name) = r.text(m, "members") else { continue };
+            let edges: Vec<&Instance> = instances.iter().filter(|i| i.template.name == name && i.category == NodeCategory::Edge).collect();
+            if edges.is_empty() {
+                r.problem(m, format!("member '{name}' is not an Edge node template of this ADT"));
+            }
+            group.members.extend(edges.iter().map(|i| i.name.clone()));
+        }
+    }
+    if group.selector.is_empty() && group.members.is_empty() {
+        r.problem(inst.def, "an Edge.Group needs a 'selector' (node labels) or 'members' (Edge templates) to know its nodes");
+    }
+    Some(group)
 }
 
 /// The instance a requirement means: the template itself, or for a template

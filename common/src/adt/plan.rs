@@ -65,6 +65,31 @@ pub struct PlanNode {
     pub max_instances: Option<u32>,
     /// Cloud-specific properties, kept for the cloud tier.
     pub properties: serde_json::Value,
+    /// A node set of registered fog nodes (`Edge.Group`): who may be a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fog_group: Option<FogGroup>,
+    /// Node sets: how many members a scaling policy wants now (`None`:
+    /// `min_instances`), and the nodes it asked to drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_to: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
+}
+
+/// Which registered fog nodes belong to a fog node set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FogGroup {
+    /// Nodes whose labels include all of these.
+    pub selector: IndexMap<String, String>,
+    /// Edge nodes of the plan listed as `members` (their plan names).
+    pub members: Vec<String>,
+}
+
+impl PlanNode {
+    /// Members a node set should have now.
+    pub fn wanted(&self) -> u32 {
+        self.scaled_to.unwrap_or(self.min_instances)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

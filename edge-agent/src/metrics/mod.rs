@@ -13,6 +13,7 @@
 pub mod collector;
 pub mod publisher;
 pub mod queue;
+pub mod recent;
 pub mod settings;
 
 use std::path::Path;
@@ -34,6 +35,7 @@ use crate::persister::Applied;
 use collector::{sample, Collector};
 use publisher::{PublishCounters, Publisher};
 use queue::{MetricQueue, QueueCap};
+use recent::RecentSamples;
 use settings::SettingsFile;
 
 /// The interval when neither the master nor a policy says otherwise.
@@ -45,6 +47,8 @@ const SAMPLES_PER_BATCH: usize = 4000;
 
 pub struct MetricsOptions {
     pub queue_cap: QueueCap,
+    /// Also keep each collection here (what local policies query offline).
+    pub recent: Option<Arc<RecentSamples>>,
 }
 
 /// Starts collecting and publishing; returns the sender the connector
@@ -76,6 +80,7 @@ pub fn start(
         counters,
         settings: settings_rx,
         applied,
+        recent: options.recent,
     };
     tokio::spawn(collect.run_forever());
     Ok(settings_tx)
@@ -102,6 +107,7 @@ struct CollectLoop {
     counters: Arc<PublishCounters>,
     settings: watch::Receiver<Option<MetricsSettings>>,
     applied: watch::Receiver<Applied>,
+    recent: Option<Arc<RecentSamples>>,
 }
 
 impl CollectLoop {
@@ -134,6 +140,9 @@ impl CollectLoop {
             };
             let mut samples = self.collector.collect(&scrapes, now_ms).await;
             samples.extend(self.own_samples(now_ms, started.elapsed()));
+            if let Some(recent) = &self.recent {
+                recent.add(&samples, now_ms);
+            }
             if let Err(e) = self.enqueue(samples, now_ms).await {
                 tracing::error!(error = %format!("{e:#}"), "cannot queue this interval's metrics (disk full?): they are lost");
             }

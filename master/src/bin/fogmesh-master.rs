@@ -14,7 +14,9 @@ use fogmesh_master::cluster::{Cluster, ClusterConfig};
 use fogmesh_master::datadir::{DataDir, ADVERTISE_HOST_KEY};
 use fogmesh_master::https::ApiLimits;
 use fogmesh_master::metrics::{Credentials, Metrics, MetricsOptions};
+use fogmesh_master::policy_keeper::{KeeperOptions, PolicyKeeper};
 use fogmesh_master::store::Store;
+use fogmesh_common::scaling::{RuleLimits, RuleWorker};
 use fogmesh_master::bench::{self, BenchOptions};
 use fogmesh_master::{api, https, quic};
 
@@ -142,6 +144,14 @@ struct ServeArgs {
     /// How long the master keeps samples.
     #[arg(long, default_value = "6h", value_parser = duration_arg)]
     metrics_retention: Duration,
+    /// Seconds between two rounds of a scaling policy that has no `interval`.
+    #[arg(long, default_value = "15s", value_parser = duration_arg)]
+    scaling_period: Duration,
+    /// Program run after a scaling policy changes a node set's count:
+    /// `CMD APP NODE_SET COUNT [NODE_TO_DROP...]` (e.g. a script that calls
+    /// Terraform or a cloud CLI); without it the count is only shown.
+    #[arg(long, value_name = "CMD")]
+    node_set_hook: Option<String>,
     /// Also forward every stored sample to this Prometheus remote-write
     /// endpoint (VictoriaMetrics, Prometheus, Mimir), e.g.
     /// http://vm:8428/api/v1/write.
@@ -149,7 +159,19 @@ struct ServeArgs {
     remote_write: Option<String>,
 }
 
+/// Rules run in a child process (this program with this argument), where a
+/// memory limit can be armed and a crash cannot take the master down.
+const RULE_WORKER_ARG: &str = "__rule-worker";
+
+// The allocator that lets the rule worker enforce a memory limit; without
+// a limit armed it only counts.
+#[global_allocator]
+static ALLOCATOR: monty_alloc::LimitedAllocator = monty_alloc::LimitedAllocator;
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(RULE_WORKER_ARG) {
+        return fogmesh_common::scaling::worker::serve_worker();
+    }
     fogmesh_master::logging::init("info");
     let cli = Cli::parse();
     let result = match cli.command {
@@ -226,6 +248,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         heartbeat_interval: args.heartbeat,
         agent_endpoint: format!("{host}:{}", args.quic.port()),
         metrics: fogmesh_master::metrics::agent_settings(&credentials, &metrics_options)?,
+        scaling_period: args.scaling_period,
     };
     let cluster = Cluster::new(store, files.ca, config);
     let metrics = Metrics::start(cluster.clone(), &credentials, metrics_options).await?;
@@ -238,6 +261,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     println!("fogmesh-master: API https://{}, agents quic://{}", args.api, endpoint.local_addr()?);
 
     tokio::spawn(cluster.clone().reschedule_forever());
+    let keeper = PolicyKeeper::new(
+        cluster.clone(),
+        metrics.tsdb.clone(),
+        Arc::new(RuleWorker::new(std::env::current_exe().context("find this program for the rule worker")?, vec![RULE_WORKER_ARG.into()])),
+        KeeperOptions { default_period: args.scaling_period, node_set_hook: args.node_set_hook.clone(), limits: RuleLimits::default() },
+    );
+    tokio::spawn(keeper.run_forever());
     let quic_task = tokio::spawn(quic::serve(cluster.clone(), endpoint.clone()));
     let limits = ApiLimits { max_connections: args.max_api_connections.max(1), ..ApiLimits::default() };
     let router = api::router(Arc::clone(&cluster)).merge(api::protect(&cluster, fogmesh_master::metrics::http::router(metrics)));

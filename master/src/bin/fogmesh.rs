@@ -8,6 +8,7 @@ use fogmesh_master::cli::app::{self, AppCommand};
 use fogmesh_master::cli::client::Connection;
 use fogmesh_master::cli::metrics::{self, MetricsCommand};
 use fogmesh_master::cli::node::{self, NodeCommand};
+use fogmesh_master::cli::policy::{self, PolicyCommand};
 use fogmesh_master::cli::token::{self, TokenCommand};
 
 /// fogmesh: run container workloads on fleets of fog and edge devices.
@@ -29,6 +30,9 @@ enum Command {
     /// Check and compile ADTs locally, without a master.
     #[command(subcommand)]
     Adt(AdtCommand),
+    /// Try scaling policies locally, without a master.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     #[command(flatten)]
     Remote(RemoteCommand),
 }
@@ -50,11 +54,31 @@ enum RemoteCommand {
     Metrics(MetricsCommand),
 }
 
+/// Rules run in a child process: this program with this argument.
+const RULE_WORKER_ARG: &str = "__rule-worker";
+
+// Lets the rule worker enforce its memory limit; unarmed it only counts.
+#[global_allocator]
+static ALLOCATOR: monty_alloc::LimitedAllocator = monty_alloc::LimitedAllocator;
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(RULE_WORKER_ARG) {
+        return fogmesh_common::scaling::worker::serve_worker();
+    }
     fogmesh_master::logging::init("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Adt(cmd) => return adt::run(cmd),
+        Command::Policy(cmd) => {
+            let program = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("fogmesh: error: cannot find this program to run rules: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            return policy::run(cmd, program, vec![RULE_WORKER_ARG.into()]);
+        }
         Command::Remote(cmd) => run_remote(&cli.connection, cmd),
     };
     match result {

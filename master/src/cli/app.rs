@@ -1,4 +1,4 @@
-//! `fogmesh app submit|list|show|update|delete`.
+//! `fogmesh app submit|list|show|update|events|delete`.
 //!
 //! `submit` and `update` watch the rollout on the master (long-poll, no
 //! sleeping) and say "running" only when the master says every node acked
@@ -15,7 +15,7 @@ use reqwest::Method;
 
 use super::client::{ApiFailure, Client};
 use super::{duration_arg, parse_key_value, table, Format};
-use crate::model::{AppDetail, AppSummary, ContainerView, RolloutPhase, SubmitApp};
+use crate::model::{AppDetail, AppSummary, ContainerView, EventOutcome, EventPage, RolloutPhase, ScalingEvent, SubmitApp};
 
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
@@ -66,6 +66,22 @@ pub enum AppCommand {
         revision: Option<u64>,
         #[command(flatten)]
         wait: Wait,
+    },
+    /// The scaling timeline: every round of every scaling policy (what the
+    /// rule read and printed, old -> new count, why), and decisions agents
+    /// made while cut off from the master.
+    Events {
+        /// App id or name.
+        id: String,
+        /// Keep printing new events as they happen (Ctrl-C to stop).
+        #[arg(long)]
+        follow: bool,
+        /// Only the newest N events (before following).
+        #[arg(long, default_value_t = 50)]
+        last: usize,
+        /// Output format (json: one event per line).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Delete an app; its containers are removed on every node (offline
     /// nodes remove them when they reconnect).
@@ -135,6 +151,23 @@ pub async fn run(client: &Client, command: AppCommand) -> Result<()> {
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&app)?),
                 Format::Table => print!("{}", detail_text(&app)),
+            }
+        }
+        AppCommand::Events { id, follow, last, format } => {
+            let page: EventPage = client.get(&format!("/v1/apps/{id}/events")).await?;
+            let skip = page.events.len().saturating_sub(last);
+            for e in &page.events[skip..] {
+                print_event(e, format)?;
+            }
+            let mut after = page.last_seq;
+            if follow {
+                loop {
+                    let page: EventPage = client.get(&format!("/v1/apps/{id}/events?after={after}&wait=true&timeout=25")).await?;
+                    for e in &page.events {
+                        print_event(e, format)?;
+                    }
+                    after = page.last_seq;
+                }
             }
         }
         AppCommand::Delete { id } => {
@@ -265,6 +298,56 @@ fn detail_text(app: &AppDetail) -> String {
     }
     out.push('\n');
     out.push_str(&table::render(&["WORKLOAD", "REPLICA", "NODE", "STATE", "CURRENT SPEC", "READY", "RESTARTS", "REASON"], &rows));
+    if !app.scaling.is_empty() {
+        let rows: Vec<Vec<String>> = app
+            .scaling
+            .iter()
+            .map(|p| {
+                let last = p.last.as_ref().map(|e| event_text(e).lines().next().unwrap_or("").to_string()).unwrap_or_else(|| "no round yet".into());
+                let bounds = format!("{}..{}", p.min, p.max.map_or("".into(), |m| m.to_string()));
+                vec![p.policy.clone(), p.target.clone(), p.current.to_string(), bounds, format!("{}s", p.period_seconds), last]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table::render(&["POLICY", "TARGET", "NOW", "BOUNDS", "PERIOD", "LAST ROUND"], &rows));
+    }
+    out
+}
+
+fn print_event(e: &ScalingEvent, format: Format) -> Result<()> {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string(e)?);
+        return Ok(());
+    }
+    print!("{}", event_text(e));
+    Ok(())
+}
+
+/// `TIME POLICY TARGET: outcome from -> to (by)`, then the readings,
+/// printed lines and the why, indented.
+fn event_text(e: &ScalingEvent) -> String {
+    let when = chrono::DateTime::from_timestamp_millis(e.at_ms).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default();
+    let counts = match (e.from, e.to) {
+        (Some(a), Some(b)) if a != b => format!(" {a} -> {b}"),
+        (Some(a), _) => format!(" {a}"),
+        _ => String::new(),
+    };
+    let outcome = match e.outcome {
+        EventOutcome::Scaled => "scaled",
+        EventOutcome::Unchanged => "unchanged",
+        EventOutcome::Failed => "FAILED",
+    };
+    let mut out = format!("{when} {} {}: {outcome}{counts} (by {})\n", e.policy, e.target, e.by);
+    if !e.readings.is_empty() {
+        let r: Vec<String> = e.readings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("    read: {}\n", r.join(" ")));
+    }
+    for line in &e.printed {
+        out.push_str(&format!("    | {line}\n"));
+    }
+    if !e.message.is_empty() {
+        out.push_str(&format!("    {}\n", e.message));
+    }
     out
 }
 

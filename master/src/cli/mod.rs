@@ -10,6 +10,7 @@ pub mod app;
 pub mod client;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod table;
 pub mod token;
 

@@ -1,0 +1,185 @@
+//! Scaling end to end: MiCADO-style policies (constants, queries, a
+//! Python 2 print) run unchanged against real container CPU, on the master
+//! and, while it is gone, on the agent.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fogmesh_tests::*;
+
+const T: Duration = Duration::from_secs(120);
+
+/// A workload `burner` pinned to the Edge node `ip` that burns CPU (capped
+/// at a quarter core) while `LOAD_DIR/on` exists, a policy that scales it
+/// 1..3 on its CPU rate, and a second workload whose rule is broken.
+fn burner_adt(ip: &str, load_dir: &Path) -> String {
+    format!(
+        r#"tosca_definitions_version: tosca_simple_yaml_1_2
+topology_template:
+  node_templates:
+    fog:
+      type: tosca.nodes.MiCADO.Edge
+      properties: {{public_ip: {ip}}}
+    load-dir:
+      type: tosca.nodes.MiCADO.Container.Volume.HostPath
+      properties: {{path: {dir}}}
+    burner:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      properties:
+        image: fogmesh/busybox:test
+        command: [/bin/sh, -c, 'trap "exit 0" TERM; while :; do if [ -f /load/on ]; then i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; else sleep 0.5; fi; done']
+        resources: {{limits: {{cpu: 250m}}}}
+      requirements:
+        - host: fog
+        - volume: {{node: load-dir, relationship: {{type: tosca.relationships.AttachesTo, properties: {{location: /load}}}}}}
+    idle:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      properties:
+        image: fogmesh/busybox:test
+        command: [/bin/sh, -c, 'trap "exit 0" TERM; while :; do sleep 1; done']
+      requirements:
+        - host: fog
+  policies:
+    - scalability:
+        type: tosca.policies.Scaling.MiCADO
+        targets: [burner]
+        properties:
+          constants: {{MAXC: 3, UP: 0.12, DOWN: 0.04}}
+          queries:
+            LOAD: 'avg(rate(container_cpu_usage_seconds_total{{container_label_io_kubernetes_pod_name=~"burner.*"}}[8s]))'
+          min_instances: 1
+          max_instances: '{{{{MAXC}}}}'
+          interval: 2s
+          scaling_rule: |
+            print "load", LOAD
+            if LOAD is not None and LOAD > UP and m_container_count < MAXC:
+              m_container_count += 1
+            elif LOAD is not None and LOAD < DOWN and m_container_count > 1:
+              m_container_count -= 1
+    - scalability:
+        type: tosca.policies.Scaling.MiCADO
+        targets: [idle]
+        properties:
+          min_instances: 1
+          max_instances: 2
+          interval: 2s
+          scaling_rule: |
+            print('about to fail')
+            m_container_count = NOT_DEFINED + 1
+"#,
+        dir = load_dir.display()
+    )
+}
+
+fn replicas(master: &Master, app: &str, workload: &str) -> u64 {
+    let show = master.cli_json(&["app", "show", app]);
+    show["workloads"].as_array().and_then(|ws| ws.iter().find(|w| w["name"] == workload)).and_then(|w| w["desired_replicas"].as_u64()).unwrap_or(0)
+}
+
+/// Ids of the running containers of `workload` on `node`.
+fn running_of(node: &str, workload: &str) -> Vec<String> {
+    let filters = ["--filter", &format!("label=fogmesh.node={node}"), "--filter", &format!("label=fogmesh.workload={workload}")];
+    let mut args = vec!["ps", "-q", "--no-trunc"];
+    args.extend(filters);
+    docker(&args).lines().map(String::from).collect()
+}
+
+fn events(master: &Master, app: &str) -> Vec<serde_json::Value> {
+    let out = master.cli_ok(&["app", "events", app, "--last", "1000", "--format", "json"]);
+    out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[test]
+fn a_micado_style_policy_scales_a_busy_container_up_and_back_down() {
+    docker_ready();
+    let dir = test_dir("scaling-cpu");
+    let load = dir.join("load");
+    std::fs::create_dir_all(&load).unwrap();
+    let master = Master::start_with(&dir, &["--metrics-interval", "2s"]);
+    let _agent = Agent::join_and_run(&master, "sc-a", "127.0.0.51");
+    let adt = write_adt(&dir, "burn", &burner_adt("127.0.0.51", &load));
+    master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--name", "burn", "--timeout", "90s"]);
+    assert_eq!(replicas(&master, "burn", "burner"), 1);
+
+    // Load: up one replica per round, changes at least two periods apart, to the max.
+    std::fs::write(load.join("on"), "").unwrap();
+    let started = Instant::now();
+    wait_for("3 replicas under load", T, || (replicas(&master, "burn", "burner") == 3 && running_of("sc-a", "burner").len() == 3).then_some(()));
+    eprintln!("1 -> 3 replicas in {:?}", started.elapsed());
+    let log = events(&master, "burn");
+    let up: Vec<_> = log.iter().filter(|e| e["target"] == "burner" && e["outcome"] == "scaled").collect();
+    assert!(up.iter().any(|e| e["from"] == 1 && e["to"] == 2) && up.iter().any(|e| e["from"] == 2 && e["to"] == 3), "{up:?}");
+    assert!(up[0]["printed"][0].as_str().unwrap().starts_with("load 0."), "the Python 2 print ran: {:?}", up[0]["printed"]);
+    assert!(up[0]["readings"]["LOAD"].as_f64().unwrap() > 0.12, "{:?}", up[0]);
+    for w in up.windows(2) {
+        assert!(w[1]["at_ms"].as_i64().unwrap() - w[0]["at_ms"].as_i64().unwrap() >= 4000, "cooldown of two periods: {w:?}");
+    }
+    // The rule asks for more at the max; the count stays within bounds.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(replicas(&master, "burn", "burner"), 3);
+
+    // The broken rule: reported with its line, nothing scaled, printed lines kept.
+    let failed = events(&master, "burn").into_iter().find(|e| e["target"] == "idle").expect("rounds of the broken policy");
+    assert_eq!(failed["outcome"], "failed");
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains("line 2") && message.contains("NOT_DEFINED"), "{message}");
+    assert_eq!(failed["printed"][0], "about to fail");
+    assert_eq!(replicas(&master, "burn", "idle"), 1);
+    let show = master.cli_ok(&["app", "show", "burn"]);
+    assert!(show.contains("POLICY") && show.contains("FAILED") && show.contains("scalability #1"), "{show}");
+
+    // No load: back down to the minimum.
+    std::fs::remove_file(load.join("on")).unwrap();
+    let started = Instant::now();
+    wait_for("1 replica without load", T, || (replicas(&master, "burn", "burner") == 1 && running_of("sc-a", "burner").len() == 1).then_some(()));
+    eprintln!("3 -> 1 replicas in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_node_cut_off_from_the_master_scales_on_its_own_and_the_master_takes_it_over() {
+    docker_ready();
+    let dir = test_dir("scaling-offline");
+    let load = dir.join("load");
+    std::fs::create_dir_all(&load).unwrap();
+    let mut master = Master::start_with(&dir, &["--metrics-interval", "2s"]);
+    let mut agent = Agent::join(&master, "sc-b", "127.0.0.52", &master.dir.join("agent-sc-b"), &[]).unwrap();
+    agent.run_args = ["--master-timeout", "2s", "--autonomy-after", "2s"].iter().map(|s| s.to_string()).collect();
+    agent.start();
+    let adt = write_adt(&dir, "burn", &burner_adt("127.0.0.52", &load));
+    master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--name", "burn", "--timeout", "90s"]);
+    assert_eq!(replicas(&master, "burn", "burner"), 1);
+
+    // The master goes away; then the load comes.
+    master.kill();
+    std::fs::write(load.join("on"), "").unwrap();
+    let started = Instant::now();
+    wait_for("the agent scaling to 3 on its own", T, || (running_of("sc-b", "burner").len() == 3).then_some(()));
+    eprintln!("offline: 1 -> 3 replicas in {:?}", started.elapsed());
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(running_of("sc-b", "burner").len(), 3, "within the policy's max");
+    let ids = |name: &str| -> Vec<String> {
+        let mut v = running_of(name, "burner");
+        v.sort();
+        v
+    };
+    let before = ids("sc-b");
+
+    // The master comes back: it records the agent's decisions and takes its count.
+    master.restart();
+    wait_for("the agent's decisions in the events", T, || {
+        events(&master, "burn").iter().any(|e| e["by"].as_str().is_some_and(|b| b.contains("sc-b")) && e["to"] == 3).then_some(())
+    });
+    wait_for("the master at 3 replicas", T, || (replicas(&master, "burn", "burner") == 3).then_some(()));
+    let offline: Vec<_> = events(&master, "burn").into_iter().filter(|e| e["by"].as_str().is_some_and(|b| b.contains("sc-b"))).collect();
+    let burner: Vec<_> = offline.iter().filter(|e| e["target"] == "burner").collect();
+    assert!(burner.len() == 2 && burner.iter().all(|e| e["outcome"] == "scaled" && e["printed"][0].as_str().is_some_and(|p| p.starts_with("load "))), "{offline:?}");
+    // The broken rule failed on the node too: reported once, not every round.
+    let idle: Vec<_> = offline.iter().filter(|e| e["target"] == "idle").collect();
+    assert!(idle.len() == 1 && idle[0]["outcome"] == "failed", "{idle:?}");
+    // Nothing restarted to get there, and the master is in control again.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(ids("sc-b"), before, "taking over the agent's count restarted nothing");
+    let by_master_after = events(&master, "burn").into_iter().filter(|e| e["target"] == "burner" && e["by"] == "master").count();
+    assert!(by_master_after > 0, "the master runs the policy again");
+    let _ = agent.log_text();
+}
