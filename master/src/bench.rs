@@ -162,6 +162,7 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
         counters: Arc::new(IngestCounters::default()),
         settings: Default::default(),
         remote: None,
+        cluster: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);

@@ -215,6 +215,24 @@ pub fn schedule(
             .map(|p| p.iter().filter(|n| known.contains(n.as_str()) && may_run_on(n)).cloned().collect())
             .unwrap_or_default();
         chosen.truncate(replicas);
+        if unit.lead().kind == plan::WorkloadKind::DaemonSet {
+            // One replica on every ready node it may run on (of its node
+            // set, or all), in a stable order: it follows the set.
+            chosen = nodes
+                .iter()
+                .filter(|(n, state)| *state == NodeState::Ready && may_run_on(&n.name) && ports.clash(&n.name, &wanted).is_none())
+                .map(|(n, _)| n.name.clone())
+                .collect();
+            for node in &chosen {
+                ports.take(node, &wanted, &holder);
+            }
+            // Replica 1 on each: a node joining or leaving renames nothing elsewhere.
+            for node in &chosen {
+                out.per_node.entry(node.clone()).or_default().extend(unit.specs(1));
+            }
+            out.placements.insert(key, chosen);
+            continue;
+        }
         for node in &chosen {
             *load.entry(node.clone()).or_default() += unit.members.len();
             ports.take(node, &wanted, &holder);

@@ -183,3 +183,166 @@ fn a_node_cut_off_from_the_master_scales_on_its_own_and_the_master_takes_it_over
     assert!(by_master_after > 0, "the master runs the policy again");
     let _ = agent.log_text();
 }
+
+/// An exporter (busybox httpd) on `ip` serving `dir/metrics`: what a
+/// node-set policy reads through its `sources`.
+fn exporter_template(ip: &str, dir: &Path) -> String {
+    format!(
+        r#"    ctl:
+      type: tosca.nodes.MiCADO.Edge
+      properties: {{public_ip: {ip}}}
+    metrics-dir:
+      type: tosca.nodes.MiCADO.Container.Volume.HostPath
+      properties: {{path: {dir}}}
+    exporter:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      properties:
+        image: fogmesh/busybox:test
+        command: [/bin/sh, -c, 'exec httpd -f -p 9100 -h /www']
+      requirements:
+        - host: ctl
+        - volume: {{node: metrics-dir, relationship: {{type: tosca.relationships.AttachesTo, properties: {{location: /www}}}}}}
+"#,
+        dir = dir.display()
+    )
+}
+
+fn active_set(master: &Master, app: &str, workload: &str) -> std::collections::BTreeSet<String> {
+    let show = master.cli_json(&["app", "show", app]);
+    show["workloads"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["name"] == workload))
+        .and_then(|w| w["placements"].as_array())
+        .map(|ps| ps.iter().filter_map(|p| p["node"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+/// A fog node set (`Edge.Group` by label): its policy activates as many of
+/// the registered fog nodes as it decides, drops the ones it names, and the
+/// DaemonSet hosted on the set follows (one replica per active member).
+#[test]
+fn a_fog_node_set_grows_shrinks_and_drops_the_node_its_rule_names() {
+    docker_ready();
+    let dir = test_dir("scaling-fog-set");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("metrics"), "wanted_nodes 1\n").unwrap();
+    let master = Master::start_with(&dir, &["--metrics-interval", "2s"]);
+    let mut agents = Vec::new();
+    for (name, ip) in [("fs-1", "127.0.0.61"), ("fs-2", "127.0.0.62"), ("fs-3", "127.0.0.63")] {
+        let mut a = Agent::join(&master, name, ip, &master.dir.join(format!("agent-{name}")), &["--label", "pool=p1"]).unwrap();
+        a.start();
+        agents.push(a);
+    }
+    let adt = format!(
+        r#"tosca_definitions_version: tosca_simple_yaml_1_2
+topology_template:
+  node_templates:
+    pool:
+      type: tosca.nodes.MiCADO.Edge.Group
+      properties:
+        selector: {{pool: p1}}
+    svc:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.DaemonSet
+      properties:
+        image: fogmesh/busybox:test
+        command: [/bin/sh, -c, 'trap "exit 0" TERM; while :; do sleep 1; done']
+      requirements:
+        - host: pool
+{exporter}  policies:
+    - pool-size:
+        type: tosca.policies.Scaling.MiCADO
+        targets: [pool]
+        properties:
+          sources: ['exporter:9100']
+          queries:
+            WANT: 'max(wanted_nodes)'
+            DROP: ['drop_node', 'name']
+          min_instances: 1
+          max_instances: 3
+          interval: 2s
+          cooldown: 2s
+          scaling_rule: |
+            if DROP:
+              m_nodes_todrop = DROP
+            elif WANT is not None:
+              m_node_count = int(WANT)
+            print('want', WANT, 'drop', DROP, 'nodes', len(m_nodes))
+"#,
+        exporter = exporter_template("127.0.0.61", &www)
+    );
+    let path = write_adt(&dir, "pool", &adt);
+    master.cli_ok(&["app", "submit", path.to_str().unwrap(), "--name", "pool", "--timeout", "90s"]);
+    let one = wait_for("svc on one active member", T, || {
+        let s = active_set(&master, "pool", "svc");
+        (s.len() == 1).then_some(s)
+    });
+    // The rule asks for 3: svc follows onto the newly active members.
+    std::fs::write(www.join("metrics"), "wanted_nodes 3\n").unwrap();
+    wait_for("svc spread over 3 active members", T, || (active_set(&master, "pool", "svc").len() == 3).then_some(()));
+    assert!(active_set(&master, "pool", "svc").is_superset(&one), "the first member stays active");
+    // The rule names a node to drop: it leaves the set, its replica moves.
+    std::fs::write(www.join("metrics"), "wanted_nodes 3\ndrop_node{name=\"fs-2\"} 1\n").unwrap();
+    let after = wait_for("fs-2 dropped", T, || {
+        let s = active_set(&master, "pool", "svc");
+        (s.len() == 2 && !s.contains("fs-2")).then_some(s)
+    });
+    assert!(after.contains("fs-1") && after.contains("fs-3"), "{after:?}");
+    let log: Vec<serde_json::Value> = master.cli_ok(&["app", "events", "pool", "--format", "json"]).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(log.iter().any(|e| e["target"] == "pool" && e["message"].as_str().is_some_and(|m| m.contains("nodes to drop: fs-2"))), "{log:?}");
+    let show = master.cli_json(&["app", "show", "pool"]);
+    let policy = &show["scaling"][0];
+    assert_eq!((policy["target"].as_str(), policy["current"].as_u64()), (Some("pool"), Some(2)), "{policy}");
+}
+
+/// A cloud node set: the count goes to the operator's hook, machines that
+/// join with `--node-set` become members, and its workloads run on them.
+#[test]
+fn a_cloud_node_set_count_goes_to_the_hook_and_joined_members_run_its_workloads() {
+    docker_ready();
+    let dir = test_dir("scaling-cloud-set");
+    let calls = dir.join("hook-calls");
+    let hook = dir.join("hook.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    let master = Master::start_with(&dir, &["--node-set-hook", hook.to_str().unwrap()]);
+    let adt = r#"tosca_definitions_version: tosca_simple_yaml_1_2
+topology_template:
+  node_templates:
+    workers:
+      type: tosca.nodes.MiCADO.EC2.Compute
+      properties: {region_name: eu-west-1, image_id: ami-0123456789, instance_type: t3.small}
+    job:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      properties:
+        image: fogmesh/busybox:test
+        command: [/bin/sh, -c, 'trap "exit 0" TERM; while :; do sleep 1; done']
+      requirements:
+        - host: workers
+  policies:
+    - workers-size:
+        type: tosca.policies.Scaling.MiCADO
+        targets: [workers]
+        properties:
+          min_instances: 1
+          max_instances: 4
+          interval: 1s
+          scaling_rule: |
+            m_node_count = 2
+"#;
+    let path = write_adt(&dir, "cloud", adt);
+    master.cli_ok(&["app", "submit", path.to_str().unwrap(), "--name", "cloud", "--no-wait"]);
+    let line = wait_for("the hook called", T, || std::fs::read_to_string(&calls).ok().filter(|c| !c.is_empty()));
+    assert_eq!(line.trim(), "cloud workers 2");
+    let show = master.cli_json(&["app", "show", "cloud"]);
+    assert_eq!(show["scaling"][0]["current"], 2);
+    let own = master.api_get_text("/metrics");
+    assert!(own.contains(r#"fogmesh_scaling_target_count{app="cloud",policy="workers-size #1",target="workers",kind="node_set"} 2"#), "{own}");
+    let pending = show["workloads"][0]["pending"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(pending.contains("--node-set workers"), "{pending}");
+    // A machine the hook made joins as a member: the job runs there.
+    let mut member = Agent::join(&master, "cs-1", "127.0.0.64", &master.dir.join("agent-cs-1"), &["--node-set", "workers"]).unwrap();
+    member.start();
+    wait_for("the job on the member", T, || (active_set(&master, "cloud", "job") == ["cs-1".to_string()].into()).then_some(()));
+    wait_for("the job running", T, || (!running_containers("cs-1").is_empty()).then_some(()));
+}

@@ -316,6 +316,94 @@ pub fn decide(policy: &Policy, plan: &Plan, situation: &Situation, outcome: &Rul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adt::{compile, CompileOptions};
+    use crate::metrics::{Labels, Matcher, Sample, Series};
+
+    /// Fixed series: `load{node}` and a counter.
+    struct Fixed(Vec<Series>);
+
+    impl SeriesSource for Fixed {
+        fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Series> {
+            self.0
+                .iter()
+                .filter(|s| matchers.iter().all(|m| m.matches(&s.labels)))
+                .map(|s| Series { labels: s.labels.clone(), samples: s.samples.iter().filter(|p| p.ts_ms >= start && p.ts_ms <= end).copied().collect() })
+                .filter(|s| !s.samples.is_empty())
+                .collect()
+        }
+    }
+
+    const ADT: &str = r#"
+tosca_definitions_version: tosca_simple_yaml_1_2
+topology_template:
+  node_templates:
+    web:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      properties: {image: nginx}
+  policies:
+    - scale:
+        type: tosca.policies.Scaling.MiCADO
+        targets: [web]
+        properties:
+          constants: {MAXC: 4}
+          queries:
+            LOAD: 'max(load)'
+            NODES: ['load > 0.5', 'node']
+            GONE: 'absent_metric'
+          alerts:
+            - alert: hot
+              expr: 'max(load) > 0.8'
+              for: 20s
+          min_instances: 1
+          max_instances: '{{MAXC}}'
+          scaling_rule: |
+            m_container_count = 10 if hot else 2
+            x = [LOAD, NODES, GONE]
+"#;
+
+    fn setup() -> (Plan, Fixed) {
+        let plan = compile(ADT, &CompileOptions::default()).unwrap();
+        let series = |node: &str, v: f64| Series { labels: Labels::metric("load", &[("node", node)]), samples: (0..100).map(|i| Sample { ts_ms: i * 10_000, value: v }).collect() };
+        (plan, Fixed(vec![series("a", 0.9), series("b", 0.2)]))
+    }
+
+    fn situation(now_ms: i64) -> Situation {
+        Situation { now_ms, container_count: 1, node_count: 1, nodes: vec![], time_since_node_count_changed: 0.0, userdata: Value::Null }
+    }
+
+    #[test]
+    fn queries_lists_missing_results_and_alerts_with_their_for_duration() {
+        let (plan, source) = setup();
+        let policy = &plan.policies[0];
+        let mut clock = AlertClock::default();
+        let p = prepare(policy, &plan, &source, &situation(500_000), &mut clock, RuleLimits::default()).unwrap();
+        assert_eq!(p.request.inputs["LOAD"], json!(0.9));
+        assert_eq!(p.request.inputs["NODES"], json!(["a"]), "[EXPR, LABEL] is the list of label values");
+        assert_eq!(p.request.inputs["GONE"], Value::Null);
+        assert!(p.warnings.iter().any(|w| w.contains("GONE") && w.contains("no result")), "{:?}", p.warnings);
+        assert_eq!(p.request.inputs["MAXC"], json!(4));
+        assert_eq!(p.request.inputs["hot"], json!(false), "active, but not for 20 s yet");
+        let p = prepare(policy, &plan, &source, &situation(515_000), &mut clock, RuleLimits::default()).unwrap();
+        assert_eq!(p.request.inputs["hot"], json!(false));
+        let p = prepare(policy, &plan, &source, &situation(521_000), &mut clock, RuleLimits::default()).unwrap();
+        assert_eq!(p.request.inputs["hot"], json!(true), "firing after its for duration");
+    }
+
+    #[test]
+    fn outputs_are_clamped_to_the_policy_bounds_and_say_why() {
+        let (plan, _) = setup();
+        let policy = &plan.policies[0];
+        let outcome = |n: Value| RuleOutcome { outputs: [("m_container_count".to_string(), n)].into_iter().collect(), printed: vec![] };
+        let d = decide(policy, &plan, &situation(0), &outcome(json!(10)));
+        assert_eq!(d.containers, Some((1, 4)));
+        assert!(d.adjusted.unwrap().contains("outside 1..4"));
+        let d = decide(policy, &plan, &situation(0), &outcome(json!(2.7)));
+        assert_eq!(d.containers, Some((1, 2)), "counts are whole numbers, as int() makes them");
+        let d = decide(policy, &plan, &situation(0), &outcome(json!("lots")));
+        assert_eq!(d.containers, Some((1, 1)));
+        assert!(d.adjusted.unwrap().contains("not a number"));
+        assert!(!decide(policy, &plan, &situation(0), &outcome(json!(1))).changes());
+    }
 
     #[test]
     fn names_match_whole_words_only() {

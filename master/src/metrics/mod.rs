@@ -71,6 +71,8 @@ pub struct Metrics {
     pub counters: Arc<ingest::IngestCounters>,
     pub settings: MetricsSettings,
     pub remote: Option<Arc<remote_write::RemoteWriter>>,
+    /// For the scaling gauges of `/metrics` (none in the benchmark).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// What agents are told: the broker, the default interval, the key that
@@ -103,10 +105,10 @@ impl Metrics {
             None => None,
         };
         let counters = Arc::new(ingest::IngestCounters::default());
-        tokio::spawn(ingest::run_forever(cluster, tsdb.clone(), endpoint, counters.clone(), signer, remote.clone()));
+        tokio::spawn(ingest::run_forever(cluster.clone(), tsdb.clone(), endpoint, counters.clone(), signer, remote.clone()));
         tokio::spawn(expire_forever(tsdb.clone()));
         tracing::info!(agents_use = %options.agent_url, interval = ?options.interval, retention = ?options.retention, "metrics enabled");
-        Ok(Arc::new(Metrics { tsdb, counters, settings, remote }))
+        Ok(Arc::new(Metrics { tsdb, counters, settings, remote, cluster: Some(cluster) }))
     }
 }
 

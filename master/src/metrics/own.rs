@@ -34,7 +34,28 @@ pub fn render(m: &Metrics) -> String {
         counter(&mut out, "fogmesh_remote_write_dropped_samples_total", "Samples dropped: refused by the store or over the queue's cap.", &[("", load(&rc.dropped_samples))]);
         gauge(&mut out, "fogmesh_remote_write_queued_samples", "Samples waiting to be sent.", r.queued() as f64);
     }
+    if let Some(cluster) = &m.cluster {
+        scaling_gauges(&mut out, cluster);
+    }
     out
+}
+
+/// What each scaling policy's target has now: replicas of a workload, or
+/// the members a node set should have (what `--node-set-hook` is told).
+fn scaling_gauges(out: &mut String, cluster: &crate::cluster::Cluster) {
+    let Ok(apps) = cluster.store.apps() else { return };
+    let _ = writeln!(out, "# HELP fogmesh_scaling_target_count Replicas (workload) or members (node set) a scaling policy's target has now.\n# TYPE fogmesh_scaling_target_count gauge");
+    for app in &apps {
+        let state = cluster.store.scaling(&app.id).unwrap_or_default();
+        for view in crate::policy_keeper::policy_views(app, &state, cluster.config.scaling_period) {
+            let kind = if app.plan.workload(&view.target).is_some() { "workload" } else { "node_set" };
+            let _ = writeln!(
+                out,
+                "fogmesh_scaling_target_count{{app={:?},policy={:?},target={:?},kind=\"{kind}\"}} {}",
+                app.name, view.policy, view.target, view.current
+            );
+        }
+    }
 }
 
 fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
