@@ -242,8 +242,12 @@ impl PolicyKeeper {
         event.message = notes.join("; ");
         let seq = self.cluster.store.append_event(&app.id, event.clone(), EVENTS_KEPT)?;
         event.seq = seq;
-        if event.outcome != EventOutcome::Unchanged {
-            tracing::info!(app = %app.name, policy = %event.policy, target, outcome = ?event.outcome, from = ?event.from, to = ?event.to, message = %event.message, "scaling");
+        // Every round is an event; the log gets changes and new failures only.
+        let repeated = runtime.last.as_ref().is_some_and(|l| l.outcome == event.outcome && l.message == event.message);
+        match event.outcome {
+            EventOutcome::Scaled => tracing::info!(app = %app.name, policy = %event.policy, target, from = ?event.from, to = ?event.to, "scaled"),
+            EventOutcome::Failed if !repeated => tracing::warn!(app = %app.name, policy = %event.policy, target, message = %event.message, "scaling round failed"),
+            _ => {}
         }
         runtime.last = Some(event);
         state.policies.insert(key, runtime);

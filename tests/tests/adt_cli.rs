@@ -302,3 +302,47 @@ fn validate_every_adt_in_fogmesh_compat_dir() {
     println!("{} ADTs: {accepted} accepted, {rejected} rejected", files.len());
     assert!(!files.is_empty(), "no ADTs under {dir}");
 }
+
+/// `fogmesh policy test`: a rule's dry run, in the same sandboxed worker
+/// process the master uses (this binary re-run as `__rule-worker`).
+#[test]
+fn policy_test_runs_a_rule_once_with_the_inputs_given() {
+    // The face-detection policy: constants from the ADT, a query and an alert set by hand.
+    let out = fogmesh(&["policy", "test", "adts/face-detection.yaml", "--set", "network_busy=true", "--set", "RX=600000", "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outputs"]["m_container_count"], 2, "{v}");
+    assert_eq!(v["printed"][0], "rx 600000");
+    // Unset queries are None; unset alerts False.
+    let out = fogmesh(&["policy", "test", "adts/face-detection.yaml", "--policy", "processor-scaling", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["outputs"]["m_container_count"].as_u64(), v["printed"][0].as_str()), (Some(1), Some("rx None")), "{v}");
+
+    let dir = fogmesh_tests::test_dir("policy-test");
+    let adt = |rule: &str| {
+        let text = format!(
+            "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    web:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      properties: {{image: nginx}}\n  policies:\n    - scale:\n        type: tosca.policies.Scaling.MiCADO\n        targets: [web]\n        properties:\n          min_instances: 1\n          max_instances: 3\n          scaling_rule: |\n{}\n",
+            rule.lines().map(|l| format!("            {l}")).collect::<Vec<_>>().join("\n")
+        );
+        let path = dir.join(format!("r{}.yaml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    // m_userdata starts None; a Python 2 print runs as print().
+    let file = adt("print \"user\", m_userdata\nm_userdata = {'n': 1}\nm_container_count = m_container_count + 1");
+    let out = fogmesh(&["policy", "test", &file]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("| user None") && text.contains("m_container_count = 2") && text.contains("m_userdata = {\"n\":1}"), "{text}");
+    // A rule that loops or fails: exit 1 naming the problem and its line; this process is fine.
+    let file = adt("x = 1\nwhile True:\n  x += 1");
+    let out = fogmesh(&["policy", "test", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("ran longer than 200 ms"), "{}", stderr(&out));
+    let file = adt("m_container_count = 1\nm_container_count = UNKNOWN");
+    let out = fogmesh(&["policy", "test", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("line 2") && stderr(&out).contains("UNKNOWN"), "{}", stderr(&out));
+    let out = fogmesh(&["policy", "test", &file, "--policy", "nope"]);
+    assert!(!out.status.success() && stderr(&out).contains("no scaling policy named nope") && stderr(&out).contains("scale (#1)"), "{}", stderr(&out));
+}

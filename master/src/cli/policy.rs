@@ -96,7 +96,7 @@ pub fn run(command: PolicyCommand, worker_program: PathBuf, worker_args: Vec<Str
             for line in &e.printed {
                 println!("  | {line}");
             }
-            eprintln!("fogmesh: error: policy {label}: the rule failed at {e}");
+            eprintln!("fogmesh: error: policy {label}: the rule failed: {e}");
             ExitCode::from(1)
         }
     }
