@@ -170,6 +170,10 @@ fn every_library_type_compiles_with_its_required_properties() {
         if defs.contains_key("image") && !required.contains(&"image".to_string()) {
             wanted.push("image".to_string());
         }
+        // An Edge.Group needs a selector or members, though neither is required alone.
+        if defs.contains_key("selector") && !required.contains(&"selector".to_string()) {
+            wanted.push("selector".to_string());
+        }
         let props: Vec<String> = wanted
             .iter()
             .map(|name| {

@@ -407,7 +407,10 @@ fn bind_host<'n>(
             NodeKind::Cloud => {
                 cloud.get_or_insert(Pending {
                     kind: PendingKind::Unplaceable,
-                    reason: format!("host '{host}' is a cloud node set ({}); fogmesh does not provision cloud nodes yet", plan_node.tosca_type),
+                    reason: format!(
+                        "host '{host}' is a cloud node set ({}); a workload with several hosts binds only to its Edge hosts, so list the set first or alone",
+                        plan_node.tosca_type
+                    ),
                 });
             }
             NodeKind::Edge => {
@@ -592,9 +595,16 @@ mod tests {
     }
 
     #[test]
-    fn cloud_hosts_are_unplaceable() {
+    fn cloud_hosts_without_members_wait_and_say_how_to_join() {
         let adt = "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    vm: {type: tosca.nodes.MiCADO.EC2.Compute, properties: {region_name: r, image_id: i, instance_type: t}}\n    web:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment\n      properties: {image: w}\n      requirements: [{host: vm}]\n";
         let s = schedule(&[app("a4", "c", adt)], &[], &BTreeMap::new(), EP);
-        assert_eq!(s.pending["a4/web"].kind, PendingKind::Unplaceable);
+        let p = &s.pending["a4/web"];
+        assert_eq!(p.kind, PendingKind::Waiting);
+        assert!(p.reason.contains("--node-set-hook") && p.reason.contains("--node-set vm"), "{p:?}");
+        // A node that joined for another set is not a member.
+        let mut other = node("n9", "127.0.0.9");
+        other.labels.push((NODE_SET_LABEL.into(), "db".into()));
+        let s = schedule(&[app("a4", "c", adt)], &[(other, NodeState::Ready)], &BTreeMap::new(), EP);
+        assert_eq!(s.pending["a4/web"].kind, PendingKind::Waiting);
     }
 }
