@@ -66,6 +66,13 @@ fn data() -> Mem {
         series("cpu_base", &[("node", "n3"), ("zone", "b")], &[(0, 300.0)]),
         series("g", &[("k", "v")], &[(0, -2.5)]),
         series("limit", &[("node", "n1")], &[(0, 50.0)]),
+        // A classic histogram of two detectors: cumulative bucket counts.
+        series("lat_bucket", &[("pod", "d1"), ("le", "0.1")], &[(0, 4.0)]),
+        series("lat_bucket", &[("pod", "d1"), ("le", "0.2")], &[(0, 8.0)]),
+        series("lat_bucket", &[("pod", "d1"), ("le", "+Inf")], &[(0, 10.0)]),
+        series("lat_bucket", &[("pod", "d2"), ("le", "0.1")], &[(0, 0.0)]),
+        series("lat_bucket", &[("pod", "d2"), ("le", "0.2")], &[(0, 10.0)]),
+        series("lat_bucket", &[("pod", "d2"), ("le", "+Inf")], &[(0, 10.0)]),
     ];
     Mem { series, selects: Cell::new(0) }
 }
@@ -529,6 +536,19 @@ fn range_query_limits_and_arguments() {
     assert!(promql::range(&src, "\"s\"", 0, 10, 1).is_err());
 }
 
+#[test]
+fn histogram_quantile_interpolates_within_buckets_per_series() {
+    // d1: rank 5 of 10 falls in (0.1, 0.2] holding 4 -> 0.1 + 0.1 * (5-4)/4 = 0.125.
+    // d2: rank 5 in (0.1, 0.2] holding 10 -> 0.1 + 0.1 * 5/10 = 0.15.
+    let v = vector("histogram_quantile(0.5, lat_bucket)", 0);
+    assert!(close(v["{pod=\"d1\"}"], 0.125) && close(v["{pod=\"d2\"}"], 0.15), "{v:?}");
+    // Summed over pods: 20 observations, rank 18 in (0.1, 0.2] holding 14 after 4: 0.1 + 0.1 * 14/14 = 0.2.
+    let v = vector("histogram_quantile(0.9, sum by (le) (lat_bucket))", 0);
+    assert!(close(v["{}"], 0.2), "{v:?}");
+    // A quantile in the +Inf bucket is the highest finite bound.
+    assert!(close(vector("histogram_quantile(0.99, lat_bucket)", 0)["{pod=\"d1\"}"], 0.2));
+}
+
 // --- errors -----------------------------------------------------------------------------
 
 #[test]
@@ -536,8 +556,8 @@ fn unsupported_function_is_named() {
     let e = error("holt_winters(temperature[5m], 0.5, 0.5)");
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert!(e.to_string().contains("unsupported function 'holt_winters'"), "{e}");
-    let e = error("histogram_quantile(0.9, rate(temperature[5m]))");
-    assert!(e.to_string().contains("unsupported function 'histogram_quantile'"), "{e}");
+    let e = error("label_replace(cpu, \"a\", \"$1\", \"node\", \"(.*)\")");
+    assert!(e.to_string().contains("unsupported function 'label_replace'"), "{e}");
     let e = error("quantile(0.5, cpu)");
     assert!(e.to_string().contains("unsupported aggregation 'quantile'"), "{e}");
     let e = error("max_over_time(temperature[5m:1m])");

@@ -84,54 +84,60 @@ fn compile_face_detection_plan_has_the_contract_fields() {
     for (copy, port) in [("camera-client-1", 5001), ("camera-client-2", 5002)] {
         let w = by_name(workloads, copy);
         assert_eq!(w["host"], "camera-node");
-        assert_eq!(w["env"]["CAMERA_PORT"], port.to_string());
+        assert_eq!(w["host_network"], true);
+        assert_eq!(w["env"]["CONTROL_PORT"], port.to_string());
         assert_eq!(w["env"]["RECEIVER_HOST"], "127.0.0.3");
+        assert_eq!(w["env"]["RECEIVER_PORT"], "5000");
         assert_eq!(w["ports"][0]["host_port"], port);
-        assert_eq!(w["ports"][0]["container_port"], 8554);
+        assert_eq!(w["ports"][0]["container_port"], port);
     }
 
     let receiver = by_name(workloads, "fog-receiver");
     assert_eq!(receiver["image"], "fogmesh/fog-receiver:latest");
     assert_eq!(receiver["host"], "fog-node");
-    assert_eq!(receiver["command"], serde_json::json!(["/bin/receiver"]));
-    assert_eq!(receiver["args"], serde_json::json!(["--listen", "0.0.0.0:5000"]));
+    assert_eq!(receiver["args"], serde_json::json!(["--listen", "0.0.0.0:5000", "--queue", "/data/frames"]));
     assert_eq!(receiver["ports"][0]["container_port"], 5000);
+    assert_eq!(receiver["ports"][0]["protocol"], "tcp", "the protocol comes from an input");
     assert_eq!(receiver["ports"][0]["name"], "ingest");
-    assert_eq!(receiver["resources"]["cpu_request_millis"], 250);
+    assert_eq!(receiver["resources"]["cpu_request_millis"], 100);
     assert_eq!(receiver["resources"]["memory_limit_bytes"], 128 * 1024 * 1024);
     // Long-form volume requirement: mounted at the relationship's location.
-    assert_eq!(receiver["volumes"][0]["mount_path"], "/data/frames");
+    assert_eq!(receiver["volumes"][0]["mount_path"], "/data");
     assert_eq!(receiver["volumes"][0]["source"]["path"], "/var/lib/fogmesh/frames");
 
     let processor = by_name(workloads, "fog-processor");
-    assert_eq!(processor["env"]["THRESHOLD"], "0.6");
-    assert_eq!(processor["resources"]["cpu_limit_millis"], 900);
+    assert_eq!(processor["env"]["THRESHOLD"], "2.0");
+    assert_eq!(processor["resources"]["cpu_limit_millis"], 1000);
     assert_eq!(processor["min_instances"], 1);
-    assert_eq!(processor["max_instances"], 4);
+    assert_eq!(processor["max_instances"], 3, "from the policy: '{{{{MAXC}}}}' becomes an integer");
     assert_eq!(processor["privileged"], false);
+    assert_eq!(processor["host_network"], false);
     assert!(processor["liveness_probe"].is_object());
-    assert_eq!(processor["volumes"][0]["mount_path"], "/data/frames");
+    assert_eq!(processor["volumes"][0]["mount_path"], "/data");
 
     let collector = by_name(workloads, "cloud-collector");
     assert_eq!(collector["host"], "cloud-node");
-    // Short-form volume requirement: mounted at the volume's path (an input here).
-    assert_eq!(collector["volumes"][0]["mount_path"], "/var/lib/fogmesh/results");
-    let udp = collector["ports"].as_array().unwrap().iter().find(|p| p["protocol"] == "udp").expect("a UDP port");
-    assert_eq!(udp["host_port"], 9000);
+    assert_eq!(collector["volumes"][0]["mount_path"], "/data/results");
+    // Compose-style port: target is the container's, published the host's.
+    assert_eq!((collector["ports"][0]["container_port"].as_u64(), collector["ports"][0]["host_port"].as_u64()), (Some(8080), Some(8080)));
+    assert!(collector["readiness_probe"].is_object());
 
-    let scaling = by_name(&plan["policies"], "processor-scaling");
+    let scaling = by_name(&plan["policies"], "scalability");
     assert_eq!(scaling["kind"], "scaling");
     assert_eq!(scaling["targets"], serde_json::json!(["fog-processor"]));
     assert_eq!(scaling["min_instances"], 1);
-    assert_eq!(scaling["max_instances"], 4, "'{{{{MAXC}}}}' becomes an integer");
-    assert_eq!(scaling["constants"]["MAXBYTES"], 500000);
-    assert!(scaling["queries"]["RX"].as_str().unwrap().contains("node_network_receive_bytes_total"));
-    let busy = by_name(&scaling["alerts"], "network_busy");
-    assert_eq!(busy["for_seconds"], 30);
-    assert!(busy["expr"].as_str().unwrap().ends_with("> 500000"), "{busy}");
-    assert_eq!(by_name(&scaling["alerts"], "network_idle")["for_seconds"], 120);
-    assert!(scaling["scaling_rule"].as_str().unwrap().contains("m_container_count += 1"));
+    assert_eq!(scaling["max_instances"], 3);
+    assert_eq!(scaling["interval_seconds"], 10, "get_input in a policy property");
+    assert_eq!(scaling["constants"]["FRAMES_PER_DETECTOR"], 5);
+    assert_eq!(scaling["sources"], serde_json::json!(["fog-processor:9101", "fog-receiver:9102", "cloud-collector:8080"]));
+    assert!(scaling["queries"]["FPS_IN"].as_str().unwrap().contains("frames_received_total"));
+    assert!(scaling["scaling_rule"].as_str().unwrap().contains("ceil(FPS_IN / FRAMES_PER_DETECTOR)"));
     assert_eq!(by_name(&plan["policies"], "monitoring")["kind"], "monitoring");
+
+    // Alerts with a `for` duration (nginx.yaml's policy).
+    let nginx = compile_json("adts/nginx.yaml", &[]);
+    let busy = by_name(&nginx["policies"][0]["alerts"], "web_busy");
+    assert_eq!(busy["for_seconds"], 60);
 }
 
 #[test]
@@ -142,7 +148,7 @@ fn params_override_input_defaults() {
     );
     assert_eq!(by_name(&plan["nodes"], "fog-node")["public_ip"], "192.0.2.7");
     let third = by_name(&plan["workloads"], "camera-client-3");
-    assert_eq!(third["env"]["CAMERA_PORT"], "6003");
+    assert_eq!(third["env"]["CONTROL_PORT"], "6003");
     assert_eq!(third["env"]["RECEIVER_HOST"], "192.0.2.7");
 }
 
@@ -307,16 +313,19 @@ fn validate_every_adt_in_fogmesh_compat_dir() {
 /// process the master uses (this binary re-run as `__rule-worker`).
 #[test]
 fn policy_test_runs_a_rule_once_with_the_inputs_given() {
-    // The face-detection policy: constants from the ADT, a query and an alert set by hand.
-    let out = fogmesh(&["policy", "test", "adts/face-detection.yaml", "--set", "network_busy=true", "--set", "RX=600000", "--format", "json"]);
+    // The face-detection policy: constants from the ADT, its queries set by hand.
+    let out = fogmesh(&["policy", "test", "adts/face-detection.yaml", "--set", "FPS_IN=12", "--set", "QUEUE=30", "--format", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["outputs"]["m_container_count"], 2, "{v}");
-    assert_eq!(v["printed"][0], "rx 600000");
-    // Unset queries are None; unset alerts False.
-    let out = fogmesh(&["policy", "test", "adts/face-detection.yaml", "--policy", "processor-scaling", "--format", "json"]);
+    assert_eq!(v["outputs"]["m_container_count"], 3, "{v}");
+    assert_eq!(v["printed"][0], "frames in/s 12 queue 30 detectors 3");
+    let out = fogmesh(&["policy", "test", "adts/face-detection.yaml", "--set", "FPS_IN=2", "--set", "QUEUE=0", "--param", "camera_count=1", "--param", "camera_ports=[7001]", "--format", "json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["outputs"]["m_container_count"].as_u64(), v["printed"][0].as_str()), (Some(1), Some("rx None")), "{v}");
+    assert_eq!(v["outputs"]["m_container_count"], 1, "{v}");
+    // Unset queries are None.
+    let out = fogmesh(&["policy", "test", "adts/face-detection.yaml", "--policy", "scalability", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["outputs"]["m_container_count"].as_u64(), v["printed"][0].as_str()), (Some(1), Some("waiting for the receiver and detector metrics")), "{v}");
 
     let dir = fogmesh_tests::test_dir("policy-test");
     let adt = |rule: &str| {

@@ -1,6 +1,7 @@
-//! The README's quickstart, run as a newcomer would, then `stop`: it must
-//! start the pipeline without putting join tokens on command lines, and
-//! `stop` must remove exactly what it made.
+//! The README's quickstart, run as a newcomer would, then `burst` and
+//! `stop`: it must start the pipeline without putting join tokens on
+//! command lines, show faces, scale on a burst, and `stop` must remove
+//! exactly what it made.
 
 use std::process::Command;
 
@@ -31,6 +32,16 @@ fn quickstart_runs_and_stop_removes_everything_it_made() {
     for node in ["camera", "fog", "cloud"] {
         assert!(metrics.contains(&format!("node=\"{node}\"")), "no metrics of {node}:\n{metrics}");
     }
+    // Faces found by the detector, counted through the master.
+    let faces = stdout.split("== faces").nth(1).unwrap_or_default();
+    assert!(faces.contains("fog-processor"), "no faces counted:\n{faces}");
+    assert!(stdout.contains("http://127.0.0.4:8080/"), "the collector's page is pointed to");
+
+    let out = run(Some("burst"));
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "burst failed:\n{said}\n{}", text(&out.stderr));
+    assert!(said.contains("and back to 1") && said.contains("scaled 1 -> "), "the detectors did not scale up and back:\n{said}");
+
     let pids: Vec<String> = std::fs::read_dir(&work)
         .unwrap()
         .filter_map(|e| e.ok())

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use promql_parser::label::MatchOp as ParserOp;
 use promql_parser::parser::{AggregateExpr, BinaryExpr, Call, Expr, MatrixSelector, Offset, VectorSelector};
 
-use super::functions::{elementwise, is_range_function, range_function, Window, SUPPORTED_FUNCTIONS};
+use super::functions::{bucket_quantile, elementwise, is_range_function, range_function, Window, SUPPORTED_FUNCTIONS};
 use super::validate::unwrap_parens;
 use super::{aggregate, binary, PromqlError, Value, VectorSample, LOOKBACK_MS};
 use crate::metrics::{Labels, MatchOp, Matcher, Series, SeriesSource, METRIC_NAME};
@@ -201,6 +201,11 @@ impl<'a> Evaluator<'a> {
         if name == "time" {
             return Ok(Value::Scalar(t as f64 / 1000.0));
         }
+        if name == "histogram_quantile" {
+            let (Some(q), Some(buckets)) = (c.args.args.first(), c.args.args.get(1)) else { return Err(missing_argument(name)) };
+            let q = self.eval_scalar(q, t)?;
+            return Ok(Value::Vector(histogram_quantile(q, self.eval_vector(buckets, t)?)));
+        }
         // Every other function: its first argument, then scalar arguments.
         let first = match c.args.args.first() {
             Some(a) => self.eval(a, t)?,
@@ -300,6 +305,23 @@ fn combine(b: &BinaryExpr, lhs: Value, rhs: Value) -> Result<Value, PromqlError>
 #[inline(never)]
 fn finish_aggregate(a: &AggregateExpr, param: Option<f64>, input: Vec<VectorSample>) -> Result<Value, PromqlError> {
     aggregate::aggregate(a.op.id(), param, a.modifier.as_ref(), input).map(Value::Vector)
+}
+
+/// `histogram_quantile(q, buckets)`: per series without `le`, the
+/// quantile interpolated within its classic `_bucket` counts. Series
+/// without a parseable `le` are ignored, as Prometheus does.
+#[inline(never)]
+fn histogram_quantile(q: f64, input: Vec<VectorSample>) -> Vec<VectorSample> {
+    let mut groups: Vec<(Labels, Vec<(f64, f64)>)> = Vec::new();
+    for s in input {
+        let Some(le) = s.labels.get("le").and_then(|le| le.parse::<f64>().ok()) else { continue };
+        let labels = s.labels.without_name().with("le", "");
+        match groups.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, buckets)) => buckets.push((le, s.value)),
+            None => groups.push((labels, vec![(le, s.value)])),
+        }
+    }
+    groups.into_iter().map(|(labels, mut buckets)| VectorSample { labels, value: bucket_quantile(q, &mut buckets) }).collect()
 }
 
 /// A function of an instant value (and scalar arguments).

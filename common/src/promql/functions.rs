@@ -38,7 +38,51 @@ pub const SUPPORTED_FUNCTIONS: &[&str] = &[
     // Ordering.
     "sort",
     "sort_desc",
+    // Classic histograms.
+    "histogram_quantile",
 ];
+
+/// The `q` quantile of cumulative `(upper bound, count)` buckets, as
+/// Prometheus interpolates it: linearly inside the bucket the rank falls
+/// in; NaN without a `+Inf` bucket or observations.
+pub(super) fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if buckets.len() < 2 || buckets[buckets.len() - 1].0 != f64::INFINITY {
+        return f64::NAN;
+    }
+    // Counts scraped at slightly different moments can dip: keep them monotonic.
+    for i in 1..buckets.len() {
+        buckets[i].1 = buckets[i].1.max(buckets[i - 1].1);
+    }
+    let observations = buckets[buckets.len() - 1].1;
+    if observations <= 0.0 {
+        return f64::NAN;
+    }
+    let mut rank = q * observations;
+    let b = buckets.iter().position(|(_, count)| *count >= rank).unwrap_or(buckets.len() - 1);
+    if b == buckets.len() - 1 {
+        return buckets[buckets.len() - 2].0;
+    }
+    if b == 0 && buckets[0].0 <= 0.0 {
+        return buckets[0].0;
+    }
+    let (mut start, end, mut count) = (0.0, buckets[b].0, buckets[b].1);
+    if b > 0 {
+        start = buckets[b - 1].0;
+        count -= buckets[b - 1].1;
+        rank -= buckets[b - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
 
 /// Functions whose argument is a range vector selector.
 pub(super) fn is_range_function(name: &str) -> bool {
@@ -312,6 +356,13 @@ mod tests {
         assert!(go_max(f64::NAN, 1.0).is_nan());
         assert_eq!(go_max(f64::NAN, f64::INFINITY), f64::INFINITY);
         assert_eq!(elementwise("round", 2.5, &[]), 3.0);
+        // histogram_quantile: 10 observations, 4 <= 0.1, 8 <= 0.2, 10 <= +Inf.
+        let buckets = || vec![(0.2, 8.0), (f64::INFINITY, 10.0), (0.1, 4.0)];
+        assert!((bucket_quantile(0.5, &mut buckets()) - 0.125).abs() < 1e-12);
+        assert!((bucket_quantile(0.2, &mut buckets()) - 0.05).abs() < 1e-12);
+        assert_eq!(bucket_quantile(0.95, &mut buckets()), 0.2, "in the +Inf bucket: the highest finite bound");
+        assert!(bucket_quantile(0.5, &mut [(0.1, 1.0)]).is_nan(), "no +Inf bucket");
+        assert_eq!(bucket_quantile(2.0, &mut buckets()), f64::INFINITY);
         assert_eq!(elementwise("round", -2.5, &[]), -2.0);
         assert_eq!(elementwise("round", 17.0, &[5.0]), 15.0);
         assert_eq!(elementwise("sgn", -0.0, &[]), 0.0);

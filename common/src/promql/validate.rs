@@ -122,7 +122,7 @@ mod tests {
         assert!(refused("a @ 100").contains("@ modifier"));
         assert!(refused("quantile(0.9, a)").contains("unsupported aggregation 'quantile'"));
         assert!(refused("label_replace(a, \"x\", \"$1\", \"y\", \"(.*)\")").contains("unsupported function 'label_replace'"));
-        assert!(refused("histogram_quantile(0.9, a)").contains("unsupported function 'histogram_quantile'"));
+        assert!(refused("predict_linear(a[5m], 60)").contains("unsupported function 'predict_linear'"));
         assert!(refused("a{x=\"1\" or y=\"2\"}").contains("'or' between label matchers"));
     }
 

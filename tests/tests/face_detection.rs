@@ -1,0 +1,151 @@
+//! The face-detection pipeline of `adts/face-detection.yaml`, deployed as a
+//! user would: real master, three real agents, the real images. One test,
+//! in phases, because each phase builds on the running pipeline:
+//! faces reach the master's PromQL API; detection goes on with the master
+//! down; results made while the collector's node is cut off (iptables DROP)
+//! reach it afterwards; a camera burst scales the detectors up and back.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fogmesh_tests::*;
+
+/// An iptables rule that exists while this value lives.
+struct CutOff {
+    rule: Vec<String>,
+}
+
+impl CutOff {
+    fn insert(rule: &[&str]) -> CutOff {
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        let out = Command::new("iptables").arg("-I").args(&rule).output().expect("run iptables");
+        assert!(out.status.success(), "iptables -I {rule:?}: {}", text(&out.stderr));
+        CutOff { rule }
+    }
+}
+
+impl Drop for CutOff {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables").arg("-D").args(&self.rule).output();
+    }
+}
+
+fn number(result: &[serde_json::Value]) -> Option<f64> {
+    result.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// The collector's `/status.json`, read over its bridge address so that it
+/// works while its public address is cut off.
+fn collector_status(cloud: &str) -> Option<serde_json::Value> {
+    let c = inspect(cloud, "face-detection", "cloud-collector")?;
+    let ip = c["NetworkSettings"]["IPAddress"].as_str().filter(|ip| !ip.is_empty())?.to_string();
+    serde_json::from_str(&http_get(&format!("http://{ip}:8080/status.json"))?).ok()
+}
+
+fn results_count(cloud: &str) -> u64 {
+    collector_status(cloud).and_then(|s| s["results"].as_u64()).unwrap_or(0)
+}
+
+fn detectors_running(fog: &str) -> usize {
+    docker(&["ps", "-q", "--filter", &format!("label=fogmesh.node={fog}"), "--filter", "label=fogmesh.workload=fog-processor"]).lines().count()
+}
+
+fn outbox(frames: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(frames.join("outbox/ready"))
+        .map(|d| d.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).map(|n| n.trim_end_matches(".json").to_string()).collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+fn post(url: &str) {
+    let out = Command::new("curl").args(["-sf", "--max-time", "5", "-X", "POST", url]).output().expect("run curl");
+    assert!(out.status.success(), "POST {url} failed: {}", text(&out.stderr));
+}
+
+#[test]
+fn the_face_pipeline_detects_keeps_going_offline_delivers_after_a_cut_and_scales() {
+    docker_ready();
+    let dir = test_dir("face-detection");
+    let mut master = Master::start(&dir);
+    let pid = std::process::id();
+    let (cam, fog, cloud) = (format!("fdcam{pid}"), format!("fdfog{pid}"), format!("fdcloud{pid}"));
+    let (cam_ip, fog_ip, cloud_ip) = ("127.0.0.52", "127.0.0.53", "127.0.0.54");
+    let _agents: Vec<Agent> = [(&cam, cam_ip), (&fog, fog_ip), (&cloud, cloud_ip)].iter().map(|(n, ip)| Agent::join_and_run(&master, n, ip)).collect();
+
+    let (frames, results) = (dir.join("frames"), dir.join("results"));
+    let collector_port = free_port();
+    let (cam1, cam2) = (free_port(), free_port());
+    let params = [
+        format!("camera_public_ip={cam_ip}"),
+        format!("fog_public_ip={fog_ip}"),
+        format!("cloud_public_ip={cloud_ip}"),
+        format!("camera_ports=[{cam1}, {cam2}]"),
+        format!("receiver_port={}", free_port()),
+        format!("collector_port={collector_port}"),
+        format!("sender_metrics_port={}", free_port()),
+        format!("frames_dir={}", frames.display()),
+        format!("results_dir={}", results.display()),
+        "scaling_interval=5s".to_string(),
+    ];
+    let mut submit = vec!["app".to_string(), "submit".into(), workspace().join("adts/face-detection.yaml").display().to_string(), "--timeout".into(), "120s".into()];
+    for p in &params {
+        submit.extend(["--param".to_string(), p.clone()]);
+    }
+    let started = Instant::now();
+    let out = master.cli_ok(&submit.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("app face-detection is running"), "{out}");
+    eprintln!("rollout: {:.1} s", started.elapsed().as_secs_f64());
+
+    // 1. Faces from the bundled picture, counted through the master's PromQL API.
+    let faces = wait_for("faces in the master's metrics", Duration::from_secs(120), || number(&master.query("sum(faces_detected_total)")).filter(|f| *f > 0.0));
+    eprintln!("faces detected so far: {faces}");
+    let status = wait_for("results at the collector", Duration::from_secs(60), || collector_status(&cloud).filter(|s| s["faces"].as_u64() > Some(0)));
+    assert!(status["cameras"].as_array().is_some_and(|c| c.len() == 2), "both cameras' frames arrive: {status}");
+    // The status page says the same.
+    let page = wait_for("the status page", Duration::from_secs(10), || http_get(&format!("http://{cloud_ip}:{collector_port}/")));
+    assert!(page.contains("Face detection") && page.contains("faces"), "{page}");
+
+    // 2. The master goes down: the pipeline does not notice.
+    master.kill();
+    let before = results_count(&cloud);
+    wait_for("results while the master is down", Duration::from_secs(60), || (results_count(&cloud) >= before + 10).then_some(()));
+    master.restart();
+
+    // 3. The collector's node is cut off: results wait on the fog node's
+    // disk and all arrive once it is back.
+    let cut = CutOff::insert(&["OUTPUT", "-d", cloud_ip, "-p", "tcp", "--dport", &collector_port.to_string(), "-j", "DROP"]);
+    let buffered = wait_for("results buffered in the outbox", Duration::from_secs(60), || {
+        let ids = outbox(&frames);
+        (ids.len() >= 15).then_some(ids)
+    });
+    let stalled = results_count(&cloud);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(results_count(&cloud) <= stalled + 1, "nothing reaches the collector while it is cut off");
+    drop(cut);
+    wait_for("the buffered results at the collector", Duration::from_secs(60), || {
+        let stored = std::fs::read_to_string(results.join("results.jsonl")).unwrap_or_default();
+        buffered.iter().all(|id| stored.contains(&format!("\"id\":\"{id}\""))).then_some(())
+    });
+
+    // 4. A burst from both cameras scales the detectors up; its end, down.
+    assert_eq!(detectors_running(&fog), 1);
+    let burst = Instant::now();
+    for port in [cam1, cam2] {
+        post(&format!("http://{cam_ip}:{port}/burst?fps=4&seconds=40"));
+    }
+    wait_for("a second detector", Duration::from_secs(90), || (detectors_running(&fog) >= 2).then_some(()));
+    eprintln!("scale-up reaction: {:.1} s after the burst began", burst.elapsed().as_secs_f64());
+    wait_for("back to one detector", Duration::from_secs(300), || (detectors_running(&fog) == 1).then_some(()));
+    eprintln!("back to one detector {:.1} s after the burst began", burst.elapsed().as_secs_f64());
+    let events = master.cli_ok(&["app", "events", "face-detection", "--last", "100"]);
+    assert!(events.contains("scaled 1 -> ") && events.contains(" -> 1 (by master)"), "{events}");
+
+    // Replicas shared the queue and no frame was stored twice.
+    let status = collector_status(&cloud).expect("collector status");
+    assert!(status["detectors"].as_array().is_some_and(|d| d.len() >= 2), "{status}");
+    let ip = inspect(&cloud, "face-detection", "cloud-collector").unwrap()["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string();
+    let metrics = http_get(&format!("http://{ip}:8080/metrics")).unwrap_or_default();
+    assert!(metrics.contains("collector_duplicates_total 0"), "{metrics}");
+}
