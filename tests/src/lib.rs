@@ -445,3 +445,13 @@ pub fn env_of(node: &str, app: &str, workload: &str) -> Vec<String> {
         .and_then(|c| c["Config"]["Env"].as_array().map(|e| e.iter().filter_map(|v| v.as_str().map(String::from)).collect()))
         .unwrap_or_default()
 }
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line; clock ticks are 100 Hz on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}

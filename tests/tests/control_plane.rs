@@ -157,6 +157,15 @@ fn edge_workload_waits_for_its_node_then_starts() {
     let node = Agent::join_and_run(&master, &format!("late{}", std::process::id()), "127.0.0.9");
     wait_for("the pending workload to start", T, || (running_of(&app_detail(&master, "late"), "probe") == 1).then_some(()));
     assert_eq!(running_containers(&node.name).len(), 1);
+
+    // Nothing to do: the agent idles instead of asking Docker in a loop (a
+    // settled container once made it list containers hundreds of times a second).
+    let pid = node.proc.as_ref().expect("agent runs").child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 1.0, "an idle agent used {used:.2} s of CPU in 10 s");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! in phases, because each phase builds on the running pipeline:
 //! faces reach the master's PromQL API; detection goes on with the master
 //! down; results made while the collector's node is cut off (iptables DROP)
-//! reach it afterwards; a camera burst scales the detectors up and back.
+//! reach it afterwards; a camera burst scales the detectors up and back;
+//! frames also flow over UDP when the ADT says so.
 
 use std::path::Path;
 use std::process::Command;
@@ -148,4 +149,21 @@ fn the_face_pipeline_detects_keeps_going_offline_delivers_after_a_cut_and_scales
     let ip = inspect(&cloud, "face-detection", "cloud-collector").unwrap()["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string();
     let metrics = http_get(&format!("http://{ip}:8080/metrics")).unwrap_or_default();
     assert!(metrics.contains("collector_duplicates_total 0"), "{metrics}");
+
+    // 5. The ADT's frame_protocol switches cameras and receiver to UDP
+    // (frames in chunks): detection goes on.
+    let mut update = submit.clone();
+    update[1] = "update".into();
+    update.insert(2, "face-detection".into());
+    update.extend(["--param".to_string(), "frame_protocol=udp".to_string()]);
+    master.cli_ok(&update.iter().map(String::as_str).collect::<Vec<_>>());
+    let receiver = inspect(&fog, "face-detection", "fog-receiver").expect("receiver");
+    assert!(receiver["HostConfig"]["PortBindings"].as_object().is_some_and(|p| p.keys().any(|k| k.ends_with("/udp"))), "{}", receiver["HostConfig"]);
+    // Frames taken after the update can only have come through the UDP receiver.
+    let updated_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    wait_for("results of frames sent over UDP", Duration::from_secs(60), || {
+        let stored = std::fs::read_to_string(results.join("results.jsonl")).unwrap_or_default();
+        let after = stored.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r["captured_ms"].as_u64() > Some(updated_ms)).count();
+        (after >= 10).then_some(())
+    });
 }

@@ -195,7 +195,7 @@ impl Link {
 }
 
 /// Every picture in `dir`, in several versions, as JPEG frames.
-fn make_frames(dir: &std::path::Path, width: u32) -> anyhow::Result<Vec<Vec<u8>>> {
+pub fn make_frames(dir: &std::path::Path, width: u32) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("read the picture folder {}", dir.display()))?
         .filter_map(Result::ok)

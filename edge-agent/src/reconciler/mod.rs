@@ -123,7 +123,8 @@ impl Reconciler {
     /// When a pass next has something to do (a restart back-off ends, a
     /// rollback window closes, a started container settles).
     pub fn next_wake(&self) -> Option<Instant> {
-        self.tracks.values().filter_map(|t| t.wake_at(self.rollback_window)).min()
+        let now = Instant::now();
+        self.tracks.values().filter_map(|t| t.wake_at(now, self.rollback_window)).min()
     }
 
     /// One pass: creates, starts, replaces and removes this node's

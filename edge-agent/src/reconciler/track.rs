@@ -154,7 +154,9 @@ impl Track {
     }
 
     /// When the next pass has something to do for this container.
-    pub fn wake_at(&self, window: Duration) -> Option<Instant> {
+    pub fn wake_at(&self, now: Instant, window: Duration) -> Option<Instant> {
+        // Only what is still ahead: a moment already past was handled by
+        // the pass that just ran, and waking for it again would spin.
         [
             self.retry_at,
             self.failure.as_ref().map(|f| f.retry_at),
@@ -163,6 +165,7 @@ impl Track {
         ]
         .into_iter()
         .flatten()
+        .filter(|at| *at > now)
         .min()
     }
 }
@@ -201,6 +204,19 @@ mod tests {
         t.running(t2);
         assert!(t.down(t2));
         assert_eq!(t.restarts, 2);
+    }
+
+    #[test]
+    fn a_settled_container_asks_for_no_wake_up() {
+        let t0 = Instant::now();
+        let mut t = Track::new("h".into());
+        t.created(t0);
+        assert_eq!(t.wake_at(t0, ROLLBACK_WINDOW), Some(t0 + SETTLE), "wake when it has settled");
+        let later = t0 + Duration::from_secs(30);
+        assert!(t.running(later));
+        assert_eq!(t.wake_at(later, ROLLBACK_WINDOW), None, "nothing is due: the periodic pass is enough");
+        t.replaced_at = Some(later);
+        assert_eq!(t.wake_at(later, ROLLBACK_WINDOW), Some(later + ROLLBACK_WINDOW));
     }
 
     #[test]
