@@ -65,7 +65,7 @@ pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
     let metrics_settings = metrics::start(
         data_dir,
         &identity,
-        Some(reconciler.docker()),
+        metrics::Collector::new(&node, Some(reconciler.docker())),
         persist.applied.clone(),
         MetricsOptions { queue_cap: options.metrics_queue, recent: Some(recent.clone()) },
     )?;

@@ -115,6 +115,14 @@ struct SimulateArgs {
     /// A master silent for this long counts as unreachable.
     #[arg(long, default_value = "10s", value_parser = duration_arg)]
     master_timeout: std::time::Duration,
+    /// Publish synthetic node metrics from every node (signed, queued on
+    /// disk, over its own MQTT session), as real agents do.
+    #[arg(long)]
+    metrics: bool,
+    /// Append "UNIX_MS NODE GENERATION" to FILE whenever a node stores a
+    /// desired state (for fan-out percentiles).
+    #[arg(long, value_name = "FILE")]
+    received_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +276,8 @@ async fn dispatch(command: Command) -> Result<()> {
                 start_delay: a.start_delay,
                 join_concurrency: a.join_concurrency,
                 master_timeout: a.master_timeout,
+                metrics: a.metrics,
+                received_log: a.received_log,
             })
             .await
         }

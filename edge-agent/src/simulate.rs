@@ -1,8 +1,12 @@
 //! A fleet in one process: N simulated nodes, each with its own identity
 //! (joined with a multi-use token, its own certificate), its own durable
 //! store and persister, and its own QUIC session to the master through the
-//! real connector. Only the container runtime is fake: containers "run"
-//! after a configurable delay. For fleet-scale tests and benchmarks.
+//! real connector, and (with `metrics`) its own metrics pipeline: synthetic
+//! node metrics, signed, queued on disk and published over its own MQTT
+//! session. Only the container runtime and the node metrics are fake:
+//! containers "run" after a configurable delay. For fleet-scale tests and
+//! benchmarks; `received_log` records when each node stored each desired
+//! state, for fan-out percentiles.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use tokio::sync::Semaphore;
 use crate::connector::{join, run_forever, JoinOptions, SessionContext};
 use crate::identity::IdentityFiles;
 use crate::local_store::LocalStore;
+use crate::metrics::{self, queue::QueueCap, MetricsOptions};
 use crate::persister::{self, Applied};
 use crate::status::StatusBoard;
 
@@ -34,6 +39,10 @@ pub struct SimulateOptions {
     pub start_delay: Duration,
     pub join_concurrency: usize,
     pub master_timeout: Duration,
+    /// Run each node's metrics pipeline on synthetic node metrics.
+    pub metrics: bool,
+    /// Append `UNIX_MS NODE GENERATION` here when a node stores a desired state.
+    pub received_log: Option<PathBuf>,
 }
 
 pub async fn run(opts: SimulateOptions) -> Result<()> {
@@ -69,11 +78,26 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
     eprintln!("simulate: all {} nodes joined; running", opts.count);
 
     let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("open a UDP socket for QUIC")?;
+    let received = match &opts.received_log {
+        Some(path) => Some(received_writer(path)?),
+        None => None,
+    };
     for dir in dirs {
         let identity = IdentityFiles::new(&dir).load()?;
         let board = StatusBoard::default();
-        let persist = persister::start(LocalStore::new(&dir), board.clone(), &identity.info.node_name);
-        tokio::spawn(fake_runtime(persist.applied, board.clone(), opts.start_delay));
+        let node = identity.info.node_name.clone();
+        let persist = persister::start(LocalStore::new(&dir), board.clone(), &node);
+        let metrics_settings = match opts.metrics {
+            true => Some(metrics::start(
+                &dir,
+                &identity,
+                metrics::Collector::synthetic(&node),
+                persist.applied.clone(),
+                MetricsOptions { queue_cap: QueueCap::default(), recent: None },
+            )?),
+            false => None,
+        };
+        tokio::spawn(fake_runtime(node, persist.applied, board.clone(), opts.start_delay, received.clone()));
         let ctx = SessionContext {
             identity,
             commands: persist.commands,
@@ -83,7 +107,7 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
             runtime_version: "simulated".into(),
             timing: QuicTiming::with_idle_timeout(opts.master_timeout),
             endpoint: Some(endpoint.clone()),
-            metrics_settings: None,
+            metrics_settings,
             link: None,
             autonomy: None,
         };
@@ -111,11 +135,34 @@ async fn ensure_joined(dir: &Path, master: &str, token: Option<String>, name: &s
     files.save(&identity)
 }
 
+type Received = tokio::sync::mpsc::UnboundedSender<(String, u64)>;
+
+/// One task appends every node's receipts to the log file.
+fn received_writer(path: &Path) -> Result<Received> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("open {}", path.display()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64)>();
+    tokio::spawn(async move {
+        let mut out = std::io::BufWriter::new(file);
+        while let Some((node, generation)) = rx.recv().await {
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+            let _ = writeln!(out, "{ms} {node} {generation}");
+            if rx.is_empty() {
+                let _ = out.flush();
+            }
+        }
+    });
+    Ok(tx)
+}
+
 /// Every desired container "runs" `delay` after it was stored.
-async fn fake_runtime(mut applied: tokio::sync::watch::Receiver<Applied>, board: StatusBoard, delay: Duration) {
+async fn fake_runtime(node: String, mut applied: tokio::sync::watch::Receiver<Applied>, board: StatusBoard, delay: Duration, received: Option<Received>) {
     loop {
         let state = applied.borrow_and_update().clone();
         if let Applied::Desired(state) = state {
+            if let Some(tx) = &received {
+                let _ = tx.send((node.clone(), state.generation));
+            }
             tokio::time::sleep(delay).await;
             let containers = state
                 .containers

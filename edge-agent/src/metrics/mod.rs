@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bollard::Docker;
 use fogmesh_common::metrics::batch::{encode_payload, Batch};
 use fogmesh_common::metrics::BatchSample;
 use fogmesh_common::pki::NodeSigner;
@@ -32,7 +31,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::identity::Identity;
 use crate::persister::Applied;
-use collector::{sample, Collector};
+pub use collector::Collector;
+use collector::sample;
 use publisher::{PublishCounters, Publisher};
 use queue::{MetricQueue, QueueCap};
 use recent::RecentSamples;
@@ -56,7 +56,7 @@ pub struct MetricsOptions {
 pub fn start(
     data_dir: &Path,
     identity: &Identity,
-    docker: Option<Docker>,
+    collector: Collector,
     applied: watch::Receiver<Applied>,
     options: MetricsOptions,
 ) -> Result<watch::Sender<Option<MetricsSettings>>> {
@@ -73,7 +73,7 @@ pub fn start(
     tokio::spawn(publisher.run_forever());
     let collect = CollectLoop {
         node: identity.info.node_name.clone(),
-        collector: Collector::new(&identity.info.node_name, docker),
+        collector,
         signer,
         queue,
         wake,

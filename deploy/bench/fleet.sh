@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Fleet benchmark: one master (release build) and N simulated nodes in one
+# `fogmesh-agent simulate` process (each its own certificate, QUIC session,
+# store and, with metrics, its own signed metrics over its own MQTT session).
+#
+#   bash deploy/bench/fleet.sh N [--no-metrics]
+#
+# Measures, in one run:
+#   join      time until all N nodes are ready
+#   idle      master CPU % and RSS over 60 s (heartbeats every 10 s,
+#             metrics every 15 s)
+#   fan-out   a desired-state change reaching every node (a DaemonSet on a
+#             node set of all N): per-node time from submit to the node
+#             storing it, p50/p99/max; then the same for an update
+#   storm     kill -9 of the master with N connected, restart, time until
+#             all N are ready again; master RSS after
+# Prints a table and writes target/bench/fleet-N.json.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:?usage: fleet.sh N [--no-metrics]}
+METRICS=--metrics
+[ "${2:-}" = "--no-metrics" ] && METRICS=""
+WORK=${FOGMESH_BENCH_DIR:-/tmp/fogmesh-bench-fleet}
+API=127.0.0.1:${FOGMESH_BENCH_API_PORT:-7600}
+QUIC=127.0.0.1:${FOGMESH_BENCH_QUIC_PORT:-7601}
+MQTT=127.0.0.1:${FOGMESH_BENCH_MQTT_PORT:-7602}
+BIN=target/release
+OUT=target/bench
+ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+
+cleanup() {
+    for f in "$WORK"/*.pid; do [ -e "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+echo "== build (release)"
+cargo build --release --locked --quiet -p fogmesh-master -p fogmesh-agent
+cleanup
+rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
+export FOGMESH_CONFIG="$WORK/master/client.conf"
+
+cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+now_ms() { date +%s%3N; }
+ready_count() { "$BIN/fogmesh" node list 2>/dev/null | grep -c ' ready ' || true; }
+
+start_master() {
+    "$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$API" --quic "$QUIC" --mqtt-listen "$MQTT" \
+        >>"$WORK/master.log" 2>&1 &
+    echo $! >"$WORK/master.pid"
+    for _ in $(seq 1 100); do "$BIN/fogmesh" node list >/dev/null 2>&1 && return; sleep 0.1; done
+    echo "master did not start: see $WORK/master.log" >&2; exit 1
+}
+
+wait_ready() { # $1: what, prints seconds until all N ready
+    local t0 left=600 n
+    t0=$(now_ms)
+    while :; do
+        n=$(ready_count)
+        [ "$n" -ge "$N" ] && break
+        printf '\r  %s: %s/%s ready' "$1" "$n" "$N" >&2
+        sleep 1
+        left=$((left - 1))
+        if [ "$left" -le 0 ]; then echo " timed out" >&2; exit 1; fi
+    done
+    printf '\r  %s: %s/%s ready\n' "$1" "$N" "$N" >&2
+    awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.1f", (a - b) / 1000}'
+}
+
+# Per-node delay from $1 (ms) to the first receipt of a generation newer
+# than any seen before it: "p50 p99 max count" in seconds.
+fanout() {
+    awk -v t0="$1" '
+        $1 < t0 { seen[$2] = $3; next }
+        !($2 in done) && $3 > seen[$2] + 0 { done[$2] = 1; print ($1 - t0) / 1000 }' "$WORK/received.log" |
+        sort -n | awk '
+        { d[++n] = $1 }
+        END {
+            if (n == 0) { print "- - - 0"; exit }
+            p50 = int(n * 0.50); if (p50 < n * 0.50) p50++
+            p99 = int(n * 0.99); if (p99 < n * 0.99) p99++
+            printf "%.2f %.2f %.2f %d\n", d[p50], d[p99], d[n], n
+        }'
+}
+
+echo "== master and $N simulated nodes${METRICS:+ (with metrics)}"
+"$BIN/fogmesh-master" init --data-dir "$WORK/master" --api "$API" >/dev/null
+start_master
+TOKEN=$("$BIN/fogmesh" token create --uses "$N" --ttl 1h 2>/dev/null)
+FOGMESH_JOIN_TOKEN=$TOKEN "$BIN/fogmesh-agent" simulate --master "$QUIC" --count "$N" --data-dir "$WORK/sim" \
+    --received-log "$WORK/received.log" $METRICS >"$WORK/simulate.log" 2>&1 &
+echo $! >"$WORK/simulate.pid"
+join_s=$(wait_ready join)
+
+echo "== idle, 60 s"
+MASTER=$(cat "$WORK/master.pid") SIM=$(cat "$WORK/simulate.pid")
+sleep 10
+c0=$(cpu_s "$MASTER") s0=$(cpu_s "$SIM")
+sleep 60
+idle_cpu=$(awk -v a="$(cpu_s "$MASTER")" -v b="$c0" 'BEGIN {printf "%.1f", (a - b) / 60 * 100}')
+sim_cpu=$(awk -v a="$(cpu_s "$SIM")" -v b="$s0" 'BEGIN {printf "%.1f", (a - b) / 60 * 100}')
+idle_rss=$(rss_mb "$MASTER") sim_rss=$(rss_mb "$SIM")
+samples=$("$BIN/fogmesh" metrics query 'count(node_load1)' 2>/dev/null | awk 'NR==2 {print $2}')
+
+echo "== fan-out to every node"
+cat >"$WORK/fleet.yaml" <<ADT
+tosca_definitions_version: tosca_simple_yaml_1_2
+topology_template:
+  inputs:
+    version: {type: string, default: "1"}
+  node_templates:
+    fleet:
+      type: tosca.nodes.MiCADO.Edge.Group
+      properties:
+        selector: {simulated: "true"}
+      occurrences: [$N, $N]
+    probe:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.DaemonSet
+      properties:
+        image: fogmesh/busybox:test
+        env: [{name: VERSION, value: {get_input: version}}]
+      requirements:
+        - host: fleet
+ADT
+t0=$(now_ms)
+"$BIN/fogmesh" app submit "$WORK/fleet.yaml" --timeout 600s >"$WORK/submit.log" 2>&1
+submit_cli_s=$(awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.2f", (a - b) / 1000}')
+sleep 1
+read -r sub_p50 sub_p99 sub_max sub_n <<<"$(fanout "$t0")"
+t0=$(now_ms)
+"$BIN/fogmesh" app update fleet "$WORK/fleet.yaml" --param version=2 --timeout 600s >"$WORK/update.log" 2>&1
+update_cli_s=$(awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.2f", (a - b) / 1000}')
+sleep 1
+read -r upd_p50 upd_p99 upd_max upd_n <<<"$(fanout "$t0")"
+
+echo "== reconnect storm: kill -9 the master, restart"
+kill -9 "$MASTER"
+sleep 2
+start_master
+storm_s=$(wait_ready reconnect)
+MASTER=$(cat "$WORK/master.pid")
+sleep 5
+storm_rss=$(rss_mb "$MASTER")
+
+cat >"$OUT/fleet-$N.json" <<JSON
+{"nodes": $N, "metrics": $([ -n "$METRICS" ] && echo true || echo false),
+ "join_all_ready_s": $join_s,
+ "idle": {"master_cpu_percent": $idle_cpu, "master_rss_mb": $idle_rss, "simulator_cpu_percent": $sim_cpu, "simulator_rss_mb": $sim_rss, "node_load1_series": "${samples:-0}"},
+ "submit": {"cli_s": $submit_cli_s, "p50_s": "$sub_p50", "p99_s": "$sub_p99", "max_s": "$sub_max", "nodes": $sub_n},
+ "update": {"cli_s": $update_cli_s, "p50_s": "$upd_p50", "p99_s": "$upd_p99", "max_s": "$upd_max", "nodes": $upd_n},
+ "reconnect_storm_all_ready_s": $storm_s, "master_rss_after_storm_mb": $storm_rss}
+JSON
+cat <<TABLE
+
+fleet of $N simulated nodes${METRICS:+, metrics every 15 s} ($(nproc) cores)
+  all joined and ready            $join_s s
+  master idle                     $idle_cpu % CPU, $idle_rss MB RSS  (simulator: $sim_cpu % CPU, $sim_rss MB)
+  node metrics at the master      ${samples:-0} nodes' node_load1 series
+  submit, per node                p50 $sub_p50 s, p99 $sub_p99 s, max $sub_max s ($sub_n nodes); CLI saw all running after $submit_cli_s s
+  update, per node                p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); CLI $update_cli_s s
+  master kill -9 -> all back      $storm_s s  (master RSS then $storm_rss MB)
+written to $OUT/fleet-$N.json
+TABLE
