@@ -35,6 +35,8 @@ pub struct Store {
     db: sled::Db,
     flusher: GroupFlusher,
     nodes: sled::Tree,
+    /// Index of `nodes`: public IP -> node name (joins look nodes up by IP).
+    node_ips: sled::Tree,
     apps: sled::Tree,
     desired: sled::Tree,
     acked: sled::Tree,
@@ -63,9 +65,10 @@ impl Store {
             flushing.flush()?;
             Ok(())
         })?;
-        Ok(Store {
+        let store = Store {
             flusher,
             nodes: tree("nodes")?,
+            node_ips: tree("node_ips")?,
             apps: tree("apps")?,
             desired: tree("desired")?,
             acked: tree("acked")?,
@@ -77,7 +80,19 @@ impl Store {
             scaling: tree("scaling")?,
             events: tree("events")?,
             db,
-        })
+        };
+        store.index_node_ips_if_missing()?;
+        Ok(store)
+    }
+
+    /// Stores written before the IP index existed: build it once.
+    fn index_node_ips_if_missing(&self) -> Result<()> {
+        if self.node_ips.is_empty() {
+            for node in self.nodes()? {
+                self.node_ips.insert(node.public_ip.as_bytes(), node.name.as_bytes())?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable (shares a flush with concurrent callers).
@@ -110,11 +125,31 @@ impl Store {
     pub fn node(&self, name: &str) -> Result<Option<NodeRecord>> {
         get(&self.nodes, name)
     }
+    /// The node registered for `public_ip`, without reading every node.
+    pub fn node_by_ip(&self, public_ip: &str) -> Result<Option<NodeRecord>> {
+        match self.node_ips.get(public_ip)? {
+            Some(name) => self.node(&String::from_utf8_lossy(&name)),
+            None => Ok(None),
+        }
+    }
     pub fn put_node(&self, node: &NodeRecord) -> Result<()> {
+        if self.node_ips.get(&node.public_ip)?.as_deref() != Some(node.name.as_bytes()) {
+            // New, or its IP changed: the old IP no longer names it.
+            if let Some(old) = self.node(&node.name)? {
+                self.unindex_ip(&old);
+            }
+            self.node_ips.insert(node.public_ip.as_bytes(), node.name.as_bytes())?;
+        }
         put(&self.nodes, &node.name, node)
+    }
+    fn unindex_ip(&self, node: &NodeRecord) {
+        let _ = self.node_ips.compare_and_swap(node.public_ip.as_bytes(), Some(node.name.as_bytes()), None as Option<&[u8]>);
     }
     /// Forgets a node and everything about it except that its certificate is revoked.
     pub fn remove_node(&self, name: &str) -> Result<()> {
+        if let Some(old) = self.node(name)? {
+            self.unindex_ip(&old);
+        }
         for tree in [&self.nodes, &self.desired, &self.acked, &self.observed] {
             tree.remove(name)?;
         }
@@ -251,4 +286,42 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>> {
                 .with_context(|| format!("corrupt store record '{}'", String::from_utf8_lossy(&key)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ip: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            public_ip: ip.into(),
+            labels: vec![],
+            capacity: None,
+            runtime_version: None,
+            agent_version: None,
+            cert_fingerprint: None,
+            cert_pem: None,
+            last_seen_ms: None,
+        }
+    }
+
+    #[test]
+    fn nodes_are_found_by_ip_after_moves_removals_and_a_rebuild() {
+        let dir = std::env::temp_dir().join(format!("fogmesh-store-ip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        store.put_node(&node("a", "10.0.0.1")).unwrap();
+        store.put_node(&node("b", "10.0.0.2")).unwrap();
+        store.put_node(&node("a", "10.0.0.3")).unwrap();
+        assert!(store.node_by_ip("10.0.0.1").unwrap().is_none(), "a moved away from .1");
+        assert_eq!(store.node_by_ip("10.0.0.3").unwrap().map(|n| n.name), Some("a".into()));
+        store.remove_node("b").unwrap();
+        assert!(store.node_by_ip("10.0.0.2").unwrap().is_none());
+        // A store from before the index gets it at open.
+        store.node_ips.clear().unwrap();
+        store.index_node_ips_if_missing().unwrap();
+        assert_eq!(store.node_by_ip("10.0.0.3").unwrap().map(|n| n.name), Some("a".into()));
+        assert!(store.node_by_ip("10.0.0.2").unwrap().is_none());
+    }
 }
