@@ -99,7 +99,10 @@ impl Publisher {
     /// One broker connection; `Ok` when the settings changed.
     async fn session(&mut self, settings: &MetricsSettings) -> Result<()> {
         let url = MqttUrl::parse(&settings.mqtt_url).map_err(|e| anyhow!(e))?;
-        let mut options = MqttOptions::new(format!("fogmesh-agent-{}", self.node), url.host.clone(), url.port);
+        // A fresh client id per session: rumqttd 0.20 panics (and then
+        // refuses every client) when a client id reconnects after its
+        // previous link failed to start; sessions are clean anyway.
+        let mut options = MqttOptions::new(session_client_id(&self.node), url.host.clone(), url.port);
         options.set_keep_alive(Duration::from_secs(10));
         options.set_clean_session(true);
         options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
@@ -206,5 +209,22 @@ impl Publisher {
             busy += 1;
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// `fogmesh-agent-NODE-XXXXXXXX`, different for every session.
+fn session_client_id(node: &str) -> String {
+    static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("fogmesh-agent-{node}-{:08x}", nanos ^ n.rotate_left(16) ^ std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_session_has_its_own_client_id() {
+        let (a, b) = (super::session_client_id("n1"), super::session_client_id("n1"));
+        assert!(a.starts_with("fogmesh-agent-n1-") && a != b, "{a} {b}");
     }
 }
