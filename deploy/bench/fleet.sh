@@ -109,18 +109,17 @@ topology_template:
   inputs:
     version: {type: string, default: "1"}
   node_templates:
-    fleet:
-      type: tosca.nodes.MiCADO.Edge.Group
-      properties:
-        selector: {simulated: "true"}
-      occurrences: [$N, $N]
+    sim:
+      # The simulated nodes join as members of node set "sim" (--prefix).
+      type: tosca.nodes.MiCADO.EC2.Compute
+      properties: {region_name: none, image_id: none, instance_type: simulated}
     probe:
       type: tosca.nodes.MiCADO.Container.Application.Docker.DaemonSet
       properties:
         image: fogmesh/busybox:test
         env: [{name: VERSION, value: {get_input: version}}]
       requirements:
-        - host: fleet
+        - host: sim
 ADT
 t0=$(now_ms)
 "$BIN/fogmesh" app submit "$WORK/fleet.yaml" --timeout 600s >"$WORK/submit.log" 2>&1

@@ -33,9 +33,10 @@ trap cleanup EXIT
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
 export FOGMESH_CONFIG="$WORK/master/client.conf"
 
-if ! docker info --format '{{.Swarm.LocalNodeState}}' | grep -q active; then
+if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
     docker swarm init --advertise-addr 127.0.0.1 >/dev/null
     LEFT_SWARM=1
+    for _ in $(seq 1 50); do docker node ls >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 
 "$BIN/fogmesh-master" init --data-dir "$WORK/master" --api "$API" >/dev/null 2>&1
@@ -56,9 +57,10 @@ wait_running() {
     while :; do
         if [ "$(running "$filter")" -ge "$want" ]; then
             if [ -z "$env" ]; then break; fi
+            # Done when WANT running containers have the new env (old
+            # versions may still be winding down beside them).
             ids=$(docker ps -q --filter "$filter")
-            if [ "$(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' $ids | grep -c "^$env$")" -ge "$want" ] &&
-                [ "$(echo "$ids" | wc -l)" -eq "$want" ]; then break; fi
+            if [ "$(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' $ids | grep -c "^$env$")" -ge "$want" ]; then break; fi
         fi
         sleep 0.05
     done
@@ -95,7 +97,8 @@ for round in $(seq 1 "$ROUNDS"); do
         "$BIN/fogmesh" app delete bench >/dev/null
         while [ "$(docker ps -aq --filter "$FM" | wc -l)" -gt 0 ]; do sleep 0.1; done
 
-        t0=$(now_ms); docker service create -d --quiet --name fmbench --replicas "$n" --env VERSION=1 "$IMAGE" >/dev/null 2>&1
+        t0=$(now_ms); docker service create -d --quiet --name fmbench --replicas "$n" --env VERSION=1 "$IMAGE" >"$WORK/service.log" 2>&1 ||
+            { echo "docker service create failed: $(cat "$WORK/service.log")" >&2; exit 1; }
         record "swarm deploy $n" "$(wait_running "$SW" "$n" "" "$t0")"
         docker service rm fmbench >/dev/null
         while [ "$(docker ps -aq --filter "$SW" | wc -l)" -gt 0 ]; do sleep 0.1; done

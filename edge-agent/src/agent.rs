@@ -32,6 +32,8 @@ use fogmesh_common::tls::QuicTiming;
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// Events that arrive together are handled in one pass.
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(20);
+/// A second look after an event, once Docker's state has caught up.
+const EVENT_FOLLOW_UP: Duration = Duration::from_millis(200);
 
 pub struct RunOptions {
     /// Address to publish ports on; default: the public IP if this machine has it.
@@ -124,6 +126,9 @@ async fn connect_engine(owner: Owner, data_dir: &Path, wake: Arc<Notify>) -> Rec
 /// reconciler has something scheduled (a restart back-off ends), and at
 /// least every `RECONCILE_INTERVAL`.
 async fn reconcile_forever(mut reconciler: Reconciler, mut desired: watch::Receiver<Applied>, board: StatusBoard, wake: Arc<Notify>) {
+    // Docker sends `kill`/`die` a moment before its container list shows
+    // the container as exited: after an event, look once more shortly.
+    let mut follow_up: Option<Instant> = None;
     loop {
         let applied = desired.borrow_and_update().clone();
         match &applied {
@@ -131,10 +136,17 @@ async fn reconcile_forever(mut reconciler: Reconciler, mut desired: watch::Recei
             Applied::Desired(state) => board.set_containers(state.generation, reconciler.reconcile(Some(&state.containers)).await),
             Applied::HandsOff => board.set_containers(0, Vec::new()),
         }
-        let next = reconciler.next_wake().map_or(RECONCILE_INTERVAL, |at| at.saturating_duration_since(Instant::now())).min(RECONCILE_INTERVAL);
+        let now = Instant::now();
+        // The pass that just ran covers a follow-up that was due.
+        follow_up = follow_up.filter(|at| *at > now);
+        let due = [reconciler.next_wake(), follow_up].into_iter().flatten().min();
+        let next = due.map_or(RECONCILE_INTERVAL, |at| at.saturating_duration_since(now)).min(RECONCILE_INTERVAL);
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return },
-            _ = wake.notified() => tokio::time::sleep(EVENT_DEBOUNCE).await,
+            _ = wake.notified() => {
+                tokio::time::sleep(EVENT_DEBOUNCE).await;
+                follow_up = Some(Instant::now() + EVENT_FOLLOW_UP);
+            }
             _ = tokio::time::sleep(next) => {}
         }
     }

@@ -53,10 +53,10 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
         let dir = opts.data_dir.join(format!("node-{i:05}"));
         let name = format!("{}-{i}", opts.prefix);
         let ip = Ipv4Addr::from(u32::from(opts.ip_base).wrapping_add(i as u32));
-        let (master, token, slots, joined) = (opts.master.clone(), opts.token.clone(), slots.clone(), joined.clone());
+        let (master, token, slots, joined, prefix) = (opts.master.clone(), opts.token.clone(), slots.clone(), joined.clone(), opts.prefix.clone());
         joins.push(tokio::spawn(async move {
             let _slot = slots.acquire().await;
-            ensure_joined(&dir, &master, token, &name, ip).await?;
+            ensure_joined(&dir, &master, token, &name, &prefix, ip).await?;
             joined.fetch_add(1, Ordering::Relaxed);
             Ok::<PathBuf, anyhow::Error>(dir)
         }));
@@ -117,7 +117,7 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
     Ok(())
 }
 
-async fn ensure_joined(dir: &Path, master: &str, token: Option<String>, name: &str, ip: Ipv4Addr) -> Result<()> {
+async fn ensure_joined(dir: &Path, master: &str, token: Option<String>, name: &str, prefix: &str, ip: Ipv4Addr) -> Result<()> {
     let files = IdentityFiles::new(dir);
     if files.exists() {
         return Ok(());
@@ -128,7 +128,9 @@ async fn ensure_joined(dir: &Path, master: &str, token: Option<String>, name: &s
         token,
         public_ip: Some(ip.to_string()),
         name: Some(name.to_string()),
-        labels: vec![("simulated".into(), "true".into())],
+        // Members of the node set named PREFIX (as `run --node-set` makes
+        // them), so one ADT can reach the whole fleet.
+        labels: vec![("simulated".into(), "true".into()), ("fogmesh.node-set".into(), prefix.into())],
         replace: false,
     };
     let (identity, _metrics) = join(&opts).await.with_context(|| format!("join {name}"))?;

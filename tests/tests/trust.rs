@@ -414,8 +414,10 @@ fn agents_notice_a_dead_master_quickly_and_a_stopping_one_at_once() {
     let adt = write_adt(&dir, "heal", &edge_adt("127.0.0.26", "job", "        image: fogmesh/busybox:test\n"));
     master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--timeout", "60s"]);
     let started = inspect(&name, "heal", "job").unwrap()["State"]["StartedAt"].clone();
+    std::thread::sleep(Duration::from_secs(1));
     docker(&["kill", &container_id(&name, "heal", "job")]);
-    wait_for("the killed container to run again", T, || {
+    // On the kill's events, not at the next periodic pass (every 5 s).
+    wait_for("the killed container to run again", Duration::from_secs(3), || {
         let c = inspect(&name, "heal", "job")?;
         (c["State"]["Running"] == true && c["State"]["StartedAt"] != started).then_some(())
     });
