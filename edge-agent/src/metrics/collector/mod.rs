@@ -31,7 +31,7 @@ enum HostSource {
 
 impl Collector {
     pub fn new(node: &str, docker: Option<Docker>) -> Collector {
-        Collector { node: node.to_string(), docker, host: HostSource::Real(Box::new(NodeCollector::new())) }
+        Collector { node: node.to_string(), docker, host: HostSource::Real(Box::default()) }
     }
 
     /// A collector of made-up node metrics, for simulated nodes.
