@@ -25,6 +25,23 @@ pub struct NodeRecord {
     pub last_seen_ms: Option<u64>,
 }
 
+impl NodeRecord {
+    /// A node known by name and IP only: declared, its agent not joined yet.
+    pub fn declared(name: &str, public_ip: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            public_ip: public_ip.into(),
+            labels: vec![],
+            capacity: None,
+            runtime_version: None,
+            agent_version: None,
+            cert_fingerprint: None,
+            cert_pem: None,
+            last_seen_ms: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {

@@ -207,24 +207,13 @@ impl Cluster {
         let name = req.name.clone().unwrap_or_else(|| format!("node-{}", public_ip.replace(['.', ':'], "-")));
         check_name("node", &name)?;
         let _write = self.write_lock().await;
-        let nodes = self.store.nodes()?;
-        if let Some(n) = nodes.iter().find(|n| n.public_ip == public_ip) {
+        if let Some(n) = self.store.node_by_ip(&public_ip)? {
             return Err(Failure::Conflict(format!("public IP {public_ip} is already known as node '{}'", n.name)));
         }
-        if nodes.iter().any(|n| n.name == name) {
+        if self.store.node(&name)?.is_some() {
             return Err(Failure::Conflict(format!("node name '{name}' is taken")));
         }
-        let node = NodeRecord {
-            name,
-            public_ip,
-            labels: vec![],
-            capacity: None,
-            runtime_version: None,
-            agent_version: None,
-            cert_fingerprint: None,
-            cert_pem: None,
-            last_seen_ms: None,
-        };
+        let node = NodeRecord::declared(&name, &public_ip);
         self.store.put_node(&node)?;
         self.reschedule_locked().await?;
         Ok(node)

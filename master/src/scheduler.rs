@@ -516,17 +516,7 @@ mod tests {
     }
 
     fn node(name: &str, ip: &str) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            public_ip: ip.into(),
-            labels: vec![],
-            capacity: None,
-            runtime_version: None,
-            agent_version: None,
-            cert_fingerprint: Some("x".into()),
-            cert_pem: None,
-            last_seen_ms: None,
-        }
+        NodeRecord { cert_fingerprint: Some("x".into()), ..NodeRecord::declared(name, ip) }
     }
 
     const EP: &str = "192.0.2.1:7401";

@@ -293,17 +293,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, ip: &str) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            public_ip: ip.into(),
-            labels: vec![],
-            capacity: None,
-            runtime_version: None,
-            agent_version: None,
-            cert_fingerprint: None,
-            cert_pem: None,
-            last_seen_ms: None,
-        }
+        NodeRecord::declared(name, ip)
     }
 
     #[test]
