@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 4;
 /// TLS application protocol of the control plane.
 pub const ALPN: &[u8] = b"fogmesh/2";
+/// The node label that makes a node a member of an ADT's node set: an
+/// agent joined with `--node-set NAME` carries it, the scheduler reads it.
+pub const NODE_SET_LABEL: &str = "fogmesh.node-set";
 
 /// Agent -> master.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

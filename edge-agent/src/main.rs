@@ -288,7 +288,7 @@ async fn do_join(files: &IdentityFiles, args: JoinArgs, master: String, token: S
     let data_dir = args.data_dir.clone();
     let mut labels = args.labels;
     if let Some(set) = args.node_set {
-        labels.push(("fogmesh.node-set".into(), set));
+        labels.push((fogmesh_common::wire::NODE_SET_LABEL.into(), set));
     }
     let (identity, metrics) = join(&JoinOptions { master, token, public_ip: args.public_ip, name: args.name, labels, replace: args.replace }).await?;
     files.save(&identity)?;

@@ -130,7 +130,7 @@ async fn ensure_joined(dir: &Path, master: &str, token: Option<String>, name: &s
         name: Some(name.to_string()),
         // Members of the node set named PREFIX (as `run --node-set` makes
         // them), so one ADT can reach the whole fleet.
-        labels: vec![("simulated".into(), "true".into()), ("fogmesh.node-set".into(), prefix.into())],
+        labels: vec![("simulated".into(), "true".into()), (fogmesh_common::wire::NODE_SET_LABEL.into(), prefix.into())],
         replace: false,
     };
     let (identity, _metrics) = join(&opts).await.with_context(|| format!("join {name}"))?;

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use fogmesh_common::adt::plan::{self, NodeKind, Plan, PlanNode, VolumeSource, Workload};
 use fogmesh_common::adt::probes::parse_probe;
-use fogmesh_common::wire::{container_key, AppMetrics, ContainerSpec, MountSource, MountSpec, PortSpec, Protocol, ScrapeAddress, ScrapeTarget};
+use fogmesh_common::wire::{container_key, AppMetrics, NODE_SET_LABEL, ContainerSpec, MountSource, MountSpec, PortSpec, Protocol, ScrapeAddress, ScrapeTarget};
 
 use crate::model::{AppRecord, NodeRecord, NodeState, Pending, PendingKind};
 
@@ -346,9 +346,6 @@ pub fn set_candidates<'n>(set: &PlanNode, plan: &Plan, nodes: &'n [(NodeRecord, 
         })
         .collect()
 }
-
-/// The label an agent joined with `--node-set NAME` carries.
-pub const NODE_SET_LABEL: &str = "fogmesh.node-set";
 
 /// The members a node set's workloads run on. A cloud set: every ready
 /// member (its count is for the provisioner). A fog group: as many ready
