@@ -39,9 +39,14 @@ fn number(result: &[serde_json::Value]) -> Option<f64> {
 /// The collector's `/status.json`, read over its bridge address so that it
 /// works while its public address is cut off.
 fn collector_status(cloud: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&http_get(&format!("{}/status.json", collector_url(cloud)?))?).ok()
+}
+
+/// The collector's bridge address (reachable however its public one is cut).
+fn collector_url(cloud: &str) -> Option<String> {
     let c = inspect(cloud, "face-detection", "cloud-collector")?;
     let ip = c["NetworkSettings"]["IPAddress"].as_str().filter(|ip| !ip.is_empty())?.to_string();
-    serde_json::from_str(&http_get(&format!("http://{ip}:8080/status.json"))?).ok()
+    Some(format!("http://{ip}:8080"))
 }
 
 fn results_count(cloud: &str) -> u64 {
@@ -146,8 +151,7 @@ fn the_face_pipeline_detects_keeps_going_offline_delivers_after_a_cut_and_scales
     // Replicas shared the queue and no frame was stored twice.
     let status = collector_status(&cloud).expect("collector status");
     assert!(status["detectors"].as_array().is_some_and(|d| d.len() >= 2), "{status}");
-    let ip = inspect(&cloud, "face-detection", "cloud-collector").unwrap()["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string();
-    let metrics = http_get(&format!("http://{ip}:8080/metrics")).unwrap_or_default();
+    let metrics = http_get(&format!("{}/metrics", collector_url(&cloud).expect("collector address"))).unwrap_or_default();
     assert!(metrics.contains("collector_duplicates_total 0"), "{metrics}");
 
     // 5. The ADT's frame_protocol switches cameras and receiver to UDP

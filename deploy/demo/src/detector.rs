@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use rustface::{Detector, ImageData};
 
 use crate::exporter;
+use crate::files;
 use crate::frames::FrameHeader;
 use crate::queue::{now_ms, FrameQueue};
 use crate::results::{DetectionResult, Face, Outbox};
@@ -121,8 +122,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             queue.requeue_stale(STALE_CLAIM_MS);
             last_sweep = Instant::now();
         }
-        depth.set(queue.depth() as i64);
-        let Some(claimed) = queue.claim(&worker)? else {
+        let claim = queue.claim(&worker)?;
+        depth.set(claim.waiting as i64);
+        let Some(claimed) = claim.frame else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };
@@ -173,13 +175,9 @@ fn save_crops(dir: &Path, id: &str, picture: &image::DynamicImage, faces: &[Face
             tracing::debug!(error = %e, "could not save a face crop");
         }
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut names: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-    if names.len() > MAX_CROPS {
-        names.sort();
-        for old in &names[..names.len() - MAX_CROPS] {
-            let _ = std::fs::remove_file(old);
-        }
+    let Ok(names) = files::sorted_names(dir) else { return };
+    for old in &names[..names.len().saturating_sub(MAX_CROPS)] {
+        let _ = std::fs::remove_file(dir.join(old));
     }
 }
 

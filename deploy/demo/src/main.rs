@@ -7,6 +7,7 @@ mod camera;
 mod collector;
 mod detector;
 mod exporter;
+mod files;
 mod frames;
 mod queue;
 mod receiver;

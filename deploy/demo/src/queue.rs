@@ -10,14 +10,22 @@
 //! - `failed/`: frames that do not decode, kept for inspection.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
+use crate::files;
+
 pub struct FrameQueue {
     root: PathBuf,
+}
+
+/// What a claim found: the frame taken, if any, and how many frames were
+/// waiting (the taken one included).
+pub struct Claim {
+    pub frame: Option<Claimed>,
+    pub waiting: usize,
 }
 
 /// A frame this worker owns until `done` or `failed`.
@@ -32,20 +40,13 @@ pub fn now_ms() -> u64 {
 
 impl FrameQueue {
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        for dir in ["tmp", "incoming", "working", "failed"] {
-            fs::create_dir_all(root.join(dir)).with_context(|| format!("create {}", root.join(dir).display()))?;
-        }
+        files::make_dirs(root, &["tmp", "incoming", "working", "failed"])?;
         Ok(Self { root: root.to_path_buf() })
     }
 
-    /// Queues a frame durably under `id` (written, synced, then renamed in).
+    /// Queues a frame durably under `id`.
     pub fn push(&self, id: &str, jpeg: &[u8]) -> anyhow::Result<()> {
-        let name = format!("{id}.jpg");
-        let tmp = self.root.join("tmp").join(&name);
-        let mut f = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-        f.write_all(jpeg).and_then(|_| f.sync_all()).with_context(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, self.root.join("incoming").join(&name)).context("move the frame into incoming/")?;
-        Ok(())
+        files::write_durably(&self.root.join("tmp"), &self.root.join("incoming"), &format!("{id}.jpg"), jpeg)
     }
 
     /// Frames waiting for a detector.
@@ -53,24 +54,21 @@ impl FrameQueue {
         fs::read_dir(self.root.join("incoming")).map(|d| d.filter_map(Result::ok).count()).unwrap_or(0)
     }
 
-    /// Claims the oldest waiting frame for `worker`, if there is one.
-    pub fn claim(&self, worker: &str) -> anyhow::Result<Option<Claimed>> {
-        let mut names: Vec<String> = fs::read_dir(self.root.join("incoming"))
-            .context("list incoming/")?
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        names.sort();
+    /// Claims the oldest waiting frame for `worker`, if there is one, and
+    /// says how many were waiting when it looked (one listing serves both).
+    pub fn claim(&self, worker: &str) -> anyhow::Result<Claim> {
+        let names = files::sorted_names(&self.root.join("incoming"))?;
+        let listed = names.len();
         for name in names {
             let path = self.root.join("working").join(format!("{}~{worker}~{name}", now_ms()));
             match fs::rename(self.root.join("incoming").join(&name), &path) {
-                Ok(()) => return Ok(Some(Claimed { name, path })),
+                Ok(()) => return Ok(Claim { frame: Some(Claimed { name, path }), waiting: listed }),
                 // Another replica took it first.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).context(format!("claim {name}")),
             }
         }
-        Ok(None)
+        Ok(Claim { frame: None, waiting: listed })
     }
 
     /// The frame is processed and its result is durable: forget it.
@@ -126,7 +124,7 @@ mod tests {
             .map(|w| {
                 let (q, taken) = (q.clone(), taken.clone());
                 std::thread::spawn(move || {
-                    while let Some(c) = q.claim(&format!("w{w}")).unwrap() {
+                    while let Some(c) = q.claim(&format!("w{w}")).unwrap().frame {
                         taken.lock().unwrap().push(c.name.clone());
                         q.done(c).unwrap();
                     }
@@ -147,13 +145,15 @@ mod tests {
         let q = FrameQueue::open(&dir).unwrap();
         q.push("0002-b", b"b").unwrap();
         q.push("0001-a", b"a").unwrap();
-        let first = q.claim("dead").unwrap().unwrap();
+        let claim = q.claim("dead").unwrap();
+        assert_eq!(claim.waiting, 2, "both frames were waiting");
+        let first = claim.frame.unwrap();
         assert_eq!(first.name, "0001-a.jpg");
         assert_eq!(q.requeue_stale(60_000), 0, "a fresh claim stays");
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(q.requeue_stale(10), 1);
         assert_eq!(q.depth(), 2);
-        assert_eq!(q.claim("live").unwrap().unwrap().name, "0001-a.jpg");
+        assert_eq!(q.claim("live").unwrap().frame.unwrap().name, "0001-a.jpg");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,11 +4,11 @@
 //! outbox cap, beyond which the oldest are dropped and counted).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+use crate::files;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectionResult {
@@ -50,63 +50,53 @@ pub struct Outbox {
     root: PathBuf,
 }
 
+/// One look at the outbox.
+pub struct Backlog {
+    /// Oldest results dropped because the outbox was over its cap.
+    pub dropped: usize,
+    /// Results waiting (after the drop), the batch included.
+    pub waiting: usize,
+    /// Up to the asked number of results, oldest first, with their files.
+    pub batch: Vec<(PathBuf, DetectionResult)>,
+}
+
 impl Outbox {
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        for dir in ["tmp", "ready"] {
-            fs::create_dir_all(root.join(dir)).with_context(|| format!("create {}", root.join(dir).display()))?;
-        }
+        files::make_dirs(root, &["tmp", "ready"])?;
         Ok(Self { root: root.to_path_buf() })
     }
 
-    /// Writes a result durably (synced, then renamed into `ready/`).
+    /// Writes a result durably into `ready/`.
     pub fn put(&self, result: &DetectionResult) -> anyhow::Result<()> {
-        let name = format!("{}.json", result.id);
-        let tmp = self.root.join("tmp").join(&name);
-        let mut f = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec(result)?).and_then(|_| f.sync_all()).with_context(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, self.root.join("ready").join(&name)).context("move the result into ready/")
+        files::write_durably(&self.root.join("tmp"), &self.root.join("ready"), &format!("{}.json", result.id), &serde_json::to_vec(result)?)
     }
 
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.root.join("ready"))
-            .map(|d| d.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect())
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    pub fn len(&self) -> usize {
-        self.names().len()
-    }
-
-    /// Up to `n` results, oldest first, with the files that hold them. A file
-    /// that does not parse is removed with a warning (it could never be sent).
-    pub fn oldest(&self, n: usize) -> Vec<(PathBuf, DetectionResult)> {
-        let mut out = Vec::new();
-        for name in self.names() {
-            if out.len() == n {
+    /// Drops the oldest results beyond `cap`, then reads up to `n`, oldest
+    /// first, from one listing. A file that does not parse is removed with a
+    /// warning (it could never be sent).
+    pub fn take(&self, n: usize, cap: usize) -> Backlog {
+        let ready = self.root.join("ready");
+        let names = files::sorted_names(&ready).unwrap_or_default();
+        let dropped = names.len().saturating_sub(cap);
+        for name in &names[..dropped] {
+            let _ = fs::remove_file(ready.join(name));
+        }
+        let mut backlog = Backlog { dropped, waiting: names.len() - dropped, batch: Vec::new() };
+        for name in &names[dropped..] {
+            if backlog.batch.len() == n {
                 break;
             }
-            let path = self.root.join("ready").join(&name);
+            let path = ready.join(name);
             match fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice::<DetectionResult>(&b)?)) {
-                Ok(r) => out.push((path, r)),
+                Ok(r) => backlog.batch.push((path, r)),
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "removing an unreadable result from the outbox");
                     let _ = fs::remove_file(&path);
+                    backlog.waiting -= 1;
                 }
             }
         }
-        out
-    }
-
-    /// Drops the oldest results beyond `cap`; returns how many.
-    pub fn enforce_cap(&self, cap: usize) -> usize {
-        let names = self.names();
-        let excess = names.len().saturating_sub(cap);
-        for name in &names[..excess] {
-            let _ = fs::remove_file(self.root.join("ready").join(name));
-        }
-        excess
+        backlog
     }
 }
 
@@ -127,11 +117,13 @@ mod tests {
             out.put(&result(id)).unwrap();
         }
         fs::write(dir.join("ready/000.json"), b"garbage").unwrap();
-        let ids: Vec<String> = out.oldest(2).into_iter().map(|(_, r)| r.id).collect();
+        let backlog = out.take(2, usize::MAX);
+        let ids: Vec<String> = backlog.batch.into_iter().map(|(_, r)| r.id).collect();
         assert_eq!(ids, ["001", "002"], "the unreadable file is skipped and removed");
-        assert_eq!(out.len(), 3);
-        assert_eq!(out.enforce_cap(1), 2);
-        assert_eq!(out.oldest(10)[0].1.id, "003");
+        assert_eq!((backlog.dropped, backlog.waiting), (0, 3));
+        let backlog = out.take(10, 1);
+        assert_eq!(backlog.dropped, 2);
+        assert_eq!(backlog.batch[0].1.id, "003");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::exporter;
-use crate::results::{DetectionResult, Outbox};
+use crate::results::{Backlog, DetectionResult, Outbox};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,13 +52,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut backoff = Duration::from_secs(1);
     let mut outage: Option<Instant> = None;
     loop {
-        let over = outbox.enforce_cap(args.max_outbox);
+        let Backlog { dropped: over, waiting, batch } = outbox.take(args.batch.max(1), args.max_outbox);
         if over > 0 {
             dropped.inc_by(over as u64);
             tracing::warn!(dropped = over, cap = args.max_outbox, "outbox full: dropped the oldest results");
         }
-        buffered.set(outbox.len() as i64);
-        let batch = outbox.oldest(args.batch.max(1));
+        buffered.set(waiting as i64);
         if batch.is_empty() {
             std::thread::sleep(Duration::from_millis(300));
             continue;
@@ -71,14 +70,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 sent.inc_by(batch.len() as u64);
                 if let Some(since) = outage.take() {
-                    tracing::info!(down_for_s = since.elapsed().as_secs(), backlog = outbox.len(), "collector reachable again; sending the backlog");
+                    tracing::info!(down_for_s = since.elapsed().as_secs(), backlog = waiting - batch.len(), "collector reachable again; sending the backlog");
                 }
                 backoff = Duration::from_secs(1);
             }
             Err(e) => {
                 failures.inc();
                 if outage.is_none() {
-                    tracing::warn!(%url, error = %e, buffered = outbox.len(), "collector unreachable; results wait in the outbox");
+                    tracing::warn!(%url, error = %e, buffered = waiting, "collector unreachable; results wait in the outbox");
                     outage = Some(Instant::now());
                 }
                 std::thread::sleep(backoff);
