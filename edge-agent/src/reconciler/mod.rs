@@ -238,8 +238,9 @@ impl Reconciler {
                 (ContainerState::Running, None)
             } else if track.down(now) {
                 let why = self.engine.exit_reason(&handle(c)).await;
+                let began = Instant::now();
                 let result = self.engine.start(&handle(c), &key).await;
-                track.started(now, result.is_ok(), true);
+                track.started(began, Instant::now(), result.is_ok(), true);
                 info!(container = %key, "{why}: restarting (no desired state: keeping what runs)");
                 match result {
                     Ok(()) => (ContainerState::Starting, None),
@@ -308,11 +309,13 @@ impl Reconciler {
         let id = handle(&c);
         if is_running(&c) && spec.pod_network.as_ref().is_some_and(|n| self.restarted_networks.contains(n)) {
             info!(container = %cname, "its pod's network container restarted: restarting it to join the new network");
-            let result = match self.engine.stop(&id).await {
+            let stopped = self.engine.stop(&id).await;
+            let began = Instant::now();
+            let result = match stopped {
                 Ok(()) => self.engine.start(&id, &cname).await,
                 Err(e) => Err(e),
             };
-            track.started(now, result.is_ok(), true);
+            track.started(began, Instant::now(), result.is_ok(), true);
             return match result {
                 Ok(()) => Outcome::new(ContainerState::Starting, Some(hash.into()), None),
                 Err(e) => Outcome::new(ContainerState::Failed, None, Some(e.to_string())),
@@ -330,12 +333,13 @@ impl Reconciler {
             if let Some(reason) = self.probes.liveness_failure(&id, spec) {
                 info!(container = %cname, %reason, "liveness probe failed: restarting");
                 self.probes.forget(&id);
-                let result = self.engine.stop(&id).await;
-                let result = match result {
+                let stopped = self.engine.stop(&id).await;
+                let began = Instant::now();
+                let result = match stopped {
                     Ok(()) => self.engine.start(&id, &cname).await,
                     Err(e) => Err(e),
                 };
-                track.started(now, result.is_ok(), true);
+                track.started(began, Instant::now(), result.is_ok(), true);
                 self.restarted_networks.insert(format!("{}@{hash}", spec.name));
                 return match result {
                     Ok(()) => Outcome::new(ContainerState::Starting, Some(hash.into()), Some(format!("restarted: {reason}"))),
@@ -378,6 +382,7 @@ impl Reconciler {
                 info!(container = %cname, restarts = track.restarts + 1, "{why}: restarting");
                 self.probes.forget(&id);
                 self.restarted_networks.insert(format!("{}@{hash}", spec.name));
+                let began = Instant::now();
                 let result = if state == Some(ContainerSummaryStateEnum::DEAD) {
                     // A dead container cannot be started again: make a new one.
                     match self.engine.remove(&id).await {
@@ -387,7 +392,7 @@ impl Reconciler {
                 } else {
                     self.engine.start(&id, &cname).await
                 };
-                track.started(now, result.is_ok(), state != Some(ContainerSummaryStateEnum::CREATED));
+                track.started(began, Instant::now(), result.is_ok(), state != Some(ContainerSummaryStateEnum::CREATED));
                 match result {
                     Ok(()) => Outcome::new(ContainerState::Starting, Some(hash.into()), None),
                     Err(e) => Outcome::new(ContainerState::Failed, serving, Some(e.to_string())),
@@ -424,12 +429,13 @@ impl Reconciler {
                 return Outcome::new(ContainerState::Failed, serving, Some(reason));
             }
         }
+        let began = Instant::now();
         match self.create_and_start(spec, hash, cname).await {
             Ok(_) => {
                 info!(container = %cname, image = %spec.image, "started container");
                 // Not `now`: stopping the old version may have taken a while.
                 let started = Instant::now();
-                track.created(started);
+                track.created(began, started);
                 if !older.is_empty() {
                     track.replaced_at = Some(started);
                 }

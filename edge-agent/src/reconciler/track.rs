@@ -12,7 +12,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A container that ran this long is healthy again: back-off starts over.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// A started container counts as running once it has run this long, so a
-/// command that dies at once is reported as exited, never as running.
+/// command that dies at once is reported as exited, never as running. When
+/// the engine took longer than this to start it, the wait is as long as the
+/// start took: on a loaded node "at once" takes longer too, and a 150 ms
+/// wait after a 1 s start reported `sh -c 'exit 3'` as running.
 pub const SETTLE: Duration = Duration::from_millis(150);
 /// After an update the previous version is kept (stopped, or running when
 /// both fit side by side) this long, and brought back if the new one dies.
@@ -47,6 +50,8 @@ pub struct Track {
     retry_at: Option<Instant>,
     /// When the agent last saw or made the container run.
     running_since: Option<Instant>,
+    /// How long this run must last to count as running (see [`SETTLE`]).
+    settle: Duration,
     pub pull: Option<Pull>,
     /// Last reported error, to log only changes.
     pub last_error: Option<String>,
@@ -74,6 +79,7 @@ impl Track {
             attempt: 0,
             retry_at: None,
             running_since: None,
+            settle: SETTLE,
             pull: None,
             last_error: None,
             replaced_at: None,
@@ -83,7 +89,7 @@ impl Track {
     }
 
     /// The container is running now. Returns whether it has run long
-    /// enough ([`SETTLE`]) to be reported as running.
+    /// enough (its settle time, see [`SETTLE`]) to be reported as running.
     pub fn running(&mut self, now: Instant) -> bool {
         self.retry_at = None;
         let since = *self.running_since.get_or_insert(now);
@@ -91,7 +97,15 @@ impl Track {
         if ran >= HEALTHY_AFTER {
             self.attempt = 0;
         }
-        ran >= SETTLE
+        ran >= self.settle
+    }
+
+    /// A start call ran from `began` to `done`: the run starts at `done`
+    /// and must last [`SETTLE`] or as long as the call took, whichever is longer.
+    fn begin_run(&mut self, began: Instant, done: Instant) {
+        self.retry_at = None;
+        self.running_since = Some(done);
+        self.settle = SETTLE.max(done.saturating_duration_since(began));
     }
 
     /// The container is down; returns whether it may be started now.
@@ -115,24 +129,24 @@ impl Track {
         self.retry_at.map(|at| at.saturating_duration_since(now)).unwrap_or_default()
     }
 
-    /// A start was attempted; `counted` when it is a restart after an exit.
-    pub fn started(&mut self, now: Instant, ok: bool, counted: bool) {
+    /// A start was attempted from `began` to `done`; `counted` when it is
+    /// a restart after an exit.
+    pub fn started(&mut self, began: Instant, done: Instant, ok: bool, counted: bool) {
         self.attempt = self.attempt.saturating_add(1);
         if ok {
             if counted {
                 self.restarts = self.restarts.saturating_add(1);
             }
-            self.retry_at = None;
-            self.running_since = Some(now);
+            self.begin_run(began, done);
         } else {
-            self.retry_at = Some(now + backoff(self.attempt));
+            self.retry_at = Some(done + backoff(self.attempt));
         }
     }
 
-    /// A fresh container was started for the first time (not a restart).
-    pub fn created(&mut self, now: Instant) {
-        self.retry_at = None;
-        self.running_since = Some(now);
+    /// A fresh container was created and started, from `began` to `done`,
+    /// for the first time (not a restart).
+    pub fn created(&mut self, began: Instant, done: Instant) {
+        self.begin_run(began, done);
     }
 
     /// This version cannot run; try again later (with back-off).
@@ -161,7 +175,7 @@ impl Track {
             self.retry_at,
             self.failure.as_ref().map(|f| f.retry_at),
             self.replaced_at.map(|at| at + window),
-            self.running_since.map(|at| at + SETTLE),
+            self.running_since.map(|at| at + self.settle),
         ]
         .into_iter()
         .flatten()
@@ -185,19 +199,19 @@ mod tests {
     fn restarts_back_off_and_reset_after_a_healthy_run() {
         let t0 = Instant::now();
         let mut t = Track::new("h".into());
-        t.created(t0);
+        t.created(t0, t0);
         assert!(!t.running(t0), "not settled yet");
         assert!(t.running(t0 + SETTLE));
         // Killed: restarted at once.
         assert!(t.down(t0 + SETTLE));
-        t.started(t0 + SETTLE, true, true);
+        t.started(t0 + SETTLE, t0 + SETTLE, true, true);
         assert_eq!(t.restarts, 1);
         // Dies again: 1 s.
         let t1 = t0 + Duration::from_secs(2);
         assert!(!t.down(t1));
         assert_eq!(t.wait_left(t1), Duration::from_secs(1));
         assert!(t.down(t1 + Duration::from_secs(1)));
-        t.started(t1 + Duration::from_secs(1), true, true);
+        t.started(t1 + Duration::from_secs(1), t1 + Duration::from_secs(1), true, true);
         assert!(!t.crash_looping());
         // Runs for a minute, then dies: at once again.
         let t2 = t1 + Duration::from_secs(70);
@@ -210,7 +224,7 @@ mod tests {
     fn a_settled_container_asks_for_no_wake_up() {
         let t0 = Instant::now();
         let mut t = Track::new("h".into());
-        t.created(t0);
+        t.created(t0, t0);
         assert_eq!(t.wake_at(t0, ROLLBACK_WINDOW), Some(t0 + SETTLE), "wake when it has settled");
         let later = t0 + Duration::from_secs(30);
         assert!(t.running(later));
@@ -220,17 +234,33 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_start_waits_as_long_as_it_took_before_counting_as_running() {
+        let began = Instant::now();
+        let done = began + Duration::from_secs(1);
+        let mut t = Track::new("h".into());
+        t.created(began, done);
+        assert!(!t.running(done + SETTLE), "a 1 s start is not settled after 150 ms");
+        assert_eq!(t.wake_at(done, ROLLBACK_WINDOW), Some(done + Duration::from_secs(1)));
+        assert!(t.running(done + Duration::from_secs(1)));
+        // A quick restart settles in the usual time again.
+        assert!(t.down(done + Duration::from_secs(2)));
+        let again = done + Duration::from_secs(2);
+        t.started(again, again + Duration::from_millis(20), true, true);
+        assert!(t.running(again + Duration::from_millis(20) + SETTLE));
+    }
+
+    #[test]
     fn quick_exits_make_a_crash_loop() {
         let mut now = Instant::now();
         let mut t = Track::new("h".into());
-        t.created(now);
+        t.created(now, now);
         for _ in 0..CRASH_LOOP_EXITS {
             assert!(!t.crash_looping());
             now += Duration::from_secs(1);
             while !t.down(now) {
                 now += Duration::from_secs(1);
             }
-            t.started(now, true, true);
+            t.started(now, now, true, true);
         }
         assert!(t.crash_looping());
     }
