@@ -592,3 +592,53 @@ async fn readiness_shows_and_a_failing_liveness_probe_restarts() {
 
     remove_all(&mut rec, node).await;
 }
+
+/// A pass creates its new containers side by side, not one after another,
+/// and one that cannot start fails alone.
+#[tokio::test]
+async fn one_pass_creates_its_new_containers_together_and_a_bad_one_fails_alone() {
+    use bollard::query_parameters::EventsOptionsBuilder;
+    use futures_util::StreamExt;
+
+    let (nodes, dir, _cleanup) = setup("batch", &["n"]);
+    let node = &nodes[0];
+    let docker = docker().await;
+    let mut rec = connect(node, &dir, Some("127.0.0.1")).await;
+    // A host port someone else holds: that container cannot start.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = held.local_addr().expect("addr").port();
+    let mut desired: Vec<ContainerSpec> = (0..12).map(|i| spec(&format!("w{i}"))).collect();
+    desired[5].ports = vec![PortSpec { container_port: 8080, host_port: Some(busy), protocol: Protocol::Tcp }];
+
+    let filters = HashMap::from([
+        ("label".to_string(), vec![format!("fogmesh.node={node}")]),
+        ("type".to_string(), vec!["container".to_string()]),
+    ]);
+    let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let since = unix_now();
+    let statuses = rec.reconcile(Some(&desired)).await;
+    // Docker's events are whole seconds apart at this resolution: ask up to a second past now.
+    let until = (unix_now() + 1).to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let opts = EventsOptionsBuilder::new().since(&since.to_string()).until(&until).filters(&filters).build();
+    let mut events = docker.events(Some(opts));
+
+    for (i, s) in statuses.iter().enumerate() {
+        if i == 5 {
+            assert_eq!(s.state, ContainerState::Failed, "{s:?}");
+            assert!(s.last_error.as_deref().unwrap_or("").contains(&busy.to_string()), "names the port: {s:?}");
+        } else {
+            assert_eq!(s.state, ContainerState::Starting, "started in the first pass: {s:?}");
+            assert!(is_running(&docker, &cname(node, &desired[i])).await, "{} runs", desired[i].name);
+        }
+    }
+    // Docker's own record of the pass: several creates before the first start.
+    let mut actions = Vec::new();
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+        actions.push(e.action.unwrap_or_default());
+    }
+    let creates_before_first_start = actions.iter().take_while(|a| a.as_str() != "start").filter(|a| a.as_str() == "create").count();
+    assert!(creates_before_first_start >= 2, "containers were created one after another: {actions:?}");
+    drop(held);
+    remove_all(&mut rec, node).await;
+}

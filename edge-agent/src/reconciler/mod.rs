@@ -37,8 +37,12 @@ pub use config::{
 };
 pub use engine::RuntimeError;
 use engine::{handle, is_running, label, pull_image, short, Engine};
+use futures_util::StreamExt;
 use track::{Pull, Track};
 
+/// Containers created and started at once in a pass. Docker handles a few
+/// in parallel well; many more only queue inside dockerd.
+const PARALLEL_LAUNCHES: usize = 8;
 /// A failed pull is retried no more often than this.
 const PULL_RETRY: Duration = Duration::from_secs(60);
 /// How long a pass waits for a pull before moving on to other containers;
@@ -61,6 +65,27 @@ impl Outcome {
     fn new(state: ContainerState, running_spec: Option<String>, error: Option<String>) -> Outcome {
         Outcome { state, running_spec, error: error.map(|e| short(&e)), ready: None }
     }
+}
+
+/// What a pass did for one spec: finished, or a container still to be
+/// created and started together with the others of the pass.
+enum Step<T> {
+    Done(T),
+    Launch(Box<Launch>),
+}
+
+/// A new container, ready to be created and started.
+struct Launch {
+    cname: String,
+    hash: String,
+    /// The pod network container it joins.
+    network: Option<String>,
+    /// The previous version, stopped to free its host ports: started again
+    /// if the new one cannot start.
+    stopped_old: Option<ContainerSummary>,
+    /// The spec hash of the older version that serves meanwhile.
+    serving: Option<String>,
+    has_older: bool,
 }
 
 enum Image {
@@ -174,6 +199,7 @@ impl Reconciler {
         order.sort_by_key(|i| desired[*i].pod_network.is_some());
         let mut seen = HashSet::new();
         let mut statuses: Vec<Option<ContainerStatus>> = vec![None; desired.len()];
+        let mut launches: Vec<(usize, Box<Launch>)> = Vec::new();
         for i in order {
             let spec = &desired[i];
             if !seen.insert(spec.name.as_str()) {
@@ -181,9 +207,18 @@ impl Reconciler {
                 statuses[i] = Some(self.status(spec, Outcome::new(ContainerState::Failed, None, Some(error))));
                 continue;
             }
+            // Pod members join the network of a container that may be in
+            // this batch: start the batch first.
+            if spec.pod_network.is_some() && !launches.is_empty() {
+                self.launch_all(desired, std::mem::take(&mut launches), &mut statuses).await;
+            }
             let found = by_key.remove(&spec.name).unwrap_or_default();
-            statuses[i] = Some(self.reconcile_one(spec, found).await);
+            match self.reconcile_one(spec, found).await {
+                Step::Done(status) => statuses[i] = Some(status),
+                Step::Launch(launch) => launches.push((i, launch)),
+            }
         }
+        self.launch_all(desired, launches, &mut statuses).await;
         self.probes.end_pass();
         statuses.into_iter().flatten().collect()
     }
@@ -265,7 +300,7 @@ impl Reconciler {
         statuses
     }
 
-    async fn reconcile_one(&mut self, spec: &ContainerSpec, found: Vec<ContainerSummary>) -> ContainerStatus {
+    async fn reconcile_one(&mut self, spec: &ContainerSpec, found: Vec<ContainerSummary>) -> Step<ContainerStatus> {
         let hash = spec.spec_hash();
         // A new spec starts its bookkeeping (restarts, pulls, failures) afresh.
         let mut track = match self.tracks.remove(&spec.name) {
@@ -281,7 +316,18 @@ impl Reconciler {
         for extra in current.iter().skip(1) {
             self.remove_version(extra).await;
         }
-        let outcome = self.drive(spec, &hash, current.into_iter().next(), &older, &mut track).await;
+        match self.drive(spec, &hash, current.into_iter().next(), &older, &mut track).await {
+            Step::Done(outcome) => Step::Done(self.conclude(spec, track, outcome)),
+            Step::Launch(launch) => {
+                self.tracks.insert(spec.name.clone(), track);
+                Step::Launch(launch)
+            }
+        }
+    }
+
+    /// Logs a change of the spec's trouble, keeps its bookkeeping for the
+    /// next pass, and makes its status.
+    fn conclude(&mut self, spec: &ContainerSpec, mut track: Track, outcome: Outcome) -> ContainerStatus {
         if outcome.error != track.last_error {
             match &outcome.error {
                 Some(e) => warn!(container = %spec.name, state = outcome.state.as_str(), error = %e, "container does not run its desired version"),
@@ -293,6 +339,30 @@ impl Reconciler {
         self.status(spec, outcome)
     }
 
+    /// Creates and starts the pass's new containers, [`PARALLEL_LAUNCHES`]
+    /// at a time, and fills in their statuses.
+    async fn launch_all(&mut self, desired: &[ContainerSpec], launches: Vec<(usize, Box<Launch>)>, statuses: &mut [Option<ContainerStatus>]) {
+        if launches.is_empty() {
+            return;
+        }
+        let (engine, owner, data_dir) = (&self.engine, &self.owner, self.data_dir.as_path());
+        let results: Vec<_> = futures_util::stream::iter(launches)
+            .map(|(i, launch)| async move {
+                let began = Instant::now();
+                let result = launch_container(engine, owner, data_dir, &desired[i], &launch).await;
+                (i, launch, result, began, Instant::now())
+            })
+            .buffer_unordered(PARALLEL_LAUNCHES)
+            .collect()
+            .await;
+        for (i, launch, result, began, done) in results {
+            let spec = &desired[i];
+            let mut track = self.tracks.remove(&spec.name).unwrap_or_else(|| Track::new(launch.hash.clone()));
+            let outcome = self.launched(spec, launch, result, &mut track, began, done).await;
+            statuses[i] = Some(self.conclude(spec, track, outcome));
+        }
+    }
+
     async fn drive(
         &mut self,
         spec: &ContainerSpec,
@@ -300,19 +370,35 @@ impl Reconciler {
         current: Option<ContainerSummary>,
         older: &[ContainerSummary],
         track: &mut Track,
-    ) -> Outcome {
+    ) -> Step<Outcome> {
         let now = Instant::now();
         let cname = container_name(&self.owner.node, spec, hash);
         let Some(c) = current else {
-            return self.roll_out(spec, hash, &cname, older, track).await;
+            return self.roll_out(spec, hash, cname, older, track).await;
         };
+        Step::Done(self.drive_existing(spec, hash, &cname, c, older, track, now).await)
+    }
+
+    /// The desired version has a container: keep it running, restart it,
+    /// or bring the old version back when it died right after the update.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive_existing(
+        &mut self,
+        spec: &ContainerSpec,
+        hash: &str,
+        cname: &str,
+        c: ContainerSummary,
+        older: &[ContainerSummary],
+        track: &mut Track,
+        now: Instant,
+    ) -> Outcome {
         let id = handle(&c);
         if is_running(&c) && spec.pod_network.as_ref().is_some_and(|n| self.restarted_networks.contains(n)) {
             info!(container = %cname, "its pod's network container restarted: restarting it to join the new network");
             let stopped = self.engine.stop(&id).await;
             let began = Instant::now();
             let result = match stopped {
-                Ok(()) => self.engine.start(&id, &cname).await,
+                Ok(()) => self.engine.start(&id, cname).await,
                 Err(e) => Err(e),
             };
             track.started(began, Instant::now(), result.is_ok(), true);
@@ -336,7 +422,7 @@ impl Reconciler {
                 let stopped = self.engine.stop(&id).await;
                 let began = Instant::now();
                 let result = match stopped {
-                    Ok(()) => self.engine.start(&id, &cname).await,
+                    Ok(()) => self.engine.start(&id, cname).await,
                     Err(e) => Err(e),
                 };
                 track.started(began, Instant::now(), result.is_ok(), true);
@@ -386,11 +472,11 @@ impl Reconciler {
                 let result = if state == Some(ContainerSummaryStateEnum::DEAD) {
                     // A dead container cannot be started again: make a new one.
                     match self.engine.remove(&id).await {
-                        Ok(()) => self.create_and_start(spec, hash, &cname).await.map(|_| ()),
+                        Ok(()) => self.create_and_start(spec, hash, cname).await,
                         Err(e) => Err(e),
                     }
                 } else {
-                    self.engine.start(&id, &cname).await
+                    self.engine.start(&id, cname).await
                 };
                 track.started(began, Instant::now(), result.is_ok(), state != Some(ContainerSummaryStateEnum::CREATED));
                 match result {
@@ -401,63 +487,72 @@ impl Reconciler {
         }
     }
 
-    /// The desired version has no container yet: create it beside the old
-    /// one, or in its place when they cannot run together.
-    async fn roll_out(&mut self, spec: &ContainerSpec, hash: &str, cname: &str, older: &[ContainerSummary], track: &mut Track) -> Outcome {
+    /// The desired version has no container yet: prepare it, to be
+    /// created beside the old one, or in its place when they cannot run
+    /// together (then the old one is stopped here).
+    async fn roll_out(&mut self, spec: &ContainerSpec, hash: &str, cname: String, older: &[ContainerSummary], track: &mut Track) -> Step<Outcome> {
         let now = Instant::now();
         if let Some(reason) = track.failure_active(now).map(String::from) {
             let serving = self.ensure_serving(older).await;
-            return Outcome::new(ContainerState::Failed, serving, Some(reason));
+            return Step::Done(Outcome::new(ContainerState::Failed, serving, Some(reason)));
         }
         let old_running = older.iter().find(|o| is_running(o));
         let serving = old_running.and_then(|o| label(o, LABEL_SPEC)).map(String::from);
         match self.ensure_image(spec, track).await {
             Image::Ready => {}
-            Image::Pulling => return Outcome::new(ContainerState::Starting, serving, Some(format!("pulling image {}", spec.image))),
+            Image::Pulling => return Step::Done(Outcome::new(ContainerState::Starting, serving, Some(format!("pulling image {}", spec.image)))),
             Image::Failed(e) => {
                 track.fail(now, e.clone());
                 let serving = self.ensure_serving(older).await;
-                return Outcome::new(ContainerState::Failed, serving, Some(e));
+                return Step::Done(Outcome::new(ContainerState::Failed, serving, Some(e)));
             }
         }
+        let network = match self.pod_network_of(spec) {
+            Ok(network) => network,
+            Err(why) => return Step::Done(Outcome::new(ContainerState::Starting, serving, Some(why.to_string()))),
+        };
         let clash = old_running.filter(|o| config::host_ports_clash(label(o, LABEL_HOST_PORTS).unwrap_or(""), &config::host_ports_label(spec)));
         if let Some(old) = clash {
             info!(container = %cname, "the new version needs the old one's host ports: stopping the old one first");
             if let Err(e) = self.engine.stop(&handle(old)).await {
                 let reason = format!("cannot stop the previous version to free its ports: {e}");
                 track.fail(now, reason.clone());
-                return Outcome::new(ContainerState::Failed, serving, Some(reason));
+                return Step::Done(Outcome::new(ContainerState::Failed, serving, Some(reason)));
             }
         }
-        let began = Instant::now();
-        match self.create_and_start(spec, hash, cname).await {
-            Ok(_) => {
-                info!(container = %cname, image = %spec.image, "started container");
-                // Not `now`: stopping the old version may have taken a while.
-                let started = Instant::now();
-                track.created(began, started);
-                if !older.is_empty() {
-                    track.replaced_at = Some(started);
-                }
-                Outcome::new(ContainerState::Starting, Some(hash.into()), None)
-            }
-            Err(RuntimeError::Waiting(why)) => {
-                let restored = match clash {
-                    Some(old) => self.start_again(old).await,
-                    None => serving,
-                };
-                Outcome::new(ContainerState::Starting, restored, Some(why))
-            }
+        Step::Launch(Box::new(Launch { cname, hash: hash.to_string(), network, stopped_old: clash.cloned(), serving, has_older: !older.is_empty() }))
+    }
+
+    /// Books the result of a launch that ran from `began` to `done`.
+    async fn launched(
+        &mut self,
+        spec: &ContainerSpec,
+        launch: Box<Launch>,
+        result: Result<String, RuntimeError>,
+        track: &mut Track,
+        began: Instant,
+        done: Instant,
+    ) -> Outcome {
+        let Launch { cname, hash, stopped_old, serving, has_older, .. } = *launch;
+        let id = match result {
+            Ok(id) => id,
             Err(e) => {
-                let restored = match clash {
+                let restored = match &stopped_old {
                     Some(old) => self.start_again(old).await,
                     None => serving,
                 };
-                let reason = if older.is_empty() { e.to_string() } else { format!("{e}; the previous version keeps running") };
-                track.fail(now, reason.clone());
-                Outcome::new(ContainerState::Failed, restored, Some(reason))
+                let reason = if has_older { format!("{e}; the previous version keeps running") } else { e.to_string() };
+                track.fail(done, reason.clone());
+                return Outcome::new(ContainerState::Failed, restored, Some(reason));
             }
+        };
+        info!(container = %cname, image = %spec.image, "started container");
+        self.joined_pod(spec, &hash, id);
+        track.created(began, done);
+        if has_older {
+            track.replaced_at = Some(done);
         }
+        Outcome::new(ContainerState::Starting, Some(hash), None)
     }
 
     /// Makes sure the newest older version runs (after a failed update);
@@ -486,29 +581,31 @@ impl Reconciler {
         }
     }
 
-    /// Prepares mounts, creates and starts the container; a container that
-    /// was created but could not start is removed again.
-    async fn create_and_start(&mut self, spec: &ContainerSpec, hash: &str, cname: &str) -> Result<String, RuntimeError> {
-        let network = match &spec.pod_network {
-            None => None,
-            Some(holder) => match self.pod_networks.get(holder) {
-                Some(id) => Some(id.clone()),
-                None => return Err(RuntimeError::Waiting(format!("waiting for its pod's network container {} to run", holder.split('@').next().unwrap_or(holder)))),
-            },
-        };
-        let mounts = config::prepare_mounts(spec, hash, &self.data_dir)?;
-        let body = config::create_body(spec, &self.owner, hash, mounts, network.as_deref())?;
-        // A leftover container of this very version (e.g. created before a crash) is in the way.
-        self.engine.remove(cname).await?;
-        let id = self.engine.create(cname, body).await?;
-        if let Err(e) = self.engine.start(&id, cname).await {
-            let _ = self.engine.remove(&id).await;
-            return Err(e);
+    /// The id of the pod network container `spec` joins; `Waiting` while
+    /// it does not run yet.
+    fn pod_network_of(&self, spec: &ContainerSpec) -> Result<Option<String>, RuntimeError> {
+        let Some(holder) = &spec.pod_network else { return Ok(None) };
+        match self.pod_networks.get(holder) {
+            Some(id) => Ok(Some(id.clone())),
+            None => Err(RuntimeError::Waiting(format!("waiting for its pod's network container {} to run", holder.split('@').next().unwrap_or(holder)))),
         }
+    }
+
+    /// A container of `spec` started: pod members may join its network,
+    /// and members that run must rejoin it.
+    fn joined_pod(&mut self, spec: &ContainerSpec, hash: &str, id: String) {
         let holder = format!("{}@{hash}", spec.name);
-        self.pod_networks.insert(holder.clone(), id.clone());
+        self.pod_networks.insert(holder.clone(), id);
         self.restarted_networks.insert(holder);
-        Ok(id)
+    }
+
+    /// Creates and starts a container in the pass itself (a dead one's replacement).
+    async fn create_and_start(&mut self, spec: &ContainerSpec, hash: &str, cname: &str) -> Result<(), RuntimeError> {
+        let network = self.pod_network_of(spec)?;
+        let launch = Launch { cname: cname.to_string(), hash: hash.to_string(), network, stopped_old: None, serving: None, has_older: false };
+        let id = launch_container(&self.engine, &self.owner, &self.data_dir, spec, &launch).await?;
+        self.joined_pod(spec, hash, id);
+        Ok(())
     }
 
     /// Makes sure the image is local, pulling it in the background when not:
@@ -549,4 +646,19 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Prepares mounts, creates and starts a container; a container that was
+/// created but could not start is removed again. Returns its id.
+async fn launch_container(engine: &Engine, owner: &Owner, data_dir: &Path, spec: &ContainerSpec, launch: &Launch) -> Result<String, RuntimeError> {
+    let mounts = config::prepare_mounts(spec, &launch.hash, data_dir)?;
+    let body = config::create_body(spec, owner, &launch.hash, mounts, launch.network.as_deref())?;
+    // A leftover container of this very version (e.g. created before a crash) is in the way.
+    engine.remove(&launch.cname).await?;
+    let id = engine.create(&launch.cname, body).await?;
+    if let Err(e) = engine.start(&id, &launch.cname).await {
+        let _ = engine.remove(&id).await;
+        return Err(e);
+    }
+    Ok(id)
 }
