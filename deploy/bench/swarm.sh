@@ -3,7 +3,9 @@
 # deploy N replicas (N = 1, 10, 30), update the env of 10 replicas, and
 # kill -> replacement running. Runs are interleaved (fogmesh, swarm,
 # fogmesh, ...) and both are timed by the same outside observer: a loop
-# that polls `docker ps` every 50 ms until the containers run.
+# that polls `docker ps` every 50 ms until the containers run. Deploys are
+# also timed for N parallel `docker run -d` with no orchestrator: the
+# engine's own floor on this machine.
 #
 #   bash deploy/bench/swarm.sh [ROUNDS]     (default 5 rounds)
 #
@@ -25,7 +27,7 @@ cargo build --release --locked --quiet -p fogmesh-master -p fogmesh-agent
 cleanup() {
     for f in "$WORK"/*.pid; do [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
     docker service rm fmbench >/dev/null 2>&1 || true
-    ids=$(docker ps -aq --filter label=fogmesh.node=bench 2>/dev/null || true)
+    ids=$(docker ps -aq --filter label=fogmesh.node=bench --filter label=fmbench.raw=1 2>/dev/null || true)
     [ -n "$ids" ] && docker rm -f $ids >/dev/null
     [ "${LEFT_SWARM:-0}" = 1 ] && docker swarm leave --force >/dev/null 2>&1 || true
 }
@@ -85,6 +87,7 @@ ADT
 
 FM='label=fogmesh.node=bench'
 SW='label=com.docker.swarm.service.name=fmbench'
+RAW='label=fmbench.raw=1'
 declare -A results
 record() { results[$1]="${results[$1]:-} $2"; }
 
@@ -102,6 +105,14 @@ for round in $(seq 1 "$ROUNDS"); do
         record "swarm deploy $n" "$(wait_running "$SW" "$n" "" "$t0")"
         docker service rm fmbench >/dev/null
         while [ "$(docker ps -aq --filter "$SW" | wc -l)" -gt 0 ]; do sleep 0.1; done
+
+        # The engine's own floor: N parallel `docker run -d`, no orchestrator.
+        t0=$(now_ms)
+        runs=()
+        for _ in $(seq 1 "$n"); do docker run -d --label fmbench.raw=1 "$IMAGE" sleep 3600 >/dev/null & runs+=($!); done
+        record "docker deploy $n" "$(wait_running "$RAW" "$n" "" "$t0")"
+        wait "${runs[@]}"
+        docker rm -f $(docker ps -aq --filter "$RAW") >/dev/null
     done
 
     # Update the env of 10 replicas; then kill one and time its replacement.
@@ -135,9 +146,14 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR] = $1} END {print a[int((
         f=$(echo "${results[fogmesh $what]}" | median) s=$(echo "${results[swarm $what]}" | median)
         [ $first = 1 ] || echo ","
         first=0
-        printf '  "%s": {"fogmesh_s": %s, "swarm_s": %s, "fogmesh_runs_ms": "%s", "swarm_runs_ms": "%s"}' \
-            "$what" "$f" "$s" "${results[fogmesh $what]# }" "${results[swarm $what]# }"
-        printf '%-16s fogmesh %6.2f s   swarm %6.2f s   ratio %.2f\n' "$what" "$f" "$s" "$(awk -v a="$f" -v b="$s" 'BEGIN {print a / b}')" >&2
+        d=null floor=""
+        if [ -n "${results[docker $what]:-}" ]; then
+            d=$(echo "${results[docker $what]}" | median)
+            floor=$(printf '   docker run x N %6.2f s' "$d")
+        fi
+        printf '  "%s": {"fogmesh_s": %s, "swarm_s": %s, "docker_run_s": %s, "fogmesh_runs_ms": "%s", "swarm_runs_ms": "%s", "docker_run_runs_ms": "%s"}' \
+            "$what" "$f" "$s" "$d" "${results[fogmesh $what]# }" "${results[swarm $what]# }" "${results[docker $what]:-}"
+        printf '%-16s fogmesh %6.2f s   swarm %6.2f s   ratio %.2f%s\n' "$what" "$f" "$s" "$(awk -v a="$f" -v b="$s" 'BEGIN {print a / b}')" "$floor" >&2
     done
     echo
     echo "}"
