@@ -205,10 +205,10 @@ impl Cluster {
             let metrics = plan.metrics.get(node).cloned().unwrap_or_default();
             let policies = local.remove(node).unwrap_or_default();
             if current.containers != *containers || current.metrics != metrics || current.policies != policies || current.generation == 0 {
-                let state = DesiredState { generation: self.store.next_generation()?, containers: containers.clone(), metrics, policies };
-                self.store.put_desired(node, &state)?;
+                let generation = self.store.next_generation()?;
+                self.store.put_desired(node, DesiredState { generation, containers: containers.clone(), metrics, policies })?;
                 changed += 1;
-                tracing::info!(node = %node, generation = state.generation, containers = containers.len(), "desired state changed");
+                tracing::info!(node = %node, generation, containers = containers.len(), "desired state changed");
             }
         }
         if plan.placements != previous {

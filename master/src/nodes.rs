@@ -250,7 +250,7 @@ impl Cluster {
                 containers_running: running,
                 desired_generation: desired.generation,
                 acked_generation: self.store.acked(&node.name)?,
-                conditions: observed.conditions,
+                conditions: observed.conditions.clone(),
                 labels: node.labels.into_iter().collect(),
                 name: node.name,
                 public_ip: node.public_ip,

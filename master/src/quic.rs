@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use fogmesh_common::codec::{forward_frames, read_frame, write_frame, CodecError};
@@ -114,7 +114,7 @@ async fn run_session(
     agent_generation: u64,
     peer: SocketAddr,
 ) -> Result<()> {
-    let fingerprint = cluster.store.node(node)?.and_then(|n| n.cert_fingerprint);
+    let fingerprint = cluster.store.with_node(node, |n| n.cert_fingerprint.clone()).flatten();
     let heartbeat_ms = cluster.config.heartbeat_interval.as_millis() as u64;
     write_frame(send, &MasterMessage::Welcome { node_name: node.to_string(), heartbeat_interval_ms: heartbeat_ms }).await?;
     // Where to send metrics: at every session, so a changed broker reaches every agent.
@@ -128,8 +128,11 @@ async fn run_session(
 
     let (tx, mut frames) = mpsc::channel::<Result<AgentMessage, CodecError>>(16);
     let reader = tokio::spawn(forward_frames(recv, tx));
-    let mut last_heard = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // No periodic tick per session: at thousands of sessions the wake-ups
+    // alone cost more than the heartbeats. A frame pushes the silence
+    // deadline back, and is when a replaced connection notices.
+    let silence = tokio::time::sleep(cluster.config.offline_after);
+    tokio::pin!(silence);
     let (taken_tx, mut taken_rx) = mpsc::channel::<i64>(4);
     let result = loop {
         tokio::select! {
@@ -142,7 +145,10 @@ async fn run_session(
                     Some(Err(e)) => break Err(anyhow!(e).context(format!("bad frame from node {node} at {peer}"))),
                     None => break Ok(()),
                 };
-                last_heard = Instant::now();
+                silence.as_mut().reset(tokio::time::Instant::now() + cluster.config.offline_after);
+                if !cluster.is_current_connection(node, id) {
+                    break Err(anyhow!("a newer connection of node {node} replaced this one"));
+                }
                 // None of these waits for the disk: heartbeats keep flowing.
                 match msg {
                     AgentMessage::Heartbeat => cluster.record_seen(node),
@@ -167,7 +173,7 @@ async fn run_session(
                 if changed.is_err() {
                     break Ok(());
                 }
-                match cluster.store.node(node)? {
+                match cluster.store.with_node(node, |n| n.cert_fingerprint.clone()) {
                     None => {
                         // Decommission: the agent drops its containers, then is refused.
                         let empty = DesiredState { generation: cluster.store.next_generation()?, ..Default::default() };
@@ -177,7 +183,7 @@ async fn run_session(
                         let _ = send.finish();
                         break Ok(());
                     }
-                    Some(n) if n.cert_fingerprint != fingerprint => {
+                    Some(current) if current != fingerprint => {
                         // Another agent joined as this node: its containers are that agent's now.
                         let reason = "another agent joined as this node (--replace); this agent's certificate is revoked".to_string();
                         let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Replaced }).await;
@@ -188,13 +194,8 @@ async fn run_session(
                 }
                 sent = push_if_newer(cluster, send, node, sent).await?;
             }
-            _ = tick.tick() => {
-                if !cluster.is_current_connection(node, id) {
-                    break Err(anyhow!("a newer connection of node {node} replaced this one"));
-                }
-                if last_heard.elapsed() > cluster.config.offline_after {
-                    break Err(anyhow!("node {node} was silent for {:?}", last_heard.elapsed()));
-                }
+            () = &mut silence => {
+                break Err(anyhow!("node {node} was silent for {:?}", cluster.config.offline_after));
             }
         }
     };

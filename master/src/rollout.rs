@@ -21,9 +21,9 @@ use crate::scheduler::placement_key;
 pub struct NodeSnapshot {
     pub node: NodeRecord,
     pub state: NodeState,
-    pub desired: DesiredState,
+    pub desired: std::sync::Arc<DesiredState>,
     pub acked: u64,
-    pub observed: NodeStatus,
+    pub observed: std::sync::Arc<NodeStatus>,
 }
 
 /// Reasons sorted by how much they matter.

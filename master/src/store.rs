@@ -2,14 +2,20 @@
 //! and what agents acked and reported, join tokens, revoked certificates,
 //! placements of hostless workloads. Values are JSON, readable when debugging.
 //!
+//! Node records and desired states are also kept in memory (write-through):
+//! every agent session, metrics batch and reschedule pass reads them, and
+//! decoding them from sled each time dominated the master's CPU at
+//! thousands of nodes.
+//!
 //! Writers call [`Store::flush`] before they tell anyone (API client, agent)
 //! that a change happened: nothing is acknowledged that is not on disk.
 //! Every flush goes through one [`GroupFlusher`]: concurrent writers share
 //! flushes, and sled never runs two at once. Writes nobody waits for (what
 //! agents report) call [`Store::flush_soon`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use anyhow::{Context, Result};
 use fogmesh_common::wire::{DesiredState, NodeStatus};
@@ -49,6 +55,27 @@ pub struct Store {
     scaling: sled::Tree,
     /// Per app: scaling events, keyed `APP_ID/SEQ` (SEQ zero-padded).
     events: sled::Tree,
+    /// What `nodes` and `desired` hold, decoded.
+    cache: Arc<Cache>,
+}
+
+/// In-memory copies of the two trees read on every hot path. Each write
+/// holds the map's lock across the sled insert, so sled and the copy never
+/// disagree about which of two racing writes came last.
+#[derive(Default)]
+struct Cache {
+    nodes: RwLock<BTreeMap<String, NodeRecord>>,
+    desired: RwLock<HashMap<String, Arc<DesiredState>>>,
+    acked: RwLock<HashMap<String, u64>>,
+    observed: RwLock<HashMap<String, Arc<NodeStatus>>>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Store {
@@ -79,10 +106,21 @@ impl Store {
             meta: tree("meta")?,
             scaling: tree("scaling")?,
             events: tree("events")?,
+            cache: Arc::default(),
             db,
         };
+        store.load_cache()?;
         store.index_node_ips_if_missing()?;
         Ok(store)
+    }
+
+    /// Fills the in-memory copies from sled.
+    fn load_cache(&self) -> Result<()> {
+        *write(&self.cache.nodes) = all::<NodeRecord>(&self.nodes)?.into_iter().map(|n| (n.name.clone(), n)).collect();
+        *write(&self.cache.desired) = keyed(&self.desired, Arc::new)?;
+        *write(&self.cache.acked) = keyed(&self.acked, |a| a)?;
+        *write(&self.cache.observed) = keyed(&self.observed, Arc::new)?;
+        Ok(())
     }
 
     /// Stores written before the IP index existed: build it once.
@@ -119,11 +157,16 @@ impl Store {
         Ok(self.db.generate_id().context("generate a generation number")? + 1)
     }
 
+    /// Every node, by name.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        all(&self.nodes)
+        Ok(read(&self.cache.nodes).values().cloned().collect())
     }
     pub fn node(&self, name: &str) -> Result<Option<NodeRecord>> {
-        get(&self.nodes, name)
+        Ok(read(&self.cache.nodes).get(name).cloned())
+    }
+    /// Reads one field of a node without copying the record.
+    pub fn with_node<T>(&self, name: &str, f: impl FnOnce(&NodeRecord) -> T) -> Option<T> {
+        read(&self.cache.nodes).get(name).map(f)
     }
     /// The node registered for `public_ip`, without reading every node.
     pub fn node_by_ip(&self, public_ip: &str) -> Result<Option<NodeRecord>> {
@@ -140,7 +183,10 @@ impl Store {
             }
             self.node_ips.insert(node.public_ip.as_bytes(), node.name.as_bytes())?;
         }
-        put(&self.nodes, &node.name, node)
+        let mut cached = write(&self.cache.nodes);
+        put(&self.nodes, &node.name, node)?;
+        cached.insert(node.name.clone(), node.clone());
+        Ok(())
     }
     fn unindex_ip(&self, node: &NodeRecord) {
         let _ = self.node_ips.compare_and_swap(node.public_ip.as_bytes(), Some(node.name.as_bytes()), None as Option<&[u8]>);
@@ -150,9 +196,15 @@ impl Store {
         if let Some(old) = self.node(name)? {
             self.unindex_ip(&old);
         }
+        let (mut nodes, mut desired) = (write(&self.cache.nodes), write(&self.cache.desired));
+        let (mut acked, mut observed) = (write(&self.cache.acked), write(&self.cache.observed));
         for tree in [&self.nodes, &self.desired, &self.acked, &self.observed] {
             tree.remove(name)?;
         }
+        nodes.remove(name);
+        desired.remove(name);
+        acked.remove(name);
+        observed.remove(name);
         Ok(())
     }
 
@@ -208,25 +260,36 @@ impl Store {
             .collect()
     }
 
-    pub fn desired(&self, node: &str) -> Result<DesiredState> {
-        Ok(get(&self.desired, node)?.unwrap_or_default())
+    /// The node's desired state (empty, generation 0, when it has none).
+    pub fn desired(&self, node: &str) -> Result<Arc<DesiredState>> {
+        Ok(read(&self.cache.desired).get(node).cloned().unwrap_or_default())
     }
-    pub fn put_desired(&self, node: &str, state: &DesiredState) -> Result<()> {
-        put(&self.desired, node, state)
+    pub fn put_desired(&self, node: &str, state: DesiredState) -> Result<()> {
+        let mut cached = write(&self.cache.desired);
+        put(&self.desired, node, &state)?;
+        cached.insert(node.to_string(), Arc::new(state));
+        Ok(())
     }
 
     pub fn acked(&self, node: &str) -> Result<u64> {
-        Ok(get(&self.acked, node)?.unwrap_or(0))
+        Ok(read(&self.cache.acked).get(node).copied().unwrap_or(0))
     }
     pub fn set_acked(&self, node: &str, generation: u64) -> Result<()> {
-        put(&self.acked, node, &generation)
+        let mut cached = write(&self.cache.acked);
+        put(&self.acked, node, &generation)?;
+        cached.insert(node.to_string(), generation);
+        Ok(())
     }
 
-    pub fn observed(&self, node: &str) -> Result<NodeStatus> {
-        Ok(get(&self.observed, node)?.unwrap_or_default())
+    /// What the node's agent last reported (empty before its first report).
+    pub fn observed(&self, node: &str) -> Result<Arc<NodeStatus>> {
+        Ok(read(&self.cache.observed).get(node).cloned().unwrap_or_default())
     }
     pub fn set_observed(&self, node: &str, status: &NodeStatus) -> Result<()> {
-        put(&self.observed, node, status)
+        let mut cached = write(&self.cache.observed);
+        put(&self.observed, node, status)?;
+        cached.insert(node.to_string(), Arc::new(status.clone()));
+        Ok(())
     }
 
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
@@ -278,6 +341,18 @@ fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<()> {
     Ok(())
 }
 
+/// Every record of a tree by key, decoded and wrapped by `wrap`.
+fn keyed<T: DeserializeOwned, W>(tree: &sled::Tree, wrap: impl Fn(T) -> W) -> Result<HashMap<String, W>> {
+    tree.iter()
+        .map(|entry| {
+            let (key, bytes) = entry?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let value = serde_json::from_slice(&bytes).with_context(|| format!("corrupt store record '{key}'"))?;
+            Ok((key, wrap(value)))
+        })
+        .collect()
+}
+
 fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>> {
     tree.iter()
         .map(|entry| {
@@ -294,6 +369,43 @@ mod tests {
 
     fn node(name: &str, ip: &str) -> NodeRecord {
         NodeRecord::declared(name, ip)
+    }
+
+    #[test]
+    fn the_in_memory_copies_hold_what_sled_holds() {
+        let dir = std::env::temp_dir().join(format!("fogmesh-store-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        {
+            for (name, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")] {
+                store.put_node(&node(name, ip)).unwrap();
+                store.put_desired(name, DesiredState { generation: 7, ..Default::default() }).unwrap();
+                store.set_acked(name, 6).unwrap();
+                store.set_observed(name, &NodeStatus { generation: 6, ..Default::default() }).unwrap();
+            }
+            let mut moved = node("b", "10.0.0.9");
+            moved.labels.push(("zone".into(), "x".into()));
+            store.put_node(&moved).unwrap();
+            store.put_desired("b", DesiredState { generation: 8, ..Default::default() }).unwrap();
+            store.remove_node("c").unwrap();
+            assert_eq!(store.node("b").unwrap().unwrap().labels, [("zone".to_string(), "x".to_string())]);
+        }
+        // What sled holds, read back into fresh copies, is what the copies said.
+        *write(&store.cache.nodes) = Default::default();
+        *write(&store.cache.desired) = Default::default();
+        *write(&store.cache.acked) = Default::default();
+        *write(&store.cache.observed) = Default::default();
+        assert!(store.nodes().unwrap().is_empty());
+        store.load_cache().unwrap();
+        let names: Vec<String> = store.nodes().unwrap().into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["a", "b"], "by name, without the removed node");
+        assert_eq!(store.node("b").unwrap().unwrap().public_ip, "10.0.0.9");
+        assert_eq!(store.with_node("b", |n| n.labels.len()), Some(1));
+        assert_eq!((store.desired("a").unwrap().generation, store.desired("b").unwrap().generation), (7, 8));
+        assert_eq!((store.acked("a").unwrap(), store.observed("a").unwrap().generation), (6, 6));
+        assert_eq!(store.desired("c").unwrap().generation, 0, "removed with its node");
+        assert_eq!((store.acked("c").unwrap(), store.observed("c").unwrap().generation), (0, 0));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -170,15 +170,15 @@ pub fn verify_batch(node: &str, key: &[u8], payload: &[u8]) -> Result<(u64, Vec<
 
 /// The node's public key, from its registered certificate (cached by fingerprint).
 fn node_key(cluster: &Cluster, keys: &Mutex<HashMap<String, (String, Vec<u8>)>>, node: &str) -> Option<Vec<u8>> {
-    let record = cluster.store.node(node).ok()??;
-    let fingerprint = record.cert_fingerprint.clone()?;
+    let fingerprint = cluster.store.with_node(node, |n| n.cert_fingerprint.clone())??;
     let mut cache = keys.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((fp, key)) = cache.get(node) {
         if *fp == fingerprint {
             return Some(key.clone());
         }
     }
-    let key = cert_public_key(record.cert_pem.as_deref()?).ok()?;
+    let pem = cluster.store.with_node(node, |n| n.cert_pem.clone())??;
+    let key = cert_public_key(&pem).ok()?;
     cache.insert(node.to_string(), (fingerprint, key.clone()));
     Some(key)
 }
