@@ -14,6 +14,8 @@
 #             storing it, p50/p99/max; then the same for an update
 #   storm     kill -9 of the master with N connected, restart, time until
 #             all N are ready again; master RSS after
+# With FOGMESH_BENCH_PERF=1, also a 30 s `perf` profile of the idle master.
+# FOGMESH_BENCH_CONNECT_RATE=R starts R nodes' sessions per second.
 # Prints a table and writes target/bench/fleet-N.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -88,7 +90,7 @@ echo "== master and $N simulated nodes${METRICS:+ (with metrics)}"
 start_master
 TOKEN=$("$BIN/fogmesh" token create --uses "$N" --ttl 1h 2>/dev/null)
 FOGMESH_JOIN_TOKEN=$TOKEN "$BIN/fogmesh-agent" simulate --master "$QUIC" --count "$N" --data-dir "$WORK/sim" \
-    --received-log "$WORK/received.log" $METRICS >"$WORK/simulate.log" 2>&1 &
+    --received-log "$WORK/received.log" --connect-rate "${FOGMESH_BENCH_CONNECT_RATE:-0}" $METRICS >"$WORK/simulate.log" 2>&1 &
 echo $! >"$WORK/simulate.pid"
 join_s=$(wait_ready join)
 
@@ -100,6 +102,13 @@ sleep 60
 idle_cpu=$(awk -v a="$(cpu_s "$MASTER")" -v b="$c0" 'BEGIN {printf "%.1f", (a - b) / 60 * 100}')
 sim_cpu=$(awk -v a="$(cpu_s "$SIM")" -v b="$s0" 'BEGIN {printf "%.1f", (a - b) / 60 * 100}')
 idle_rss=$(rss_mb "$MASTER") sim_rss=$(rss_mb "$SIM")
+if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
+    # Where the idle master's time goes: 30 s of samples, top symbols.
+    perf record -F 499 -g -p "$MASTER" -o "$WORK/perf.data" -- sleep 30 >/dev/null 2>&1
+    perf report -i "$WORK/perf.data" --no-children --percent-limit 1 --stdio -g none 2>/dev/null |
+        grep -v '^#' | grep . >"$OUT/fleet-$N-idle-profile.txt" || true
+    echo "  idle profile: $OUT/fleet-$N-idle-profile.txt" >&2
+fi
 samples=$("$BIN/fogmesh" metrics query 'count(node_load1)' 2>/dev/null | awk 'NR==2 {print $2}')
 
 echo "== fan-out to every node"

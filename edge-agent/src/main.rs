@@ -115,6 +115,11 @@ struct SimulateArgs {
     /// A master silent for this long counts as unreachable.
     #[arg(long, default_value = "10s", value_parser = duration_arg)]
     master_timeout: std::time::Duration,
+    /// Nodes that open their first session per second, as a fleet that
+    /// boots over time (0: all at once). Reconnects after a master restart
+    /// are the agents' own back-off, whatever this is.
+    #[arg(long, default_value_t = 0)]
+    connect_rate: u32,
     /// Publish synthetic node metrics from every node (signed, queued on
     /// disk, over its own MQTT session), as real agents do.
     #[arg(long)]
@@ -276,6 +281,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 start_delay: a.start_delay,
                 join_concurrency: a.join_concurrency,
                 master_timeout: a.master_timeout,
+                connect_rate: a.connect_rate,
                 metrics: a.metrics,
                 received_log: a.received_log,
             })

@@ -39,6 +39,8 @@ pub struct SimulateOptions {
     pub start_delay: Duration,
     pub join_concurrency: usize,
     pub master_timeout: Duration,
+    /// First sessions opened per second (0: all at once).
+    pub connect_rate: u32,
     /// Run each node's metrics pipeline on synthetic node metrics.
     pub metrics: bool,
     /// Append `UNIX_MS NODE GENERATION` here when a node stores a desired state.
@@ -82,7 +84,11 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
         Some(path) => Some(received_writer(path)?),
         None => None,
     };
-    for dir in dirs {
+    let ramp_started = tokio::time::Instant::now();
+    for (i, dir) in dirs.into_iter().enumerate() {
+        if opts.connect_rate > 0 {
+            tokio::time::sleep_until(ramp_started + Duration::from_secs_f64(i as f64 / f64::from(opts.connect_rate))).await;
+        }
         let identity = IdentityFiles::new(&dir).load()?;
         let board = StatusBoard::default();
         let node = identity.info.node_name.clone();
