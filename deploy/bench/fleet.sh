@@ -15,6 +15,9 @@
 #   storm     kill -9 of the master with N connected, restart, time until
 #             all N are ready again; master RSS after
 # With FOGMESH_BENCH_PERF=1, also a 30 s `perf` profile of the idle master.
+# FOGMESH_BENCH_BROKER=mosquitto carries metrics through mosquitto (TLS,
+# client certificates) instead of the master's embedded broker; it stays
+# up through the storm.
 # FOGMESH_BENCH_CONNECT_RATE=R starts R nodes' sessions per second.
 # Prints a table and writes target/bench/fleet-N.json.
 set -euo pipefail
@@ -44,10 +47,18 @@ export FOGMESH_CONFIG="$WORK/master/client.conf"
 cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 now_ms() { date +%s%3N; }
+POLL=$(( N > 3000 ? 3 : 1 ))
 ready_count() { "$BIN/fogmesh" node list 2>/dev/null | grep -c ' ready ' || true; }
 
+BROKER=${FOGMESH_BENCH_BROKER:-embedded}
+case $BROKER in
+    embedded) BROKER_ARGS=(--mqtt-listen "$MQTT") ;;
+    mosquitto) BROKER_ARGS=(--mqtt-url "mqtts://$MQTT") ;;
+    *) echo "FOGMESH_BENCH_BROKER is embedded or mosquitto, not $BROKER" >&2; exit 2 ;;
+esac
+
 start_master() {
-    "$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$API" --quic "$QUIC" --mqtt-listen "$MQTT" \
+    "$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$API" --quic "$QUIC" "${BROKER_ARGS[@]}" \
         >>"$WORK/master.log" 2>&1 &
     echo $! >"$WORK/master.pid"
     for _ in $(seq 1 100); do "$BIN/fogmesh" node list >/dev/null 2>&1 && return; sleep 0.1; done
@@ -61,8 +72,9 @@ wait_ready() { # $1: what, prints seconds until all N ready
         n=$(ready_count)
         [ "$n" -ge "$N" ] && break
         printf '\r  %s: %s/%s ready' "$1" "$n" "$N" >&2
-        sleep 1
-        left=$((left - 1))
+        # `node list` of a big fleet is work for the master too.
+        sleep "$POLL"
+        left=$((left - POLL))
         if [ "$left" -le 0 ]; then echo " timed out" >&2; exit 1; fi
     done
     printf '\r  %s: %s/%s ready\n' "$1" "$N" "$N" >&2
@@ -85,8 +97,26 @@ fanout() {
         }'
 }
 
-echo "== master and $N simulated nodes${METRICS:+ (with metrics)}"
+echo "== master and $N simulated nodes${METRICS:+ (with metrics)}, broker: $BROKER"
 "$BIN/fogmesh-master" init --data-dir "$WORK/master" --api "$API" >/dev/null
+if [ "$BROKER" = mosquitto ]; then
+    command -v mosquitto >/dev/null || apt-get install -y -qq mosquitto >/dev/null
+    "$BIN/fogmesh-master" issue-cert --data-dir "$WORK/master" --name 127.0.0.1 --out-dir "$WORK/mosquitto" >/dev/null
+    cat >"$WORK/mosquitto/mosquitto.conf" <<CONF
+user root
+listener ${MQTT##*:} ${MQTT%:*}
+cafile $WORK/mosquitto/ca.pem
+certfile $WORK/mosquitto/server.pem
+keyfile $WORK/mosquitto/server.key
+require_certificate true
+use_identity_as_username true
+allow_anonymous false
+persistence false
+CONF
+    mosquitto -c "$WORK/mosquitto/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+    echo $! >"$WORK/mosquitto.pid"
+    for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/${MQTT%:*}/${MQTT##*:}") 2>/dev/null && break; sleep 0.1; done
+fi
 start_master
 TOKEN=$("$BIN/fogmesh" token create --uses "$N" --ttl 1h 2>/dev/null)
 FOGMESH_JOIN_TOKEN=$TOKEN "$BIN/fogmesh-agent" simulate --master "$QUIC" --count "$N" --data-dir "$WORK/sim" \
@@ -98,7 +128,13 @@ echo "== idle, 60 s"
 MASTER=$(cat "$WORK/master.pid") SIM=$(cat "$WORK/simulate.pid")
 sleep 10
 c0=$(cpu_s "$MASTER") s0=$(cpu_s "$SIM")
+[ "$BROKER" = mosquitto ] && b0=$(cpu_s "$(cat "$WORK/mosquitto.pid")")
 sleep 60
+broker_idle=""
+if [ "$BROKER" = mosquitto ]; then
+    MQ=$(cat "$WORK/mosquitto.pid")
+    broker_idle=$(awk -v a="$(cpu_s "$MQ")" -v b="$b0" -v r="$(rss_mb "$MQ")" 'BEGIN {printf "mosquitto: %.1f %% CPU, %s MB", (a - b) / 60 * 100, r}')
+fi
 idle_cpu=$(awk -v a="$(cpu_s "$MASTER")" -v b="$c0" 'BEGIN {printf "%.1f", (a - b) / 60 * 100}')
 sim_cpu=$(awk -v a="$(cpu_s "$SIM")" -v b="$s0" 'BEGIN {printf "%.1f", (a - b) / 60 * 100}')
 idle_rss=$(rss_mb "$MASTER") sim_rss=$(rss_mb "$SIM")
@@ -151,18 +187,18 @@ sleep 5
 storm_rss=$(rss_mb "$MASTER")
 
 cat >"$OUT/fleet-$N.json" <<JSON
-{"nodes": $N, "metrics": $([ -n "$METRICS" ] && echo true || echo false),
+{"nodes": $N, "broker": "$BROKER", "metrics": $([ -n "$METRICS" ] && echo true || echo false),
  "join_all_ready_s": $join_s,
- "idle": {"master_cpu_percent": $idle_cpu, "master_rss_mb": $idle_rss, "simulator_cpu_percent": $sim_cpu, "simulator_rss_mb": $sim_rss, "node_load1_series": "${samples:-0}"},
+ "idle": {"broker": "$broker_idle", "master_cpu_percent": $idle_cpu, "master_rss_mb": $idle_rss, "simulator_cpu_percent": $sim_cpu, "simulator_rss_mb": $sim_rss, "node_load1_series": "${samples:-0}"},
  "submit": {"cli_s": $submit_cli_s, "p50_s": "$sub_p50", "p99_s": "$sub_p99", "max_s": "$sub_max", "nodes": $sub_n},
  "update": {"cli_s": $update_cli_s, "p50_s": "$upd_p50", "p99_s": "$upd_p99", "max_s": "$upd_max", "nodes": $upd_n},
  "reconnect_storm_all_ready_s": $storm_s, "master_rss_after_storm_mb": $storm_rss}
 JSON
 cat <<TABLE
 
-fleet of $N simulated nodes${METRICS:+, metrics every 15 s} ($(nproc) cores)
+fleet of $N simulated nodes${METRICS:+, metrics every 15 s}, broker $BROKER ($(nproc) cores)
   all joined and ready            $join_s s
-  master idle                     $idle_cpu % CPU, $idle_rss MB RSS  (simulator: $sim_cpu % CPU, $sim_rss MB)
+  master idle                     $idle_cpu % CPU, $idle_rss MB RSS  (simulator: $sim_cpu % CPU, $sim_rss MB${broker_idle:+; $broker_idle})
   node metrics at the master      ${samples:-0} nodes' node_load1 series
   submit, per node                p50 $sub_p50 s, p99 $sub_p99 s, max $sub_max s ($sub_n nodes); CLI saw all running after $submit_cli_s s
   update, per node                p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); CLI $update_cli_s s
