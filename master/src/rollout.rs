@@ -45,8 +45,22 @@ impl Verdict {
         } else {
             (RolloutPhase::Running, Vec::new())
         };
-        Rollout { phase, reasons }
+        Rollout { phase, reasons: at_most(reasons, MAX_REASONS) }
     }
+}
+
+/// Reasons a rollout view lists; a fleet-wide rollout would otherwise
+/// carry one per node.
+const MAX_REASONS: usize = 20;
+
+/// The first `max` lines, then one saying how many more there are.
+fn at_most(mut lines: Vec<String>, max: usize) -> Vec<String> {
+    if lines.len() > max {
+        let more = lines.len() - max;
+        lines.truncate(max);
+        lines.push(format!("… and {more} more"));
+    }
+    lines
 }
 
 pub fn app_view(app: &AppRecord, nodes: &[NodeSnapshot], pending: &BTreeMap<String, Pending>, version: u64) -> AppDetail {
@@ -155,5 +169,21 @@ fn state_word(state: NodeState) -> &'static str {
         NodeState::Ready => "ready",
         NodeState::Offline => "offline",
         NodeState::Pending => "not joined yet",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_wide_rollout_lists_its_first_reasons_and_counts_the_rest() {
+        let many: Vec<String> = (0..10_000).map(|i| format!("node n{i}: not acked yet")).collect();
+        let rollout = Verdict { failed: vec![], progressing: many, waiting: vec![] }.rollout();
+        assert_eq!(rollout.reasons.len(), MAX_REASONS + 1);
+        assert_eq!(rollout.reasons[0], "node n0: not acked yet");
+        assert_eq!(rollout.reasons[MAX_REASONS], "… and 9980 more");
+        let few = Verdict { failed: vec!["x: failed".into()], progressing: vec![], waiting: vec![] }.rollout();
+        assert_eq!(few.reasons, ["x: failed"]);
     }
 }

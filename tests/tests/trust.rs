@@ -30,7 +30,10 @@ fn many_agents_acking_at_once_never_block_the_master() {
     let master = Master::start(&dir);
     let _fleet = Fleet::start(&master, "ack", 50, "10.201.0.0");
     let adt = fleet_adt(&dir, 50);
-    master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--name", "fleet", "--timeout", "60s"]);
+    let out = master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--name", "fleet", "--timeout", "60s"]);
+    // 50 nodes: one summary line per change, not a line per node and container.
+    assert!(out.contains("50/50 nodes acked, 50/50 containers running"), "{out}");
+    assert!(!out.contains("replica 1 on ack-") && !out.contains("node ack-"), "{out}");
     for round in 1..=20 {
         let started = Instant::now();
         let out = master.cli(&["app", "update", "fleet", adt.to_str().unwrap(), "--param", &format!("round={round}"), "--timeout", "60s"]);

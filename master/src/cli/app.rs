@@ -182,11 +182,21 @@ pub async fn run(client: &Client, command: AppCommand) -> Result<()> {
 /// printing each progress line when it changes.
 async fn watch_rollout(client: &Client, mut app: AppDetail, started: Instant, timeout: Duration) -> Result<()> {
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_summary = String::new();
     loop {
-        for (key, line) in progress_lines(&app) {
-            if shown.get(&key) != Some(&line) {
-                println!("  {line}");
-                shown.insert(key, line);
+        let lines = progress_lines(&app);
+        if lines.len() <= MAX_PROGRESS_LINES {
+            for (key, line) in lines {
+                if shown.get(&key) != Some(&line) {
+                    println!("  {line}");
+                    shown.insert(key, line);
+                }
+            }
+        } else {
+            let summary = progress_summary(&app);
+            if summary != last_summary {
+                println!("  {summary}");
+                last_summary = summary;
             }
         }
         match app.rollout.phase {
@@ -215,10 +225,41 @@ async fn watch_rollout(client: &Client, mut app: AppDetail, started: Instant, ti
                 app.name
             );
         }
+        if app.nodes.len() > BIG_ROLLOUT_NODES {
+            // Each view of a fleet-wide app is real work for the master.
+            tokio::time::sleep(Duration::from_secs(1).min(left)).await;
+        }
         let wait = left.min(Duration::from_secs(25));
         let path = format!("/v1/apps/{}?wait_after={}&timeout={}", app.id, app.version, wait.as_secs().max(1));
         app = client.get(&path).await?;
     }
+}
+
+/// Above this many progress lines (nodes and containers), the rollout is
+/// shown as one summary line per change.
+const MAX_PROGRESS_LINES: usize = 40;
+/// Apps on more nodes than this are polled at most once a second.
+const BIG_ROLLOUT_NODES: usize = 100;
+
+/// Acked nodes and running containers out of all, with failures.
+fn progress_summary(app: &AppDetail) -> String {
+    let acked = app.nodes.iter().filter(|n| n.acked_generation >= n.desired_generation).count();
+    let containers = app.workloads.iter().flat_map(|w| &w.placements).flat_map(|p| &p.containers);
+    let (mut total, mut running, mut failed) = (0, 0, 0);
+    for c in containers {
+        total += 1;
+        running += usize::from(c.current);
+        failed += usize::from(!c.current && c.state.is_some_and(|s| s.as_str() == "failed"));
+    }
+    let pending = app.workloads.iter().filter(|w| w.pending.is_some()).count();
+    let mut line = format!("{acked}/{} nodes acked, {running}/{total} containers running", app.nodes.len());
+    if failed > 0 {
+        line.push_str(&format!(", {failed} failed"));
+    }
+    if pending > 0 {
+        line.push_str(&format!(", {pending} workload(s) pending"));
+    }
+    line
 }
 
 /// One line per container, pending workload and unacked node, keyed so a
