@@ -123,6 +123,7 @@ FOGMESH_JOIN_TOKEN=$TOKEN "$BIN/fogmesh-agent" simulate --master "$QUIC" --count
     --received-log "$WORK/received.log" --connect-rate "${FOGMESH_BENCH_CONNECT_RATE:-0}" $METRICS >"$WORK/simulate.log" 2>&1 &
 echo $! >"$WORK/simulate.pid"
 join_s=$(wait_ready join)
+echo "  all joined and ready: $join_s s" >&2
 
 echo "== idle, 60 s"
 MASTER=$(cat "$WORK/master.pid") SIM=$(cat "$WORK/simulate.pid")
@@ -146,6 +147,7 @@ if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
     echo "  idle profile: $OUT/fleet-$N-idle-profile.txt" >&2
 fi
 samples=$("$BIN/fogmesh" metrics query 'count(node_load1)' 2>/dev/null | awk 'NR==2 {print $2}')
+echo "  master idle: $idle_cpu % CPU, $idle_rss MB (simulator $sim_cpu % CPU, $sim_rss MB${broker_idle:+; $broker_idle}); node_load1 series: ${samples:-0}" >&2
 
 echo "== fan-out to every node"
 cat >"$WORK/fleet.yaml" <<ADT
@@ -166,16 +168,21 @@ topology_template:
       requirements:
         - host: sim
 ADT
+# A rollout that does not finish is a result too: note it and go on.
 t0=$(now_ms)
-"$BIN/fogmesh" app submit "$WORK/fleet.yaml" --timeout 600s >"$WORK/submit.log" 2>&1
+submit_ok=true
+"$BIN/fogmesh" app submit "$WORK/fleet.yaml" --timeout 600s >"$WORK/submit.log" 2>&1 || submit_ok=false
 submit_cli_s=$(awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.2f", (a - b) / 1000}')
 sleep 1
 read -r sub_p50 sub_p99 sub_max sub_n <<<"$(fanout "$t0")"
+echo "  submit: p50 $sub_p50 s, p99 $sub_p99 s, max $sub_max s ($sub_n nodes); CLI $submit_cli_s s, finished: $submit_ok" >&2
 t0=$(now_ms)
-"$BIN/fogmesh" app update fleet "$WORK/fleet.yaml" --param version=2 --timeout 600s >"$WORK/update.log" 2>&1
+update_ok=true
+"$BIN/fogmesh" app update fleet "$WORK/fleet.yaml" --param version=2 --timeout 600s >"$WORK/update.log" 2>&1 || update_ok=false
 update_cli_s=$(awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.2f", (a - b) / 1000}')
 sleep 1
 read -r upd_p50 upd_p99 upd_max upd_n <<<"$(fanout "$t0")"
+echo "  update: p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); CLI $update_cli_s s, finished: $update_ok" >&2
 
 echo "== reconnect storm: kill -9 the master, restart"
 kill -9 "$MASTER"
@@ -190,8 +197,8 @@ cat >"$OUT/fleet-$N.json" <<JSON
 {"nodes": $N, "broker": "$BROKER", "metrics": $([ -n "$METRICS" ] && echo true || echo false),
  "join_all_ready_s": $join_s,
  "idle": {"broker": "$broker_idle", "master_cpu_percent": $idle_cpu, "master_rss_mb": $idle_rss, "simulator_cpu_percent": $sim_cpu, "simulator_rss_mb": $sim_rss, "node_load1_series": "${samples:-0}"},
- "submit": {"cli_s": $submit_cli_s, "p50_s": "$sub_p50", "p99_s": "$sub_p99", "max_s": "$sub_max", "nodes": $sub_n},
- "update": {"cli_s": $update_cli_s, "p50_s": "$upd_p50", "p99_s": "$upd_p99", "max_s": "$upd_max", "nodes": $upd_n},
+ "submit": {"finished": $submit_ok, "cli_s": $submit_cli_s, "p50_s": "$sub_p50", "p99_s": "$sub_p99", "max_s": "$sub_max", "nodes": $sub_n},
+ "update": {"finished": $update_ok, "cli_s": $update_cli_s, "p50_s": "$upd_p50", "p99_s": "$upd_p99", "max_s": "$upd_max", "nodes": $upd_n},
  "reconnect_storm_all_ready_s": $storm_s, "master_rss_after_storm_mb": $storm_rss}
 JSON
 cat <<TABLE
