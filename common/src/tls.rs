@@ -21,8 +21,9 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use crate::pki::cert_fingerprint_der;
 use crate::wire::ALPN;
 
-/// How quickly either side notices that the other is gone: QUIC pings every
-/// `keep_alive` and gives a connection up after `idle_timeout` of silence.
+/// How quickly either side notices that the other is gone: the agent pings
+/// every `keep_alive` (the master answers), and either side gives a
+/// connection up after `idle_timeout` of silence.
 /// The smaller idle timeout of the two peers applies, so an agent can ask
 /// for faster detection than the master's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,37 @@ impl Default for QuicTiming {
 /// Control stream plus a few log/exec streams; more is a misbehaving peer.
 const MAX_BIDI_STREAMS: u32 = 32;
 const MAX_UNI_STREAMS: u32 = 8;
+
+/// At most one stateless reset per this interval: after a master restart,
+/// agents learn that their session is gone at up to 500 a second, a ramp
+/// the master's handshakes keep up with instead of a herd.
+const MIN_RESET_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Shortest reset key the master accepts.
+pub const MIN_RESET_KEY_BYTES: usize = 32;
+
+/// The master's QUIC endpoint. Reset tokens are derived from `reset_key`,
+/// which outlives the process (the data dir keeps it): after a restart the
+/// master answers a packet of a session it no longer knows with a stateless
+/// reset the agent trusts, so the agent reconnects at its next ping instead
+/// of waiting out its idle timeout.
+pub fn quic_endpoint_config(reset_key: &[u8]) -> Result<quinn::EndpointConfig, TlsError> {
+    if reset_key.len() < MIN_RESET_KEY_BYTES {
+        return Err(TlsError::Quic(format!("the QUIC reset key has {} bytes, at least {MIN_RESET_KEY_BYTES} needed", reset_key.len())));
+    }
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    // Connection IDs carry a check the endpoint verifies before anything
+    // else; its key must outlive the process too, or the old sessions'
+    // packets are dropped unanswered instead of reset.
+    let tag = ring::hmac::sign(&key, b"fogmesh quic connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    config.min_reset_interval(MIN_RESET_INTERVAL);
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    Ok(config)
+}
 
 /// Why a TLS or QUIC configuration could not be built.
 #[derive(Debug)]
@@ -124,7 +156,12 @@ pub fn quic_server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport(timing)?));
+    let mut transport = transport(timing)?;
+    // Agents ping (they are the ones behind NATs); the master's acks answer
+    // them. Pings from the master too would double the idle traffic of a
+    // fleet without noticing a dead agent any sooner.
+    transport.keep_alive_interval(None);
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
@@ -378,5 +415,6 @@ mod tests {
             Err(TlsError::Pem(_))
         ));
         assert!(quic_node_client_config(ca.cert_pem(), "junk", &key, &QuicTiming::default()).is_err());
+        assert!(matches!(quic_endpoint_config(b"too short"), Err(TlsError::Quic(m)) if m.contains("9 bytes")));
     }
 }

@@ -5,6 +5,7 @@
 //! DIR/ca.pem  DIR/ca.key          cluster CA (key mode 0600)
 //! DIR/master.pem  DIR/master.key  QUIC + HTTPS certificate of the master
 //! DIR/client.conf                 API address, CA, admin token (mode 0600)
+//! DIR/quic-reset.key              QUIC stateless-reset key (mode 0600)
 //! DIR/store/                      sled database
 //! ```
 
@@ -76,6 +77,7 @@ impl DataDir {
         write_file(&self.path("ca.key"), ca.key_pem(), 0o600)?;
         write_file(&self.path("master.pem"), &cert_pem, 0o644)?;
         write_file(&self.path("master.key"), &key_pem, 0o600)?;
+        self.quic_reset_key()?;
 
         let token = random_hex(32);
         let store = Store::open(&self.store_dir())?;
@@ -102,6 +104,25 @@ impl DataDir {
     }
 }
 
+impl DataDir {
+    /// The key the master's QUIC reset tokens come from. It must outlive the
+    /// process: a restarted master can then end the agents' old sessions at
+    /// their next packet. Created on first use (data dirs from before it).
+    pub fn quic_reset_key(&self) -> Result<Vec<u8>> {
+        let path = self.path("quic-reset.key");
+        if !path.exists() {
+            let key = fogmesh_common::pki::try_random_hex(32).context("generate the QUIC reset key")?;
+            write_file(&path, &key, 0o600)?;
+        }
+        let key = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let key = key.trim().as_bytes().to_vec();
+        if key.len() < fogmesh_common::tls::MIN_RESET_KEY_BYTES {
+            bail!("{} holds {} bytes, at least {} needed: remove it and restart (agents then wait out their idle timeout once)", path.display(), key.len(), fogmesh_common::tls::MIN_RESET_KEY_BYTES);
+        }
+        Ok(key)
+    }
+}
+
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -112,4 +133,25 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     f.write_all(contents.as_bytes())?;
     f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_quic_reset_key_is_made_once_and_kept() {
+        let root = std::env::temp_dir().join(format!("fogmesh-datadir-reset-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).expect("dir");
+        let dir = DataDir::new(&root);
+        let first = dir.quic_reset_key().expect("created");
+        assert_eq!(dir.quic_reset_key().expect("read back"), first);
+        assert_eq!(fs::metadata(root.join("quic-reset.key")).expect("file").permissions().mode() & 0o777, 0o600);
+        fs::write(root.join("quic-reset.key"), "short").expect("overwrite");
+        let err = dir.quic_reset_key().expect_err("a short key is refused").to_string();
+        assert!(err.contains("quic-reset.key holds 5 bytes"), "{err}");
+        let _ = fs::remove_dir_all(&root);
+    }
 }

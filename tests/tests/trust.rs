@@ -427,6 +427,33 @@ fn agents_notice_a_dead_master_quickly_and_a_stopping_one_at_once() {
     agent.kill();
 }
 
+/// A restarted master ends the agents' old sessions at their next ping (a
+/// stateless reset from the key in its data dir): they come back long
+/// before their 40 s idle timeout would have told them.
+#[test]
+fn agents_learn_of_a_master_restart_at_their_next_ping() {
+    docker_ready();
+    let dir = test_dir("reset");
+    let mut master = Master::start_with(&dir, &["--agent-timeout", "40s"]);
+    let name = format!("rs{}", std::process::id());
+    let mut agent = Agent::join(&master, &name, "127.0.0.28", &dir.join("agent"), &[]).unwrap();
+    agent.run_args = vec!["--master-timeout".into(), "40s".into()];
+    agent.start();
+    let ready = |m: &Master, within: Duration| wait_for("the node to be ready", within, || (node_json(m, &name)["state"] == "ready").then_some(()));
+    ready(&master, T);
+
+    master.kill();
+    let killed = Instant::now();
+    master.restart();
+    // Heartbeats go every second; the idle timeout alone would take 40 s.
+    ready(&master, Duration::from_secs(25));
+    let log = agent.log_text();
+    assert!(log.contains("restarted: it no longer knows this session"), "{log}");
+    assert!(!log.contains("master unreachable"), "{log}");
+    assert!(killed.elapsed() < Duration::from_secs(40));
+    agent.kill();
+}
+
 /// Item 10: what operators trip over.
 #[test]
 fn operator_papercuts() {

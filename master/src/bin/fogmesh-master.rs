@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use fogmesh_common::tls::{https_server_config, quic_server_config, QuicTiming};
+use fogmesh_common::tls::{https_server_config, quic_endpoint_config, quic_server_config, QuicTiming};
 use fogmesh_master::cli::duration_arg;
 use fogmesh_master::cluster::{Cluster, ClusterConfig};
 use fogmesh_master::datadir::{DataDir, ADVERTISE_HOST_KEY};
@@ -255,7 +255,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // Desired states reflect the apps and nodes in the store as of now.
     cluster.reschedule().await?;
 
-    let endpoint = quinn::Endpoint::server(quic_config, args.quic).with_context(|| format!("listen for agents on {}/udp", args.quic))?;
+    let endpoint_config = quic_endpoint_config(&dir.quic_reset_key()?)?;
+    let socket = std::net::UdpSocket::bind(args.quic).with_context(|| format!("listen for agents on {}/udp", args.quic))?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(quic_config), socket, Arc::new(quinn::TokioRuntime))
+        .with_context(|| format!("listen for agents on {}/udp", args.quic))?;
     let tcp = tokio::net::TcpListener::bind(args.api).await.with_context(|| format!("listen for the API on {}", args.api))?;
     tracing::info!(api = %args.api, quic = %endpoint.local_addr()?, "fogmesh-master serving");
     println!("fogmesh-master: API https://{}, agents quic://{}", args.api, endpoint.local_addr()?);
