@@ -8,7 +8,7 @@
 # Measures, in one run:
 #   join      time until all N nodes are ready
 #   idle      master CPU % and RSS over 60 s (heartbeats every 10 s,
-#             metrics every 15 s)
+#             metrics every 15 s; the fleet-scale settings below)
 #   fan-out   a desired-state change reaching every node (a DaemonSet on a
 #             node set of all N): per-node time from submit to the node
 #             storing it, p50/p99/max; then the same for an update
@@ -57,8 +57,12 @@ case $BROKER in
     *) echo "FOGMESH_BENCH_BROKER is embedded or mosquitto, not $BROKER" >&2; exit 2 ;;
 esac
 
+# A fleet's settings: heartbeats every 10 s, a node offline after 30 s of
+# silence, QUIC sessions given up after 30 s (agents ping every 7.5 s).
+FLEET_ARGS=(--heartbeat 10s --offline-after 30s --agent-timeout 30s)
+
 start_master() {
-    "$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$API" --quic "$QUIC" "${BROKER_ARGS[@]}" \
+    "$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$API" --quic "$QUIC" "${BROKER_ARGS[@]}" "${FLEET_ARGS[@]}" \
         >>"$WORK/master.log" 2>&1 &
     echo $! >"$WORK/master.pid"
     for _ in $(seq 1 100); do "$BIN/fogmesh" node list >/dev/null 2>&1 && return; sleep 0.1; done
@@ -120,7 +124,7 @@ fi
 start_master
 TOKEN=$("$BIN/fogmesh" token create --uses "$N" --ttl 1h 2>/dev/null)
 FOGMESH_JOIN_TOKEN=$TOKEN "$BIN/fogmesh-agent" simulate --master "$QUIC" --count "$N" --data-dir "$WORK/sim" \
-    --received-log "$WORK/received.log" --connect-rate "${FOGMESH_BENCH_CONNECT_RATE:-0}" $METRICS >"$WORK/simulate.log" 2>&1 &
+    --received-log "$WORK/received.log" --connect-rate "${FOGMESH_BENCH_CONNECT_RATE:-0}" --master-timeout 30s $METRICS >"$WORK/simulate.log" 2>&1 &
 echo $! >"$WORK/simulate.pid"
 join_s=$(wait_ready join)
 echo "  all joined and ready: $join_s s" >&2

@@ -441,6 +441,10 @@ fn agents_learn_of_a_master_restart_at_their_next_ping() {
     agent.start();
     let ready = |m: &Master, within: Duration| wait_for("the node to be ready", within, || (node_json(m, &name)["state"] == "ready").then_some(()));
     ready(&master, T);
+    // An offline deadline one late heartbeat would cross is refused.
+    let out = std::process::Command::new(bin("fogmesh-master")).args(["serve", "--data-dir"]).arg(dir.join("master")).args(["--heartbeat", "10s"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--offline-after (15s) must be at least twice --heartbeat (10s)"), "{}", text(&out.stderr));
 
     master.kill();
     let killed = Instant::now();

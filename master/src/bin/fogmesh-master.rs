@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fogmesh_common::tls::{https_server_config, quic_endpoint_config, quic_server_config, QuicTiming};
 use fogmesh_master::cli::duration_arg;
@@ -234,6 +234,14 @@ fn issue_cert(data_dir: &std::path::Path, names: &[String], out_dir: &std::path:
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    // One late heartbeat must not make a node offline.
+    if args.offline_after < args.heartbeat * 2 {
+        bail!(
+            "--offline-after ({:?}) must be at least twice --heartbeat ({:?}): one late heartbeat would drop a node's session",
+            args.offline_after,
+            args.heartbeat
+        );
+    }
     let dir = DataDir::new(&args.data_dir);
     let files = dir.load()?;
     let store = Store::open(&dir.store_dir())?;
