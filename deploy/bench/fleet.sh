@@ -48,7 +48,8 @@ cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 now_ms() { date +%s%3N; }
 POLL=$(( N > 3000 ? 3 : 1 ))
-ready_count() { "$BIN/fogmesh" node list 2>/dev/null | grep -c ' ready ' || true; }
+# Counts only: a 10,000-node `node list` is megabytes of JSON per poll.
+ready_count() { "$BIN/fogmesh" node summary 2>/dev/null | awk 'NR == 1 {print $3 + 0; found = 1} END {if (!found) print 0}'; }
 
 BROKER=${FOGMESH_BENCH_BROKER:-embedded}
 case $BROKER in

@@ -28,6 +28,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/tokens", post(create_token))
         .route("/nodes", get(list_nodes).post(declare_node))
         .route("/nodes/{name}", delete(remove_node))
+        .route("/node-summary", get(node_summary))
         .route("/apps", get(list_apps).post(submit_app))
         .route("/apps/{id}", get(show_app).put(update_app).delete(delete_app))
         .route("/apps/{id}/events", get(app_events))
@@ -106,6 +107,10 @@ async fn create_token(State(c): State<Arc<Cluster>>, payload: Result<Json<Create
 
 async fn list_nodes(State(c): State<Arc<Cluster>>) -> ApiResult<Vec<crate::model::NodeView>> {
     Ok(Json(c.node_views()?))
+}
+
+async fn node_summary(State(c): State<Arc<Cluster>>) -> ApiResult<crate::model::NodeSummary> {
+    Ok(Json(c.node_summary()?))
 }
 
 async fn declare_node(State(c): State<Arc<Cluster>>, payload: Result<Json<DeclareNode>, JsonRejection>) -> ApiResult<crate::model::NodeRecord> {

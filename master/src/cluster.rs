@@ -193,7 +193,7 @@ impl Cluster {
     /// the write lock.
     pub async fn reschedule_locked(&self) -> Result<()> {
         let apps = self.store.apps()?;
-        let nodes: Vec<(NodeRecord, NodeState)> = self
+        let nodes: Vec<(Arc<NodeRecord>, NodeState)> = self
             .store
             .nodes()?
             .into_iter()

@@ -73,6 +73,22 @@ pub struct NodeView {
     pub conditions: Vec<Condition>,
 }
 
+/// What `GET /v1/node-summary` returns: the fleet in counts, cheap to ask
+/// of 10,000 nodes (`fogmesh node summary`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub nodes: usize,
+    pub ready: usize,
+    pub offline: usize,
+    pub pending: usize,
+    pub containers_desired: usize,
+    pub containers_running: usize,
+    /// Nodes whose desired state is not acked yet.
+    pub not_acked: usize,
+    /// Per condition kind the agents report, how many nodes have it.
+    pub conditions: BTreeMap<String, usize>,
+}
+
 /// A submitted application: its ADT, parameters and compiled plan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppRecord {

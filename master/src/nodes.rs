@@ -11,7 +11,7 @@ use fogmesh_common::wire::{ContainerState, Hello, JoinRequest, JoinResponse, Nod
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
-use crate::model::{now_ms, DeclareNode, NodeRecord, NodeView, TokenCreated, TokenRecord};
+use crate::model::{now_ms, DeclareNode, NodeRecord, NodeState, NodeSummary, NodeView, TokenCreated, TokenRecord};
 use crate::store::Revocation;
 
 /// Node certificates live this long; agents rejoin or renew before that.
@@ -237,6 +237,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// The fleet in counts; reads only the in-memory copies.
+    pub fn node_summary(&self) -> Result<NodeSummary, Failure> {
+        let mut sum = NodeSummary::default();
+        for node in self.store.nodes()? {
+            sum.nodes += 1;
+            match self.node_state(&node) {
+                NodeState::Ready => sum.ready += 1,
+                NodeState::Offline => sum.offline += 1,
+                NodeState::Pending => sum.pending += 1,
+            }
+            let desired = self.store.desired(&node.name)?;
+            let observed = self.store.observed(&node.name)?;
+            sum.containers_desired += desired.containers.len();
+            sum.containers_running += observed.containers.iter().filter(|c| c.state == ContainerState::Running).count();
+            if self.store.acked(&node.name)? < desired.generation {
+                sum.not_acked += 1;
+            }
+            for condition in &observed.conditions {
+                *sum.conditions.entry(condition.kind.clone()).or_default() += 1;
+            }
+        }
+        Ok(sum)
+    }
+
     pub fn node_views(&self) -> Result<Vec<NodeView>, Failure> {
         let mut views = Vec::new();
         for node in self.store.nodes()? {
@@ -251,12 +275,12 @@ impl Cluster {
                 desired_generation: desired.generation,
                 acked_generation: self.store.acked(&node.name)?,
                 conditions: observed.conditions.clone(),
-                labels: node.labels.into_iter().collect(),
-                name: node.name,
-                public_ip: node.public_ip,
-                capacity: node.capacity,
-                runtime_version: node.runtime_version,
-                agent_version: node.agent_version,
+                labels: node.labels.iter().cloned().collect(),
+                name: node.name.clone(),
+                public_ip: node.public_ip.clone(),
+                capacity: node.capacity.clone(),
+                runtime_version: node.runtime_version.clone(),
+                agent_version: node.agent_version.clone(),
             });
         }
         Ok(views)

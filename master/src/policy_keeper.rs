@@ -264,7 +264,7 @@ impl PolicyKeeper {
             .into_iter()
             .filter(|n| n.desired.policies.iter().any(|p| p.app_id == app.id && p.workload == target))
             .collect();
-        Ok(hosting.into_iter().find(|n| n.state != NodeState::Ready).map(|n| n.node.name))
+        Ok(hosting.into_iter().find(|n| n.state != NodeState::Ready).map(|n| n.node.name.clone()))
     }
 
     /// What the rule is told about `target` now.

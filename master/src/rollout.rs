@@ -19,7 +19,7 @@ use crate::scheduler::placement_key;
 
 /// One node as a rollout sees it.
 pub struct NodeSnapshot {
-    pub node: NodeRecord,
+    pub node: std::sync::Arc<NodeRecord>,
     pub state: NodeState,
     pub desired: std::sync::Arc<DesiredState>,
     pub acked: u64,

@@ -11,6 +11,7 @@
 //!   with a reason naming who holds the port.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use fogmesh_common::adt::plan::{self, NodeKind, Plan, PlanNode, VolumeSource, Workload};
 use fogmesh_common::adt::probes::parse_probe;
@@ -145,7 +146,7 @@ impl<'a> Unit<'a> {
 
 pub fn schedule(
     apps: &[AppRecord],
-    nodes: &[(NodeRecord, NodeState)],
+    nodes: &[(Arc<NodeRecord>, NodeState)],
     previous: &BTreeMap<String, Vec<String>>,
     agent_endpoint: &str,
 ) -> Schedule {
@@ -276,7 +277,7 @@ pub fn schedule(
 /// the ADT (its agent scrapes the port locally), a workload (each node
 /// running a replica scrapes that container), or anything else (the first
 /// node running the policy's targets scrapes it as written).
-fn plan_metrics(app: &AppRecord, nodes: &[(NodeRecord, NodeState)], out: &mut Schedule) {
+fn plan_metrics(app: &AppRecord, nodes: &[(Arc<NodeRecord>, NodeState)], out: &mut Schedule) {
     let runs = |workloads: &[String]| -> Vec<String> {
         out.per_node
             .iter()
@@ -328,7 +329,7 @@ fn plan_metrics(app: &AppRecord, nodes: &[(NodeRecord, NodeState)], out: &mut Sc
 /// Every registered node that belongs to node set `set`: joined with
 /// `--node-set NAME` (label `fogmesh.node-set`), or for a fog group,
 /// matching its selector or registered for one of its member Edge nodes.
-pub fn set_candidates<'n>(set: &PlanNode, plan: &Plan, nodes: &'n [(NodeRecord, NodeState)]) -> Vec<&'n (NodeRecord, NodeState)> {
+pub fn set_candidates<'n>(set: &PlanNode, plan: &Plan, nodes: &'n [(Arc<NodeRecord>, NodeState)]) -> Vec<&'n (Arc<NodeRecord>, NodeState)> {
     let label = |n: &NodeRecord, k: &str, v: &str| n.labels.iter().any(|(a, b)| a == k && b == v);
     let member_ips: Vec<&str> = set
         .fog_group
@@ -351,8 +352,8 @@ pub fn set_candidates<'n>(set: &PlanNode, plan: &Plan, nodes: &'n [(NodeRecord, 
 /// member (its count is for the provisioner). A fog group: as many ready
 /// candidates as its policy wants, those active before first, never one it
 /// asked to drop.
-fn active_members(set: &PlanNode, plan: &Plan, nodes: &[(NodeRecord, NodeState)], before: Option<&Vec<String>>) -> Vec<String> {
-    let candidates: Vec<&(NodeRecord, NodeState)> =
+fn active_members(set: &PlanNode, plan: &Plan, nodes: &[(Arc<NodeRecord>, NodeState)], before: Option<&Vec<String>>) -> Vec<String> {
+    let candidates: Vec<&(Arc<NodeRecord>, NodeState)> =
         set_candidates(set, plan, nodes).into_iter().filter(|(n, state)| *state == NodeState::Ready && !set.dropped.contains(&n.name)).collect();
     if set.fog_group.is_none() {
         return candidates.iter().map(|(n, _)| n.name.clone()).collect();
@@ -389,11 +390,11 @@ fn no_members_reason(set: &PlanNode, agent_endpoint: &str) -> String {
 fn bind_host<'n>(
     app: &AppRecord,
     hosts: &[String],
-    nodes: &'n [(NodeRecord, NodeState)],
+    nodes: &'n [(Arc<NodeRecord>, NodeState)],
     sticky: Option<&str>,
     agent_endpoint: &str,
 ) -> Result<&'n str, Pending> {
-    let mut candidates: Vec<&'n (NodeRecord, NodeState)> = Vec::new();
+    let mut candidates: Vec<&'n (Arc<NodeRecord>, NodeState)> = Vec::new();
     let mut first_missing: Option<Pending> = None;
     let mut cloud: Option<Pending> = None;
     for host in hosts {
@@ -512,8 +513,8 @@ mod tests {
         }
     }
 
-    fn node(name: &str, ip: &str) -> NodeRecord {
-        NodeRecord { cert_fingerprint: Some("x".into()), ..NodeRecord::declared(name, ip) }
+    fn node(name: &str, ip: &str) -> Arc<NodeRecord> {
+        Arc::new(NodeRecord { cert_fingerprint: Some("x".into()), ..NodeRecord::declared(name, ip) })
     }
 
     const EP: &str = "192.0.2.1:7401";
@@ -589,9 +590,9 @@ mod tests {
         assert_eq!(p.kind, PendingKind::Waiting);
         assert!(p.reason.contains("--node-set-hook") && p.reason.contains("--node-set vm"), "{p:?}");
         // A node that joined for another set is not a member.
-        let mut other = node("n9", "127.0.0.9");
+        let mut other = NodeRecord::clone(&node("n9", "127.0.0.9"));
         other.labels.push((NODE_SET_LABEL.into(), "db".into()));
-        let s = schedule(&[app("a4", "c", adt)], &[(other, NodeState::Ready)], &BTreeMap::new(), EP);
+        let s = schedule(&[app("a4", "c", adt)], &[(Arc::new(other), NodeState::Ready)], &BTreeMap::new(), EP);
         assert_eq!(s.pending["a4/web"].kind, PendingKind::Waiting);
     }
 }

@@ -64,7 +64,7 @@ pub struct Store {
 /// disagree about which of two racing writes came last.
 #[derive(Default)]
 struct Cache {
-    nodes: RwLock<BTreeMap<String, NodeRecord>>,
+    nodes: RwLock<BTreeMap<String, Arc<NodeRecord>>>,
     desired: RwLock<HashMap<String, Arc<DesiredState>>>,
     acked: RwLock<HashMap<String, u64>>,
     observed: RwLock<HashMap<String, Arc<NodeStatus>>>,
@@ -116,7 +116,7 @@ impl Store {
 
     /// Fills the in-memory copies from sled.
     fn load_cache(&self) -> Result<()> {
-        *write(&self.cache.nodes) = all::<NodeRecord>(&self.nodes)?.into_iter().map(|n| (n.name.clone(), n)).collect();
+        *write(&self.cache.nodes) = all::<NodeRecord>(&self.nodes)?.into_iter().map(|n| (n.name.clone(), Arc::new(n))).collect();
         *write(&self.cache.desired) = keyed(&self.desired, Arc::new)?;
         *write(&self.cache.acked) = keyed(&self.acked, |a| a)?;
         *write(&self.cache.observed) = keyed(&self.observed, Arc::new)?;
@@ -157,16 +157,18 @@ impl Store {
         Ok(self.db.generate_id().context("generate a generation number")? + 1)
     }
 
-    /// Every node, by name.
-    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+    /// Every node, by name (shared, not copied: passes over 10,000 nodes
+    /// read them often).
+    pub fn nodes(&self) -> Result<Vec<Arc<NodeRecord>>> {
         Ok(read(&self.cache.nodes).values().cloned().collect())
     }
+    /// A copy of one node, to change and `put_node` back.
     pub fn node(&self, name: &str) -> Result<Option<NodeRecord>> {
-        Ok(read(&self.cache.nodes).get(name).cloned())
+        Ok(read(&self.cache.nodes).get(name).map(|n| NodeRecord::clone(n)))
     }
     /// Reads one field of a node without copying the record.
     pub fn with_node<T>(&self, name: &str, f: impl FnOnce(&NodeRecord) -> T) -> Option<T> {
-        read(&self.cache.nodes).get(name).map(f)
+        read(&self.cache.nodes).get(name).map(|n| f(n))
     }
     /// The node registered for `public_ip`, without reading every node.
     pub fn node_by_ip(&self, public_ip: &str) -> Result<Option<NodeRecord>> {
@@ -185,7 +187,7 @@ impl Store {
         }
         let mut cached = write(&self.cache.nodes);
         put(&self.nodes, &node.name, node)?;
-        cached.insert(node.name.clone(), node.clone());
+        cached.insert(node.name.clone(), Arc::new(node.clone()));
         Ok(())
     }
     fn unindex_ip(&self, node: &NodeRecord) {
@@ -397,7 +399,7 @@ mod tests {
         *write(&store.cache.observed) = Default::default();
         assert!(store.nodes().unwrap().is_empty());
         store.load_cache().unwrap();
-        let names: Vec<String> = store.nodes().unwrap().into_iter().map(|n| n.name).collect();
+        let names: Vec<String> = store.nodes().unwrap().into_iter().map(|n| n.name.clone()).collect();
         assert_eq!(names, ["a", "b"], "by name, without the removed node");
         assert_eq!(store.node("b").unwrap().unwrap().public_ip, "10.0.0.9");
         assert_eq!(store.with_node("b", |n| n.labels.len()), Some(1));

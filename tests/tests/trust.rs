@@ -46,6 +46,14 @@ fn many_agents_acking_at_once_never_block_the_master() {
     let nodes = master.cli_json(&["node", "list"]);
     let acked_all = nodes.as_array().unwrap().iter().all(|n| n["state"] == "ready" && n["acked_generation"] == n["desired_generation"]);
     assert!(acked_all, "{nodes}");
+    // The same fleet in counts.
+    let summary = master.cli_ok(&["node", "summary"]);
+    assert!(summary.starts_with("50 nodes: 50 ready, 0 offline, 0 pending\ncontainers: 50/50 running\n"), "{summary}");
+    assert!(!summary.contains("not stored"), "{summary}");
+    drop(_fleet);
+    wait_for("the stopped fleet to be offline", Duration::from_secs(30), || {
+        master.cli_ok(&["node", "summary"]).starts_with("50 nodes: 0 ready, 50 offline").then_some(())
+    });
 }
 
 /// A web server on `port` of the node (stops at once on SIGTERM).

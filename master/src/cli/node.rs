@@ -1,4 +1,4 @@
-//! `fogmesh node add|remove|list`.
+//! `fogmesh node add|remove|list|summary`.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -6,7 +6,7 @@ use reqwest::Method;
 
 use super::client::Client;
 use super::{ago, table, Format};
-use crate::model::{DeclareNode, NodeRecord, NodeView};
+use crate::model::{DeclareNode, NodeRecord, NodeSummary, NodeView};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -34,6 +34,13 @@ pub enum NodeCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// The fleet in a few lines: nodes per state, containers running,
+    /// nodes behind on their desired state, conditions reported.
+    Summary {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
@@ -45,6 +52,13 @@ pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
         NodeCommand::Remove { name } => {
             client.delete(&format!("/v1/nodes/{name}")).await?;
             println!("removed node {name}; its certificate is revoked");
+        }
+        NodeCommand::Summary { format } => {
+            let sum: NodeSummary = client.get("/v1/node-summary").await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&sum)?),
+                Format::Table => print!("{}", summary_text(&sum)),
+            }
         }
         NodeCommand::List { format } => {
             let nodes: Vec<NodeView> = client.get("/v1/nodes").await?;
@@ -80,4 +94,16 @@ pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn summary_text(sum: &NodeSummary) -> String {
+    let mut out = format!("{} nodes: {} ready, {} offline, {} pending\n", sum.nodes, sum.ready, sum.offline, sum.pending);
+    out += &format!("containers: {}/{} running\n", sum.containers_running, sum.containers_desired);
+    if sum.not_acked > 0 {
+        out += &format!("{} nodes have not stored their latest desired state yet\n", sum.not_acked);
+    }
+    for (kind, count) in &sum.conditions {
+        out += &format!("{kind}: {count} nodes\n");
+    }
+    out
 }
