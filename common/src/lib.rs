@@ -8,4 +8,5 @@ pub mod procstat;
 pub mod promql;
 pub mod scaling;
 pub mod tls;
+pub mod udp;
 pub mod wire;

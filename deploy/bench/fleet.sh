@@ -14,7 +14,8 @@
 #             storing it, p50/p99/max; then the same for an update
 #   storm     kill -9 of the master with N connected, restart, time until
 #             all N are ready again; master RSS after
-# With FOGMESH_BENCH_PERF=1, also a 30 s `perf` profile of the idle master.
+# With FOGMESH_BENCH_PERF=1, also 30 s `perf` profiles of the idle master
+# and of the restarted master during the storm.
 # FOGMESH_BENCH_BROKER=mosquitto carries metrics through mosquitto (TLS,
 # client certificates) instead of the master's embedded broker; it stays
 # up through the storm.
@@ -33,21 +34,19 @@ BIN=target/release
 OUT=target/bench
 ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
-cleanup() {
-    for f in "$WORK"/*.pid; do [ -e "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+source deploy/bench/lib.sh
+trap 'bench_stop_all KILL' EXIT
+# One UDP socket carries every session on each side: let it hold a burst
+# (the master and the simulator ask for 8 MiB; Linux caps at rmem_max).
+sysctl -qw net.core.rmem_max=8388608 2>/dev/null || true
 
 echo "== build (release)"
 cargo build --release --locked --quiet -p fogmesh-master -p fogmesh-agent
-cleanup
+bench_stop_all KILL
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
-export FOGMESH_CONFIG="$WORK/master/client.conf"
-
-cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
-now_ms() { date +%s%3N; }
-POLL=$(( N > 3000 ? 3 : 1 ))
+POLL=1
+# Datagrams the kernel dropped for a full socket receive buffer, all sockets.
+udp_drops() { awk '/^Udp:/ {n++; if (n == 2) print $6}' /proc/net/snmp; }
 # Counts only: a 10,000-node `node list` is megabytes of JSON per poll.
 ready_count() { "$BIN/fogmesh" node summary 2>/dev/null | awk 'NR == 1 {print $3 + 0; found = 1} END {if (!found) print 0}'; }
 
@@ -62,13 +61,7 @@ esac
 # silence, QUIC sessions given up after 30 s (agents ping every 7.5 s).
 FLEET_ARGS=(--heartbeat 10s --offline-after 30s --agent-timeout 30s)
 
-start_master() {
-    "$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$API" --quic "$QUIC" "${BROKER_ARGS[@]}" "${FLEET_ARGS[@]}" \
-        >>"$WORK/master.log" 2>&1 &
-    echo $! >"$WORK/master.pid"
-    for _ in $(seq 1 100); do "$BIN/fogmesh" node list >/dev/null 2>&1 && return; sleep 0.1; done
-    echo "master did not start: see $WORK/master.log" >&2; exit 1
-}
+start_master() { bench_master_start "$API" "$QUIC" "${BROKER_ARGS[@]}" "${FLEET_ARGS[@]}"; }
 
 wait_ready() { # $1: what, prints seconds until all N ready
     local t0 left=600 n
@@ -103,7 +96,7 @@ fanout() {
 }
 
 echo "== master and $N simulated nodes${METRICS:+ (with metrics)}, broker: $BROKER"
-"$BIN/fogmesh-master" init --data-dir "$WORK/master" --api "$API" >/dev/null
+bench_master_init "$API"
 if [ "$BROKER" = mosquitto ]; then
     command -v mosquitto >/dev/null || apt-get install -y -qq mosquitto >/dev/null
     "$BIN/fogmesh-master" issue-cert --data-dir "$WORK/master" --name 127.0.0.1 --out-dir "$WORK/mosquitto" >/dev/null
@@ -127,8 +120,10 @@ TOKEN=$("$BIN/fogmesh" token create --uses "$N" --ttl 1h 2>/dev/null)
 FOGMESH_JOIN_TOKEN=$TOKEN "$BIN/fogmesh-agent" simulate --master "$QUIC" --count "$N" --data-dir "$WORK/sim" \
     --received-log "$WORK/received.log" --connect-rate "${FOGMESH_BENCH_CONNECT_RATE:-0}" --master-timeout 30s $METRICS >"$WORK/simulate.log" 2>&1 &
 echo $! >"$WORK/simulate.pid"
+drops0=$(udp_drops)
 join_s=$(wait_ready join)
-echo "  all joined and ready: $join_s s" >&2
+join_drops=$(( $(udp_drops) - drops0 ))
+echo "  all joined and ready: $join_s s (UDP datagrams dropped by full buffers: $join_drops)" >&2
 
 echo "== idle, 60 s"
 MASTER=$(cat "$WORK/master.pid") SIM=$(cat "$WORK/simulate.pid")
@@ -190,10 +185,23 @@ read -r upd_p50 upd_p99 upd_max upd_n <<<"$(fanout "$t0")"
 echo "  update: p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); CLI $update_cli_s s, finished: $update_ok" >&2
 
 echo "== reconnect storm: kill -9 the master, restart"
+drops0=$(udp_drops)
 kill -9 "$MASTER"
 sleep 2
 start_master
+if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
+    # Where the restarted master's time goes while the fleet comes back.
+    perf record -F 499 -g -p "$(cat "$WORK/master.pid")" -o "$WORK/perf-storm.data" -- sleep 30 >/dev/null 2>&1 &
+    PERF_PID=$!
+fi
 storm_s=$(wait_ready reconnect)
+storm_drops=$(( $(udp_drops) - drops0 ))
+if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
+    wait "$PERF_PID" || true
+    perf report -i "$WORK/perf-storm.data" --no-children --percent-limit 1 --stdio -g none 2>/dev/null |
+        grep -v '^#' | grep . >"$OUT/fleet-$N-storm-profile.txt" || true
+    echo "  storm profile: $OUT/fleet-$N-storm-profile.txt" >&2
+fi
 MASTER=$(cat "$WORK/master.pid")
 sleep 5
 storm_rss=$(rss_mb "$MASTER")
@@ -204,7 +212,8 @@ cat >"$OUT/fleet-$N.json" <<JSON
  "idle": {"broker": "$broker_idle", "master_cpu_percent": $idle_cpu, "master_rss_mb": $idle_rss, "simulator_cpu_percent": $sim_cpu, "simulator_rss_mb": $sim_rss, "node_load1_series": "${samples:-0}"},
  "submit": {"finished": $submit_ok, "cli_s": $submit_cli_s, "p50_s": "$sub_p50", "p99_s": "$sub_p99", "max_s": "$sub_max", "nodes": $sub_n},
  "update": {"finished": $update_ok, "cli_s": $update_cli_s, "p50_s": "$upd_p50", "p99_s": "$upd_p99", "max_s": "$upd_max", "nodes": $upd_n},
- "reconnect_storm_all_ready_s": $storm_s, "master_rss_after_storm_mb": $storm_rss}
+ "reconnect_storm_all_ready_s": $storm_s, "master_rss_after_storm_mb": $storm_rss,
+ "udp_drops": {"join": $join_drops, "storm": $storm_drops}}
 JSON
 cat <<TABLE
 
@@ -215,5 +224,6 @@ fleet of $N simulated nodes${METRICS:+, metrics every 15 s}, broker $BROKER ($(n
   submit, per node                p50 $sub_p50 s, p99 $sub_p99 s, max $sub_max s ($sub_n nodes); CLI saw all running after $submit_cli_s s
   update, per node                p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); CLI $update_cli_s s
   master kill -9 -> all back      $storm_s s  (master RSS then $storm_rss MB)
+  UDP datagrams dropped           $join_drops while joining, $storm_drops in the storm (full receive buffers)
 written to $OUT/fleet-$N.json
 TABLE

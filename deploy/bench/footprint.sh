@@ -26,8 +26,9 @@ echo "== build the agent (profile edge; a few minutes the first time)"
 cargo build --profile edge --locked --quiet -p fogmesh-agent
 AGENT_BIN=target/edge/fogmesh-agent
 
+source deploy/bench/lib.sh
 cleanup() {
-    for f in "$WORK"/*.pid; do [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+    bench_stop_all
     ids=$(docker ps -aq --filter label=fogmesh.node=footprint 2>/dev/null || true)
     # The agent may still be removing some: a second remove of one is fine.
     [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1
@@ -35,17 +36,11 @@ cleanup() {
 }
 trap cleanup EXIT
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
-export FOGMESH_CONFIG="$WORK/master/client.conf"
 
-"$BIN/fogmesh-master" init --data-dir "$WORK/master" --api "$API" >/dev/null 2>&1
-"$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$API" --quic "$QUIC" --mqtt-listen "$MQTT" >"$WORK/master.log" 2>&1 &
-echo $! >"$WORK/master.pid"
-for _ in $(seq 1 100); do "$BIN/fogmesh" node list >/dev/null 2>&1 && break; sleep 0.1; done
-FOGMESH_JOIN_TOKEN=$("$BIN/fogmesh" token create 2>/dev/null) "$AGENT_BIN" run --master "$QUIC" \
-    --data-dir "$WORK/agent" --name footprint --public-ip "$IP" >"$WORK/agent.log" 2>&1 &
-AGENT=$!
-echo $AGENT >"$WORK/agent.pid"
-for _ in $(seq 1 100); do "$BIN/fogmesh" node list 2>/dev/null | grep -q ' ready ' && break; sleep 0.1; done
+bench_master_init "$API"
+bench_master_start "$API" "$QUIC" --mqtt-listen "$MQTT"
+bench_agent_start "$AGENT_BIN" "$QUIC" footprint "$IP"
+AGENT=$(cat "$WORK/agent.pid")
 
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 anon_kib() { awk '$1 == "Anonymous:" {print $2}' "/proc/$1/smaps_rollup"; }

@@ -24,8 +24,9 @@ bash deploy/images/build.sh busybox >/dev/null
 echo "== build (release)"
 cargo build --release --locked --quiet -p fogmesh-master -p fogmesh-agent
 
+source deploy/bench/lib.sh
 cleanup() {
-    for f in "$WORK"/*.pid; do [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+    bench_stop_all
     docker service rm fmbench >/dev/null 2>&1 || true
     ids=$(docker ps -aq --filter label=fogmesh.node=bench --filter label=fmbench.raw=1 2>/dev/null || true)
     [ -n "$ids" ] && docker rm -f $ids >/dev/null
@@ -33,7 +34,6 @@ cleanup() {
 }
 trap cleanup EXIT
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
-export FOGMESH_CONFIG="$WORK/master/client.conf"
 
 if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
     docker swarm init --advertise-addr 127.0.0.1 >/dev/null
@@ -41,16 +41,10 @@ if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
     for _ in $(seq 1 50); do docker node ls >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 
-"$BIN/fogmesh-master" init --data-dir "$WORK/master" --api "$API" >/dev/null 2>&1
-"$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$API" --quic "$QUIC" --mqtt-listen "$MQTT" >"$WORK/master.log" 2>&1 &
-echo $! >"$WORK/master.pid"
-for _ in $(seq 1 100); do "$BIN/fogmesh" node list >/dev/null 2>&1 && break; sleep 0.1; done
-FOGMESH_JOIN_TOKEN=$("$BIN/fogmesh" token create 2>/dev/null) "$BIN/fogmesh-agent" run --master "$QUIC" \
-    --data-dir "$WORK/agent" --name bench --public-ip "$IP" >"$WORK/agent.log" 2>&1 &
-echo $! >"$WORK/agent.pid"
-for _ in $(seq 1 100); do "$BIN/fogmesh" node list 2>/dev/null | grep -q ' ready ' && break; sleep 0.1; done
+bench_master_init "$API"
+bench_master_start "$API" "$QUIC" --mqtt-listen "$MQTT"
+bench_agent_start "$BIN/fogmesh-agent" "$QUIC" bench "$IP"
 
-now_ms() { date +%s%3N; }
 # Running containers matching a docker ps filter.
 running() { docker ps -q --filter "$1" | wc -l; }
 # Waits until `running $1` reaches $2 (and, with $3, the env of all has $3); prints ms since $4.

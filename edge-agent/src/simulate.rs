@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fogmesh_common::tls::QuicTiming;
+use fogmesh_common::udp::{bind_with_recv_buffer, FLEET_RECV_BUFFER};
 use fogmesh_common::wire::{Capacity, ContainerState, ContainerStatus};
 use tokio::sync::Semaphore;
 
@@ -79,7 +80,13 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
     progress.abort();
     eprintln!("simulate: all {} nodes joined; running", opts.count);
 
-    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?).context("open a UDP socket for QUIC")?;
+    // One socket for every node's session: a big receive buffer, or bursts are dropped.
+    let udp = bind_with_recv_buffer("0.0.0.0:0".parse()?, FLEET_RECV_BUFFER).context("open a UDP socket for QUIC")?;
+    if let Some(why) = udp.shortfall(FLEET_RECV_BUFFER) {
+        eprintln!("simulate: {why}");
+    }
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp.socket, std::sync::Arc::new(quinn::TokioRuntime))
+        .context("open a UDP socket for QUIC")?;
     let received = match &opts.received_log {
         Some(path) => Some(received_writer(path)?),
         None => None,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fogmesh_common::tls::{https_server_config, quic_endpoint_config, quic_server_config, QuicTiming};
+use fogmesh_common::udp::{bind_with_recv_buffer, FLEET_RECV_BUFFER};
 use fogmesh_master::cli::duration_arg;
 use fogmesh_master::cluster::{Cluster, ClusterConfig};
 use fogmesh_master::datadir::{DataDir, ADVERTISE_HOST_KEY};
@@ -264,8 +265,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cluster.reschedule().await?;
 
     let endpoint_config = quic_endpoint_config(&dir.quic_reset_key()?)?;
-    let socket = std::net::UdpSocket::bind(args.quic).with_context(|| format!("listen for agents on {}/udp", args.quic))?;
-    let endpoint = quinn::Endpoint::new(endpoint_config, Some(quic_config), socket, Arc::new(quinn::TokioRuntime))
+    let udp = bind_with_recv_buffer(args.quic, FLEET_RECV_BUFFER).with_context(|| format!("listen for agents on {}/udp", args.quic))?;
+    if let Some(why) = udp.shortfall(FLEET_RECV_BUFFER) {
+        tracing::warn!("{why}");
+    }
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(quic_config), udp.socket, Arc::new(quinn::TokioRuntime))
         .with_context(|| format!("listen for agents on {}/udp", args.quic))?;
     let tcp = tokio::net::TcpListener::bind(args.api).await.with_context(|| format!("listen for the API on {}", args.api))?;
     tracing::info!(api = %args.api, quic = %endpoint.local_addr()?, "fogmesh-master serving");
