@@ -50,9 +50,9 @@ const MAX_BIDI_STREAMS: u32 = 32;
 const MAX_UNI_STREAMS: u32 = 8;
 
 /// At most one stateless reset per this interval: after a master restart,
-/// agents learn that their session is gone at up to 500 a second, a ramp
+/// agents learn that their session is gone at up to 1,000 a second, a ramp
 /// the master's handshakes keep up with instead of a herd.
-const MIN_RESET_INTERVAL: Duration = Duration::from_millis(2);
+const MIN_RESET_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Shortest reset key the master accepts.
 pub const MIN_RESET_KEY_BYTES: usize = 32;

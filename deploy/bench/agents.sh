@@ -51,13 +51,16 @@ for K in "${SIZES[@]}"; do
     bench_master_init "$API"
     bench_master_start "$API" "$QUIC" --mqtt-listen "$MQTT"
     TOKEN=$("$BIN/fogmesh" token create --uses "$K" --ttl 1h 2>/dev/null)
+    joins=()
     for i in $(seq 1 "$K"); do
         ip=127.0.$((100 + i / 250)).$((1 + i % 250))
         FOGMESH_JOIN_TOKEN=$TOKEN "$BIN/fogmesh-agent" join --master "$QUIC" --data-dir "$WORK/agent-$i" \
-            --name "bench-$i" --public-ip "$ip" >/dev/null 2>&1 &
-        [ $((i % 20)) -eq 0 ] && wait
+            --name "bench-$i" --public-ip "$ip" >"$WORK/join-$i.log" 2>&1 &
+        joins+=($!)
+        # 20 at a time; only the joins, not the master started in the background.
+        if [ ${#joins[@]} -ge 20 ]; then wait "${joins[@]}"; joins=(); fi
     done
-    wait
+    [ ${#joins[@]} -gt 0 ] && wait "${joins[@]}"
     t0=$(now_ms)
     for i in $(seq 1 "$K"); do
         "$BIN/fogmesh-agent" run --data-dir "$WORK/agent-$i" >"$WORK/agent-$i.log" 2>&1 &
@@ -74,6 +77,7 @@ for K in "${SIZES[@]}"; do
     echo "  master idle: $idle_cpu % CPU, $idle_rss MB" >&2
 
     kill -9 "$MASTER"
+    wait "$MASTER" 2>/dev/null || true # gone, its store lock released
     bench_master_start "$API" "$QUIC" --mqtt-listen "$MQTT"
     back_s=$(wait_all "$K" restart)
     echo "  master kill -9, restart -> all $K ready: $back_s s after the restart" >&2

@@ -187,7 +187,7 @@ echo "  update: p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); C
 echo "== reconnect storm: kill -9 the master, restart"
 drops0=$(udp_drops)
 kill -9 "$MASTER"
-sleep 2
+wait "$MASTER" 2>/dev/null || true # gone, its store lock released
 start_master
 if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
     # Where the restarted master's time goes while the fleet comes back.

@@ -19,9 +19,16 @@ bench_master_start() {
     local api=$1 quic=$2
     shift 2
     "$BIN/fogmesh-master" serve --data-dir "$WORK/master" --api "$api" --quic "$quic" "$@" >>"$WORK/master.log" 2>&1 &
-    echo $! >"$WORK/master.pid"
-    for _ in $(seq 1 100); do "$BIN/fogmesh" node list >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "the master did not start: see $WORK/master.log" >&2
+    local pid=$!
+    echo $pid >"$WORK/master.pid"
+    for _ in $(seq 1 100); do
+        # Ours must be the one answering, not a leftover on the same port.
+        if ! kill -0 "$pid" 2>/dev/null; then break; fi
+        "$BIN/fogmesh" node list >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "the master did not start:" >&2
+    tail -3 "$WORK/master.log" >&2
     exit 1
 }
 
