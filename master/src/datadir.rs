@@ -102,9 +102,7 @@ impl DataDir {
         let ca = ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?).context("load the cluster CA")?;
         Ok(MasterFiles { ca, cert_pem: read("master.pem")?, key_pem: read("master.key")? })
     }
-}
 
-impl DataDir {
     /// The key the master's QUIC reset tokens come from. It must outlive the
     /// process: a restarted master can then end the agents' old sessions at
     /// their next packet. Created on first use (data dirs from before it).
