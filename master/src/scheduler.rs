@@ -218,10 +218,12 @@ pub fn schedule(
         chosen.truncate(replicas);
         if unit.lead().kind == plan::WorkloadKind::DaemonSet {
             // One replica on every ready node it may run on (of its node
-            // set, or all), in a stable order: it follows the set.
+            // set, or all), and on offline ones that ran it, in a stable
+            // order: it follows the set.
+            let before = previous.get(&key);
             chosen = nodes
                 .iter()
-                .filter(|(n, state)| *state == NodeState::Ready && may_run_on(&n.name) && ports.clash(&n.name, &wanted).is_none())
+                .filter(|(n, state)| keeps_or_takes(*state, &n.name, before) && may_run_on(&n.name) && ports.clash(&n.name, &wanted).is_none())
                 .map(|(n, _)| n.name.clone())
                 .collect();
             for node in &chosen {
@@ -348,13 +350,27 @@ pub fn set_candidates<'n>(set: &PlanNode, plan: &Plan, nodes: &'n [(Arc<NodeReco
         .collect()
 }
 
+/// Whether a node runs a placement: a ready node may take it; an offline
+/// one keeps it if it had it. Offline is normal, and a restarted master
+/// sees every node offline until it reconnects: neither may take a running
+/// workload away.
+fn keeps_or_takes(state: NodeState, node: &str, before: Option<&Vec<String>>) -> bool {
+    match state {
+        NodeState::Ready => true,
+        NodeState::Offline => before.is_some_and(|had| had.iter().any(|n| n == node)),
+        NodeState::Pending => false,
+    }
+}
+
 /// The members a node set's workloads run on. A cloud set: every ready
 /// member (its count is for the provisioner). A fog group: as many ready
 /// candidates as its policy wants, those active before first, never one it
-/// asked to drop.
+/// asked to drop. Members that went offline stay members.
 fn active_members(set: &PlanNode, plan: &Plan, nodes: &[(Arc<NodeRecord>, NodeState)], before: Option<&Vec<String>>) -> Vec<String> {
-    let candidates: Vec<&(Arc<NodeRecord>, NodeState)> =
-        set_candidates(set, plan, nodes).into_iter().filter(|(n, state)| *state == NodeState::Ready && !set.dropped.contains(&n.name)).collect();
+    let candidates: Vec<&(Arc<NodeRecord>, NodeState)> = set_candidates(set, plan, nodes)
+        .into_iter()
+        .filter(|(n, state)| keeps_or_takes(*state, &n.name, before) && !set.dropped.contains(&n.name))
+        .collect();
     if set.fog_group.is_none() {
         return candidates.iter().map(|(n, _)| n.name.clone()).collect();
     }
@@ -551,6 +567,37 @@ mod tests {
         let offline = vec![(node("n1", "10.0.0.1"), NodeState::Offline), (node("n2", "10.0.0.2"), NodeState::Ready)];
         let again = schedule(&[a], &offline, &s.placements, EP);
         assert_eq!(again.per_node, s.per_node, "an offline node keeps its replicas");
+    }
+
+    /// Offline is normal, and a restarted master sees every node offline
+    /// until it reconnects: neither takes a DaemonSet replica or a node
+    /// set's workload away from a member that ran it.
+    #[test]
+    fn daemon_sets_and_node_sets_keep_their_offline_members() {
+        let member = |name: &str, ip: &str| {
+            let mut n = NodeRecord::clone(&node(name, ip));
+            n.labels.push((NODE_SET_LABEL.into(), "sim".into()));
+            Arc::new(n)
+        };
+        let on_set = "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    sim: {type: tosca.nodes.MiCADO.EC2.Compute, properties: {region_name: r, image_id: i, instance_type: t}}\n    probe:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.DaemonSet\n      properties: {image: p}\n      requirements: [{host: sim}]\n";
+        let everywhere = "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    agent:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.DaemonSet\n      properties: {image: a}\n";
+        let apps = [app("a5", "probe", on_set), app("a6", "agent", everywhere)];
+        let ready = vec![(member("m1", "10.0.1.1"), NodeState::Ready), (member("m2", "10.0.1.2"), NodeState::Ready)];
+        let first = schedule(&apps, &ready, &BTreeMap::new(), EP);
+        assert_eq!(first.per_node["m1"].len(), 2, "{:?}", first.per_node);
+        assert_eq!(first.per_node["m2"].len(), 2, "{:?}", first.per_node);
+
+        // The master restarted: nobody has reconnected yet; a stranger joined.
+        let silent = vec![
+            (member("m1", "10.0.1.1"), NodeState::Offline),
+            (member("m2", "10.0.1.2"), NodeState::Offline),
+            (member("m3", "10.0.1.3"), NodeState::Offline),
+        ];
+        let after = schedule(&apps, &silent, &first.placements, EP);
+        assert_eq!(after.per_node["m1"], first.per_node["m1"]);
+        assert_eq!(after.per_node["m2"], first.per_node["m2"]);
+        assert!(after.per_node["m3"].is_empty(), "a node that never ran them gets them when ready");
+        assert_eq!(after.placements, first.placements);
     }
 
     #[test]

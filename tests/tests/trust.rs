@@ -437,7 +437,9 @@ fn agents_notice_a_dead_master_quickly_and_a_stopping_one_at_once() {
 
 /// A restarted master ends the agents' old sessions at their next ping (a
 /// stateless reset from the key in its data dir): they come back long
-/// before their 40 s idle timeout would have told them.
+/// before their 40 s idle timeout would have told them. The restart stops
+/// no workload: a DaemonSet replica keeps running, untouched, although
+/// the restarted master sees the node offline until it reconnects.
 #[test]
 fn agents_learn_of_a_master_restart_at_their_next_ping() {
     docker_ready();
@@ -453,6 +455,14 @@ fn agents_learn_of_a_master_restart_at_their_next_ping() {
     let out = std::process::Command::new(bin("fogmesh-master")).args(["serve", "--data-dir"]).arg(dir.join("master")).args(["--heartbeat", "10s"]).output().unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--offline-after (15s) must be at least twice --heartbeat (10s)"), "{}", text(&out.stderr));
+    let everywhere = write_adt(
+        &dir,
+        "everywhere",
+        "tosca_definitions_version: tosca_simple_yaml_1_2\ntopology_template:\n  node_templates:\n    probe:\n      type: tosca.nodes.MiCADO.Container.Application.Docker.DaemonSet\n      properties:\n        image: fogmesh/busybox:test\n        command: [/bin/sh, -c, \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n",
+    );
+    master.cli_ok(&["app", "submit", everywhere.to_str().unwrap(), "--timeout", "60s"]);
+    let running = container_id(&name, "everywhere", "probe");
+    assert!(!running.is_empty());
 
     master.kill();
     let killed = Instant::now();
@@ -463,6 +473,13 @@ fn agents_learn_of_a_master_restart_at_their_next_ping() {
     assert!(log.contains("restarted: it no longer knows this session"), "{log}");
     assert!(!log.contains("master unreachable"), "{log}");
     assert!(killed.elapsed() < Duration::from_secs(40));
+    // Settled: the node holds the master's latest desired state.
+    wait_for("the node to ack its desired state", T, || {
+        let n = node_json(&master, &name);
+        (n["acked_generation"] == n["desired_generation"] && n["containers_running"] == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(container_id(&name, "everywhere", "probe"), running, "the DaemonSet replica was replaced:\n{}", agent.log_text());
     agent.kill();
 }
 
