@@ -28,21 +28,6 @@ cargo build --release --locked --quiet -p fogmesh-master -p fogmesh-agent
 source deploy/bench/lib.sh
 trap 'bench_stop_all KILL' EXIT
 
-ready_count() { "$BIN/fogmesh" node summary 2>/dev/null | awk 'NR == 1 {print $3 + 0; found = 1} END {if (!found) print 0}'; }
-# wait_all K WHAT: seconds until K nodes are ready.
-wait_all() {
-    local t0 n
-    t0=$(now_ms)
-    for _ in $(seq 1 1200); do
-        n=$(ready_count)
-        [ "$n" -ge "$1" ] && { awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.1f", (a - b) / 1000}'; return 0; }
-        printf '\r  %s: %s/%s ready' "$2" "$n" "$1" >&2
-        sleep 0.2
-    done
-    echo " timed out" >&2
-    exit 1
-}
-
 rows=() json=()
 for K in "${SIZES[@]}"; do
     echo "== $K agents"
@@ -66,7 +51,7 @@ for K in "${SIZES[@]}"; do
         "$BIN/fogmesh-agent" run --data-dir "$WORK/agent-$i" >"$WORK/agent-$i.log" 2>&1 &
         echo $! >"$WORK/agent-$i.pid"
     done
-    ready_s=$(wait_all "$K" start)
+    ready_s=$(bench_wait_ready "$K" start 0.2 240)
     echo "  all $K ready: $ready_s s (since starting them)" >&2
     MASTER=$(cat "$WORK/master.pid")
     sleep 10
@@ -76,10 +61,9 @@ for K in "${SIZES[@]}"; do
     idle_rss=$(rss_mb "$MASTER")
     echo "  master idle: $idle_cpu % CPU, $idle_rss MB" >&2
 
-    kill -9 "$MASTER"
-    wait "$MASTER" 2>/dev/null || true # gone, its store lock released
+    bench_master_crash
     bench_master_start "$API" "$QUIC" --mqtt-listen "$MQTT"
-    back_s=$(wait_all "$K" restart)
+    back_s=$(bench_wait_ready "$K" restart 0.2 240)
     echo "  master kill -9, restart -> all $K ready: $back_s s after the restart" >&2
     bench_stop_all KILL
     rows+=("$(printf '%6s  %8s s  %6s %%  %6s MB  %8s s' "$K" "$ready_s" "$idle_cpu" "$idle_rss" "$back_s")")

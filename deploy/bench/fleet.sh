@@ -44,11 +44,8 @@ echo "== build (release)"
 cargo build --release --locked --quiet -p fogmesh-master -p fogmesh-agent
 bench_stop_all KILL
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
-POLL=1
 # Datagrams the kernel dropped for a full socket receive buffer, all sockets.
 udp_drops() { awk '/^Udp:/ {n++; if (n == 2) print $6}' /proc/net/snmp; }
-# Counts only: a 10,000-node `node list` is megabytes of JSON per poll.
-ready_count() { "$BIN/fogmesh" node summary 2>/dev/null | awk 'NR == 1 {print $3 + 0; found = 1} END {if (!found) print 0}'; }
 
 BROKER=${FOGMESH_BENCH_BROKER:-embedded}
 case $BROKER in
@@ -63,26 +60,7 @@ FLEET_ARGS=(--heartbeat 10s --offline-after 30s --agent-timeout 30s)
 
 start_master() { bench_master_start "$API" "$QUIC" "${BROKER_ARGS[@]}" "${FLEET_ARGS[@]}"; }
 
-wait_ready() { # $1: what; prints seconds until all N ready, and writes
-    # the seconds until 99 % were ready to $WORK/$1-p99 (a straggler's
-    # idle timeout decides the last one).
-    local t0 left=600 n p99=""
-    t0=$(now_ms)
-    while :; do
-        n=$(ready_count)
-        if [ -z "$p99" ] && [ $((n * 100)) -ge $((N * 99)) ]; then
-            p99=$(awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.1f", (a - b) / 1000}')
-            echo "$p99" >"$WORK/$1-p99"
-        fi
-        [ "$n" -ge "$N" ] && break
-        printf '\r  %s: %s/%s ready' "$1" "$n" "$N" >&2
-        sleep "$POLL"
-        left=$((left - POLL))
-        if [ "$left" -le 0 ]; then echo " timed out" >&2; exit 1; fi
-    done
-    printf '\r  %s: %s/%s ready\n' "$1" "$N" "$N" >&2
-    awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.1f", (a - b) / 1000}'
-}
+wait_ready() { bench_wait_ready "$N" "$1" 1 600; } # $1: what
 
 # Per-node delay from $1 (ms) to the first receipt of a generation newer
 # than any seen before it: "p50 p99 max count" in seconds.
@@ -191,8 +169,7 @@ echo "  update: p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); C
 
 echo "== reconnect storm: kill -9 the master, restart"
 drops0=$(udp_drops)
-kill -9 "$MASTER"
-wait "$MASTER" 2>/dev/null || true # gone, its store lock released
+bench_master_crash
 start_master
 if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
     # Where the restarted master's time goes while the fleet comes back.

@@ -31,7 +31,7 @@ cleanup() {
     bench_stop_all
     ids=$(docker ps -aq --filter label=fogmesh.node=footprint 2>/dev/null || true)
     # The agent may still be removing some: a second remove of one is fine.
-    [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1
+    [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
     return 0
 }
 trap cleanup EXIT

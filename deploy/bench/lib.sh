@@ -39,14 +39,54 @@ bench_agent_start() {
     FOGMESH_JOIN_TOKEN=$("$BIN/fogmesh" token create 2>/dev/null) "$agent_bin" run --master "$quic" \
         --data-dir "$WORK/agent" --name "$name" --public-ip "$ip" >"$WORK/agent.log" 2>&1 &
     echo $! >"$WORK/agent.pid"
-    for _ in $(seq 1 100); do "$BIN/fogmesh" node list 2>/dev/null | grep -q ' ready ' && return 0; sleep 0.1; done
+    for _ in $(seq 1 100); do [ "$(bench_ready_count)" -ge 1 ] && return 0; sleep 0.1; done
     echo "the agent did not become ready: see $WORK/agent.log" >&2
     exit 1
 }
 
-# bench_stop_all [SIGNAL]: every process a WORK/*.pid names.
+# bench_master_crash: kill -9 the master, and wait until it is gone (its
+# store lock released, so a restart can open the store).
+bench_master_crash() {
+    local pid
+    pid=$(cat "$WORK/master.pid")
+    kill -9 "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+
+# Nodes the master counts ready (`node summary`: counts only, cheap for
+# 10,000 nodes where `node list` is megabytes of JSON).
+bench_ready_count() { "$BIN/fogmesh" node summary 2>/dev/null | awk 'NR == 1 {print $3 + 0; found = 1} END {if (!found) print 0}'; }
+
+# bench_wait_ready COUNT WHAT POLL LIMIT: prints the seconds until COUNT
+# nodes are ready, polling every POLL seconds, failing after LIMIT seconds;
+# writes the seconds until 99 % were ready to WORK/WHAT-p99 (a straggler's
+# idle timeout decides the last one).
+bench_wait_ready() {
+    local count=$1 what=$2 poll=$3 limit=$4 t0 n p99=""
+    t0=$(now_ms)
+    while :; do
+        n=$(bench_ready_count)
+        if [ -z "$p99" ] && [ $((n * 100)) -ge $((count * 99)) ]; then
+            p99=$(awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.1f", (a - b) / 1000}')
+            echo "$p99" >"$WORK/$what-p99"
+        fi
+        [ "$n" -ge "$count" ] && break
+        printf '\r  %s: %s/%s ready' "$what" "$n" "$count" >&2
+        if [ $(( $(now_ms) - t0 )) -ge $((limit * 1000)) ]; then echo " timed out" >&2; exit 1; fi
+        sleep "$poll"
+    done
+    printf '\r  %s: %s/%s ready\n' "$what" "$count" "$count" >&2
+    awk -v a="$(now_ms)" -v b="$t0" 'BEGIN {printf "%.1f", (a - b) / 1000}'
+}
+
+# bench_stop_all [SIGNAL]: every process a WORK/*.pid names. The pid file
+# goes with it: a later run must not signal whatever reuses the number.
 bench_stop_all() {
     local f
-    for f in "$WORK"/*.pid; do [ -e "$f" ] && kill "-${1:-TERM}" "$(cat "$f")" 2>/dev/null || true; done
+    for f in "$WORK"/*.pid; do
+        [ -e "$f" ] || continue
+        kill "-${1:-TERM}" "$(cat "$f")" 2>/dev/null || true
+        rm -f "$f"
+    done
     return 0
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use fogmesh_common::pki::{cert_fingerprint_der, cert_fingerprint_pem, constant_time_eq, hash_secret, node_name_from_cert, JoinToken};
-use fogmesh_common::wire::{ContainerState, Hello, JoinRequest, JoinResponse, NodeStatus, Refusal, PROTOCOL_VERSION};
+use fogmesh_common::wire::{Hello, JoinRequest, JoinResponse, NodeStatus, Refusal, PROTOCOL_VERSION};
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
@@ -240,21 +240,19 @@ impl Cluster {
     /// The fleet in counts; reads only the in-memory copies.
     pub fn node_summary(&self) -> Result<NodeSummary, Failure> {
         let mut sum = NodeSummary::default();
-        for node in self.store.nodes()? {
+        for n in self.node_snapshots()? {
             sum.nodes += 1;
-            match self.node_state(&node) {
+            match n.state {
                 NodeState::Ready => sum.ready += 1,
                 NodeState::Offline => sum.offline += 1,
                 NodeState::Pending => sum.pending += 1,
             }
-            let desired = self.store.desired(&node.name)?;
-            let observed = self.store.observed(&node.name)?;
-            sum.containers_desired += desired.containers.len();
-            sum.containers_running += observed.containers.iter().filter(|c| c.state == ContainerState::Running).count();
-            if self.store.acked(&node.name)? < desired.generation {
+            sum.containers_desired += n.desired.containers.len();
+            sum.containers_running += n.running_containers();
+            if n.acked < n.desired.generation {
                 sum.not_acked += 1;
             }
-            for condition in &observed.conditions {
+            for condition in &n.observed.conditions {
                 *sum.conditions.entry(condition.kind.clone()).or_default() += 1;
             }
         }
@@ -262,28 +260,22 @@ impl Cluster {
     }
 
     pub fn node_views(&self) -> Result<Vec<NodeView>, Failure> {
-        let mut views = Vec::new();
-        for node in self.store.nodes()? {
-            let desired = self.store.desired(&node.name)?;
-            let observed = self.store.observed(&node.name)?;
-            let running = observed.containers.iter().filter(|c| c.state == ContainerState::Running).count();
-            views.push(NodeView {
-                state: self.node_state(&node),
-                last_seen_ms: self.last_seen(&node),
-                containers_desired: desired.containers.len(),
-                containers_running: running,
-                desired_generation: desired.generation,
-                acked_generation: self.store.acked(&node.name)?,
-                conditions: observed.conditions.clone(),
-                labels: node.labels.iter().cloned().collect(),
-                name: node.name.clone(),
-                public_ip: node.public_ip.clone(),
-                capacity: node.capacity.clone(),
-                runtime_version: node.runtime_version.clone(),
-                agent_version: node.agent_version.clone(),
-            });
-        }
-        Ok(views)
+        let views = self.node_snapshots()?.into_iter().map(|n| NodeView {
+            state: n.state,
+            last_seen_ms: self.last_seen(&n.node),
+            containers_desired: n.desired.containers.len(),
+            containers_running: n.running_containers(),
+            desired_generation: n.desired.generation,
+            acked_generation: n.acked,
+            conditions: n.observed.conditions.clone(),
+            labels: n.node.labels.iter().cloned().collect(),
+            name: n.node.name.clone(),
+            public_ip: n.node.public_ip.clone(),
+            capacity: n.node.capacity.clone(),
+            runtime_version: n.node.runtime_version.clone(),
+            agent_version: n.node.agent_version.clone(),
+        });
+        Ok(views.collect())
     }
 
     /// An agent acked a generation: stored without waiting for the disk

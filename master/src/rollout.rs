@@ -26,6 +26,13 @@ pub struct NodeSnapshot {
     pub observed: std::sync::Arc<NodeStatus>,
 }
 
+impl NodeSnapshot {
+    /// Containers the node reports running, whatever their spec.
+    pub fn running_containers(&self) -> usize {
+        self.observed.containers.iter().filter(|c| c.state == ContainerState::Running).count()
+    }
+}
+
 /// Reasons sorted by how much they matter.
 #[derive(Default)]
 struct Verdict {
