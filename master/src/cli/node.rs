@@ -97,13 +97,34 @@ pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
 }
 
 fn summary_text(sum: &NodeSummary) -> String {
-    let mut out = format!("{} nodes: {} ready, {} offline, {} pending\n", sum.nodes, sum.ready, sum.offline, sum.pending);
+    let nodes = |n: usize| if n == 1 { "1 node".to_string() } else { format!("{n} nodes") };
+    let mut out = format!("{}: {} ready, {} offline, {} pending\n", nodes(sum.nodes), sum.ready, sum.offline, sum.pending);
     out += &format!("containers: {}/{} running\n", sum.containers_running, sum.containers_desired);
     if sum.not_acked > 0 {
-        out += &format!("{} nodes have not stored their latest desired state yet\n", sum.not_acked);
+        out += &match sum.not_acked {
+            1 => "1 node has not stored its latest desired state yet\n".to_string(),
+            n => format!("{n} nodes have not stored their latest desired state yet\n"),
+        };
     }
     for (kind, count) in &sum.conditions {
-        out += &format!("{kind}: {count} nodes\n");
+        out += &format!("{kind}: {}\n", nodes(*count));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_counts_in_words() {
+        let one = NodeSummary { nodes: 1, ready: 1, containers_desired: 2, containers_running: 1, not_acked: 1, ..NodeSummary::default() };
+        assert_eq!(summary_text(&one), "1 node: 1 ready, 0 offline, 0 pending\ncontainers: 1/2 running\n1 node has not stored its latest desired state yet\n");
+        let mut many = NodeSummary { nodes: 3, ready: 1, offline: 2, not_acked: 2, ..NodeSummary::default() };
+        many.conditions.insert("StoreWriteFailed".into(), 2);
+        assert_eq!(
+            summary_text(&many),
+            "3 nodes: 1 ready, 2 offline, 0 pending\ncontainers: 0/0 running\n2 nodes have not stored their latest desired state yet\nStoreWriteFailed: 2 nodes\n"
+        );
+    }
 }
