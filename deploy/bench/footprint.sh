@@ -2,7 +2,7 @@
 # The edge agent's footprint: RSS and CPU while idle and while running 20
 # containers, and the binary's size. For scale, the same run measures
 # dockerd and one containerd shim (every container has one) on this machine.
-# The agent is the `edge` profile build (size-optimised, LTO, stripped), as
+# The agent is the `edge` profile build (size-optimised, LTO, hot code first), as
 # shipped to fog devices; the RSS is split into its own memory (anonymous)
 # and its program's pages (file-backed, shared with the page cache).
 #
@@ -80,6 +80,10 @@ measure busy
 r[peak_kib]=$(kib $AGENT VmHWM)
 r[binary_bytes]=$(stat -c %s "$AGENT_BIN")
 r[release_binary_bytes]=$(stat -c %s "$BIN/fogmesh-agent")
+# How much of edge-agent/hot-code.order this build still has (names change
+# with dependency versions and the toolchain).
+r[hot_code_listed]=$(sort -u edge-agent/hot-code.order | wc -l)
+r[hot_code_found]=$(nm --defined-only "$AGENT_BIN" | awk '{print $3}' | sort -u | comm -12 - <(sort -u edge-agent/hot-code.order) | wc -l)
 dockerd_pid=$(pgrep -xo dockerd)
 r[dockerd_kib]=$(kib "$dockerd_pid" VmRSS)
 shim_pid=$(pgrep -fo containerd-shim || true)
@@ -96,6 +100,10 @@ mb() { awk -v k="$1" 'BEGIN {printf "%.1f MB", k * 1024 / 1e6}'; }
     echo "| one containerd shim (one per container) | $(mb "${r[shim_kib]}") | | |"
     echo
     echo "fogmesh-agent binary (edge profile): $(awk -v b="${r[binary_bytes]}" 'BEGIN {printf "%.1f", b / 1e6}') MB (release: $(awk -v b="${r[release_binary_bytes]}" 'BEGIN {printf "%.1f", b / 1e6}') MB); CPU over ${WINDOW} s per phase"
+    echo "hot-code order: ${r[hot_code_found]} of ${r[hot_code_listed]} listed functions are in this build"
+    if [ $((r[hot_code_found] * 10)) -lt $((r[hot_code_listed] * 9)) ]; then
+        echo "  (under 90 %: the list is stale; bash deploy/bench/hot-code.sh remakes it)"
+    fi
 } >&2
 {
     echo "{"
