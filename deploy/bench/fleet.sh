@@ -46,6 +46,14 @@ bench_stop_all KILL
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
 # Datagrams the kernel dropped for a full socket receive buffer, all sockets.
 udp_drops() { awk '/^Udp:/ {n++; if (n == 2) print $6}' /proc/net/snmp; }
+# Datagrams dropped so far at the UDP sockets of process PID (the last
+# column of /proc/net/udp, matched by the sockets' inodes).
+socket_drops() {
+    local inodes
+    inodes=$(find "/proc/$1/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | paste -sd' ')
+    awk -v want="$inodes" 'BEGIN {n = split(want, a, " "); for (i = 1; i <= n; i++) mine[a[i]] = 1}
+        NR > 1 && ($10 in mine) {sum += $NF} END {print sum + 0}' /proc/net/udp
+}
 
 BROKER=${FOGMESH_BENCH_BROKER:-embedded}
 case $BROKER in
@@ -169,6 +177,7 @@ echo "  update: p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); C
 
 echo "== reconnect storm: kill -9 the master, restart"
 drops0=$(udp_drops)
+sim_drops0=$(socket_drops "$(cat "$WORK/simulate.pid")")
 bench_master_crash
 start_master
 if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
@@ -178,6 +187,8 @@ if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
 fi
 storm_s=$(wait_ready reconnect)
 storm_drops=$(( $(udp_drops) - drops0 ))
+storm_master_drops=$(socket_drops "$(cat "$WORK/master.pid")")
+storm_sim_drops=$(( $(socket_drops "$(cat "$WORK/simulate.pid")") - sim_drops0 ))
 storm_p99=$(cat "$WORK/reconnect-p99")
 if [ -n "${FOGMESH_BENCH_PERF:-}" ]; then
     wait "$PERF_PID" || true
@@ -196,7 +207,7 @@ cat >"$OUT/fleet-$N.json" <<JSON
  "submit": {"finished": $submit_ok, "cli_s": $submit_cli_s, "p50_s": "$sub_p50", "p99_s": "$sub_p99", "max_s": "$sub_max", "nodes": $sub_n},
  "update": {"finished": $update_ok, "cli_s": $update_cli_s, "p50_s": "$upd_p50", "p99_s": "$upd_p99", "max_s": "$upd_max", "nodes": $upd_n},
  "reconnect_storm_all_ready_s": $storm_s, "reconnect_storm_99_percent_ready_s": $storm_p99, "master_rss_after_storm_mb": $storm_rss,
- "udp_drops": {"join": $join_drops, "storm": $storm_drops}}
+ "udp_drops": {"join": $join_drops, "storm": $storm_drops, "storm_at_master": $storm_master_drops, "storm_at_simulator": $storm_sim_drops}}
 JSON
 cat <<TABLE
 
@@ -207,6 +218,6 @@ fleet of $N simulated nodes${METRICS:+, metrics every 15 s}, broker $BROKER ($(n
   submit, per node                p50 $sub_p50 s, p99 $sub_p99 s, max $sub_max s ($sub_n nodes); CLI saw all running after $submit_cli_s s
   update, per node                p50 $upd_p50 s, p99 $upd_p99 s, max $upd_max s ($upd_n nodes); CLI $update_cli_s s
   master kill -9 -> all back      $storm_s s, 99 % back $storm_p99 s  (master RSS then $storm_rss MB)
-  UDP datagrams dropped           $join_drops while joining, $storm_drops in the storm (full receive buffers)
+  UDP datagrams dropped           $join_drops while joining, $storm_drops in the storm (full receive buffers; master $storm_master_drops, simulator $storm_sim_drops)
 written to $OUT/fleet-$N.json
 TABLE

@@ -395,11 +395,17 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn start(master: &Master, prefix: &str, count: usize, ip_base: &str) -> Fleet {
+        Fleet::start_with(master, prefix, count, ip_base, &[])
+    }
+
+    /// As `start`, with more `simulate` arguments.
+    pub fn start_with(master: &Master, prefix: &str, count: usize, ip_base: &str, args: &[&str]) -> Fleet {
         let token = master.cli_ok(&["token", "create", "--ttl", "10m", "--uses", &count.to_string()]).trim().to_string();
         let mut cmd = Command::new(bin("fogmesh-agent"));
         cmd.args(["simulate", "--master", &master.address(), "--count", &count.to_string(), "--prefix", prefix, "--ip-base", ip_base])
             .arg("--data-dir")
             .arg(master.dir.join(format!("fleet-{prefix}")))
+            .args(args)
             .env("FOGMESH_JOIN_TOKEN", token)
             .env("RUST_LOG", "warn");
         let proc = Proc::spawn(cmd, master.dir.join(format!("fleet-{prefix}.log")));

@@ -483,6 +483,27 @@ fn agents_learn_of_a_master_restart_at_their_next_ping() {
     agent.kill();
 }
 
+/// A whole fleet learns of a master restart from the master's resets, not
+/// from its idle timeout. (A burst of lost sessions' packets in one drain
+/// of the socket: `tls::tests::every_packet_of_a_lost_session_gets_its_reset`.)
+#[test]
+fn a_whole_fleet_learns_of_a_master_restart_from_its_resets() {
+    let dir = test_dir("fleet-reset");
+    let mut master = Master::start_with(&dir, &["--agent-timeout", "60s"]);
+    let count = 300;
+    let fleet = Fleet::start_with(&master, "fr", count, "10.202.0.0", &["--master-timeout", "60s"]);
+    master.kill();
+    let killed = Instant::now();
+    master.restart();
+    // Heartbeats go every 3 s; the idle timeout alone would take 60 s.
+    let all_ready = format!("{count} nodes: {count} ready");
+    wait_for("the whole fleet to be back", Duration::from_secs(45), || master.cli_ok(&["node", "summary"]).starts_with(&all_ready).then_some(()));
+    assert!(killed.elapsed() < Duration::from_secs(60));
+    let log = fleet.proc.log_text();
+    assert_eq!(log.matches("restarted: it no longer knows this session").count(), count, "{log}");
+    assert!(!log.contains("master unreachable"), "{log}");
+}
+
 /// Item 10: what operators trip over.
 #[test]
 fn operator_papercuts() {
