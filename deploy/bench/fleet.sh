@@ -37,8 +37,8 @@ ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 source deploy/bench/lib.sh
 trap 'bench_stop_all KILL' EXIT
 # One UDP socket carries every session on each side: let it hold a burst
-# (the master and the simulator ask for 8 MiB; Linux caps at rmem_max).
-sysctl -qw net.core.rmem_max=8388608 2>/dev/null || true
+# (the master asks for 8 MiB, the simulator for 64 MiB; Linux caps at rmem_max).
+sysctl -qw net.core.rmem_max=67108864 2>/dev/null || true
 
 echo "== build (release)"
 cargo build --release --locked --quiet -p fogmesh-master -p fogmesh-agent

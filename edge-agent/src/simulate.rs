@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fogmesh_common::tls::QuicTiming;
-use fogmesh_common::udp::{bind_with_recv_buffer, FLEET_RECV_BUFFER};
+use fogmesh_common::udp::bind_with_recv_buffer;
 use fogmesh_common::wire::{Capacity, ContainerState, ContainerStatus};
 use tokio::sync::Semaphore;
 
@@ -26,6 +26,9 @@ use crate::local_store::LocalStore;
 use crate::metrics::{self, queue::QueueCap, MetricsOptions};
 use crate::persister::{self, Applied};
 use crate::status::StatusBoard;
+
+/// The receive buffer of the simulator's one socket.
+const SIMULATOR_RECV_BUFFER: usize = 64 << 20;
 
 pub struct SimulateOptions {
     pub master: String,
@@ -80,9 +83,12 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
     progress.abort();
     eprintln!("simulate: all {} nodes joined; running", opts.count);
 
-    // One socket for every node's session: a big receive buffer, or bursts are dropped.
-    let udp = bind_with_recv_buffer("0.0.0.0:0".parse()?, FLEET_RECV_BUFFER).context("open a UDP socket for QUIC")?;
-    if let Some(why) = udp.shortfall(FLEET_RECV_BUFFER) {
+    // One socket for every node's session: a big receive buffer, or bursts
+    // are dropped. Bigger than the master's: in a reconnect storm the
+    // handshake replies of thousands of nodes arrive at this one socket
+    // (8 MiB dropped 46,000 of them; the nodes' handshakes then timed out).
+    let udp = bind_with_recv_buffer("0.0.0.0:0".parse()?, SIMULATOR_RECV_BUFFER).context("open a UDP socket for QUIC")?;
+    if let Some(why) = udp.shortfall(SIMULATOR_RECV_BUFFER) {
         eprintln!("simulate: {why}");
     }
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp.socket, std::sync::Arc::new(quinn::TokioRuntime))
