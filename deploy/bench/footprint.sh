@@ -29,10 +29,7 @@ AGENT_BIN=target/edge/fogmesh-agent
 source deploy/bench/lib.sh
 cleanup() {
     bench_stop_all
-    ids=$(docker ps -aq --filter label=fogmesh.node=footprint 2>/dev/null || true)
-    # The agent may still be removing some: a second remove of one is fine.
-    [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
-    return 0
+    bench_remove_containers footprint
 }
 trap cleanup EXIT
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
@@ -63,17 +60,7 @@ sleep 20 # past the first metrics collection and its queue
 measure idle
 
 echo "== 20 containers"
-cat >"$WORK/app.yaml" <<ADT
-tosca_definitions_version: tosca_simple_yaml_1_2
-topology_template:
-  node_templates:
-    node: {type: tosca.nodes.MiCADO.Edge, properties: {public_ip: $IP}}
-    app:
-      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
-      occurrences: [20, 20]
-      properties: {image: $IMAGE}
-      requirements: [{host: node}]
-ADT
+bench_edge_adt "$WORK/app.yaml" "$IP" 20 "$IMAGE"
 "$BIN/fogmesh" app submit "$WORK/app.yaml" --name footprint --timeout 120s >/dev/null
 sleep 20
 measure busy

@@ -34,9 +34,7 @@ cargo build --profile edge --locked --quiet -p fogmesh-agent
 source deploy/bench/lib.sh
 cleanup() {
     bench_stop_all
-    ids=$(docker ps -aq --filter label=fogmesh.node=$NODE 2>/dev/null || true)
-    [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
-    return 0
+    bench_remove_containers $NODE
 }
 trap cleanup EXIT
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -61,17 +59,7 @@ stop_agent() {
     rm -f "$WORK/agent.pid"
 }
 app() {
-    cat >"$WORK/app.yaml" <<ADT
-tosca_definitions_version: tosca_simple_yaml_1_2
-topology_template:
-  node_templates:
-    node: {type: tosca.nodes.MiCADO.Edge, properties: {public_ip: $IP}}
-    app:
-      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
-      occurrences: [3, 3]
-      properties: {image: fogmesh/busybox:test, env: [{name: ROUND, value: "$1"}]}
-      requirements: [{host: node}]
-ADT
+    bench_edge_adt "$WORK/app.yaml" "$IP" 3 fogmesh/busybox:test ROUND "$1"
     if [ "$1" = 1 ]; then
         "$BIN/fogmesh" app submit "$WORK/app.yaml" --name $NODE --timeout 300s >/dev/null
     else

@@ -44,6 +44,33 @@ bench_agent_start() {
     exit 1
 }
 
+# bench_edge_adt FILE IP REPLICAS IMAGE [ENV_NAME ENV_VALUE]: an ADT of
+# one Deployment, REPLICAS containers of IMAGE on the Edge node at IP.
+bench_edge_adt() {
+    local env=""
+    [ $# -ge 6 ] && env=", env: [{name: $5, value: \"$6\"}]"
+    cat >"$1" <<ADT
+tosca_definitions_version: tosca_simple_yaml_1_2
+topology_template:
+  node_templates:
+    node: {type: tosca.nodes.MiCADO.Edge, properties: {public_ip: $2}}
+    app:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      occurrences: [$3, $3]
+      properties: {image: $4$env}
+      requirements: [{host: node}]
+ADT
+}
+
+# bench_remove_containers NODE: every container the agent of NODE made. The
+# agent may still be removing some: a second remove of one is fine.
+bench_remove_containers() {
+    local ids
+    ids=$(docker ps -aq --filter "label=fogmesh.node=$1" 2>/dev/null || true)
+    [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
+    return 0
+}
+
 # bench_master_crash: kill -9 the master, and wait until it is gone (its
 # store lock released, so a restart can open the store).
 bench_master_crash() {

@@ -63,21 +63,7 @@ wait_running() {
     echo $(( $(now_ms) - t0 ))
 }
 
-adt() { # $1 replicas, $2 version
-    cat >"$WORK/bench.yaml" <<ADT
-tosca_definitions_version: tosca_simple_yaml_1_2
-topology_template:
-  node_templates:
-    node: {type: tosca.nodes.MiCADO.Edge, properties: {public_ip: $IP}}
-    app:
-      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
-      occurrences: [$1, $1]
-      properties:
-        image: $IMAGE
-        env: [{name: VERSION, value: "$2"}]
-      requirements: [{host: node}]
-ADT
-}
+adt() { bench_edge_adt "$WORK/bench.yaml" "$IP" "$1" "$IMAGE" VERSION "$2"; } # $1 replicas, $2 version
 
 FM='label=fogmesh.node=bench'
 SW='label=com.docker.swarm.service.name=fmbench'
