@@ -572,21 +572,27 @@ async fn readiness_shows_and_a_failing_liveness_probe_restarts() {
     let docker = docker().await;
     let mut rec = connect(node, &dir, None).await;
 
-    // Ready once /tmp/ready exists; alive while /tmp/alive exists.
+    // Ready once /tmp/ready exists (the test makes it, not a timer: a slow
+    // machine must not see it ready before the first check); alive while
+    // /tmp/alive exists.
     let mut s = spec("probed");
-    s.command = vec!["/bin/sh".into(), "-c".into(), "touch /tmp/alive; (sleep 1; touch /tmp/ready) & exec /bin/httpd -f -p 8080 -h /tmp".into()];
+    s.command = vec!["/bin/sh".into(), "-c".into(), "touch /tmp/alive; exec /bin/httpd -f -p 8080 -h /tmp".into()];
     s.readiness = Some(probe(ProbeAction::Exec(vec!["test".into(), "-e".into(), "/tmp/ready".into()])));
     s.liveness = Some(probe(ProbeAction::Http { port: 8080, path: "/alive".into() }));
     let desired = std::slice::from_ref(&s);
+    let name = cname(node, &s);
+    let exec = |args: &[&str]| {
+        let out = Command::new("docker").arg("exec").arg(&name).args(args).output().expect("docker exec");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
     let first = reconcile_until(&mut rec, desired, 10, |st| st[0].state == ContainerState::Running).await;
     assert_eq!(first[0].ready, Some(false), "not ready before the probe passed: {first:?}");
     assert!(!first[0].runs_desired());
+    exec(&["touch", "/tmp/ready"]);
     reconcile_until(&mut rec, desired, 10, |st| st[0].ready == Some(true) && st[0].runs_desired()).await;
 
     // Liveness fails (HTTP 404 once /tmp/alive is gone): the agent restarts it.
-    let name = cname(node, &s);
-    let out = Command::new("docker").args(["exec", &name, "rm", "/tmp/alive"]).output().expect("docker exec");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    exec(&["rm", "/tmp/alive"]);
     reconcile_until(&mut rec, desired, 15, |st| st[0].restarts >= 1).await;
     assert!(is_running(&docker, &name).await);
 
