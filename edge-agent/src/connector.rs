@@ -3,10 +3,6 @@
 //!
 //! Invariant: a desired state is acked only after the persister reported it
 //! durable; the session loop never waits for the disk itself.
-//!
-//! A session the master stops answering is tested with a fresh handshake
-//! (see `silence`): when the master answers that, the agent moves to the
-//! new connection at once instead of waiting out the idle timeout.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,7 +21,6 @@ use tokio::sync::{mpsc, watch};
 use crate::autonomy::{Autonomy, Link};
 use crate::identity::{Identity, NodeInfo};
 use crate::persister::Command;
-use crate::silence::SilenceWatch;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -167,60 +162,26 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
     }
 }
 
-/// Opens this node's connections to the master.
-struct Dialer {
-    endpoint: Endpoint,
-    config: quinn::ClientConfig,
-    addr: SocketAddr,
-    host: String,
-    master: String,
-}
-
-impl Dialer {
-    async fn new(ctx: &SessionContext) -> Result<Dialer> {
-        let master = ctx.identity.info.master.clone();
-        let (addr, host) = resolve(&master).await?;
-        let endpoint = match &ctx.endpoint {
-            Some(e) => e.clone(),
-            None => client_endpoint(addr)?,
-        };
-        let config = quic_node_client_config(&ctx.identity.ca_pem, &ctx.identity.cert_pem, &ctx.identity.key_pem, &ctx.timing)?;
-        Ok(Dialer { endpoint, config, addr, host, master })
-    }
-
-    async fn connect(&self, within: Duration) -> Result<quinn::Connection> {
-        let connecting = self.endpoint.connect_with(self.config.clone(), self.addr, &self.host)?;
-        tokio::time::timeout(within, connecting)
-            .await
-            .map_err(|_| anyhow!("master unreachable: no answer from {} within {within:?}", self.master))?
-            .map_err(|e| anyhow!("master unreachable at {}: {e}", self.master))
-    }
-}
-
-/// How a session ended without an error.
-enum Ended {
-    /// The master closed the control stream.
-    Closed,
-    /// The master stopped answering this connection but answered a new one.
-    Moved(quinn::Connection),
-}
-
 async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
-    let dialer = Dialer::new(ctx).await?;
-    let mut conn = dialer.connect(CONNECT_TIMEOUT).await?;
-    loop {
-        let result = run_session(ctx, &conn, &dialer).await;
-        // Say why the link ended in terms of the link when it was the link.
-        let result = match (result, conn.close_reason()) {
-            (Err(SessionError::Failed(e)), Some(reason)) => Err(SessionError::Failed(link_failure(&dialer.master, &reason, &ctx.timing).unwrap_or(e))),
-            (other, _) => other,
-        };
-        conn.close(0u32.into(), b"bye");
-        match result? {
-            Ended::Closed => return Ok(()),
-            Ended::Moved(fresh) => conn = fresh,
-        }
-    }
+    let info = &ctx.identity.info;
+    let (addr, host) = resolve(&info.master).await?;
+    let endpoint = match &ctx.endpoint {
+        Some(e) => e.clone(),
+        None => client_endpoint(addr)?,
+    };
+    let config = quic_node_client_config(&ctx.identity.ca_pem, &ctx.identity.cert_pem, &ctx.identity.key_pem, &ctx.timing)?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &host)?)
+        .await
+        .map_err(|_| anyhow!("master unreachable: no answer from {} within {CONNECT_TIMEOUT:?}", info.master))?
+        .map_err(|e| anyhow!("master unreachable at {}: {e}", info.master))?;
+    let result = run_session(ctx, &conn).await;
+    // Say why the link ended in terms of the link when it was the link.
+    let result = match (result, conn.close_reason()) {
+        (Err(SessionError::Failed(e)), Some(reason)) => Err(SessionError::Failed(link_failure(&info.master, &reason, &ctx.timing).unwrap_or(e))),
+        (other, _) => other,
+    };
+    conn.close(0u32.into(), b"bye");
+    result
 }
 
 /// A readable account of a connection that ended, or `None` when the
@@ -230,13 +191,13 @@ fn link_failure(master: &str, reason: &quinn::ConnectionError, timing: &QuicTimi
     Some(match reason {
         TimedOut => anyhow!("master unreachable: no answer from {master} for {:?}", timing.idle_timeout),
         ApplicationClosed(close) => anyhow!("the master at {master} closed the connection: {}", String::from_utf8_lossy(&close.reason)),
-        Reset => anyhow!("the master at {master} no longer knows this session (it restarted, or ended the session while this node was silent)"),
+        Reset => anyhow!("the master at {master} restarted: it no longer knows this session"),
         LocallyClosed => return None,
         other => anyhow!("lost the connection to the master at {master}: {other}"),
     })
 }
 
-async fn run_session(ctx: &SessionContext, conn: &quinn::Connection, dialer: &Dialer) -> Result<Ended, SessionError> {
+async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(), SessionError> {
     let info = &ctx.identity.info;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut durable = ctx.durable.clone();
@@ -274,10 +235,6 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection, dialer: &Di
     let reader = tokio::spawn(forward_frames(recv, tx));
     let mut status = ctx.status.clone();
     let mut tick = tokio::time::interval(heartbeat);
-    let mut silence = SilenceWatch::new(&ctx.timing, conn.stats().udp_rx.datagrams, Instant::now());
-    let mut look = tokio::time::interval(silence.period());
-    // A fresh handshake while this connection is silent, at most one at a time.
-    let mut probe = None;
     let mut incoming = IncomingState::default();
     let first = status.borrow_and_update().clone();
     write_frame(&mut send, &AgentMessage::Status(first)).await?;
@@ -316,42 +273,23 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection, dialer: &Di
                 }
                 Some(Ok(_)) => tracing::warn!("ignoring an unexpected message from the master"),
                 Some(Err(e)) => break Err(anyhow::Error::from(e).context("bad frame from the master").into()),
-                None => break Ok(Ended::Closed),
+                None => break Ok(()),
             },
             changed = durable.changed() => {
                 if changed.is_err() {
-                    break Ok(Ended::Closed);
+                    break Ok(());
                 }
                 let generation = *durable.borrow_and_update();
                 write_frame(&mut send, &AgentMessage::Ack { generation }).await?;
             }
             changed = status.changed() => {
                 if changed.is_err() {
-                    break Ok(Ended::Closed);
+                    break Ok(());
                 }
                 let current = status.borrow_and_update().clone();
                 write_frame(&mut send, &AgentMessage::Status(current)).await?;
             }
             _ = tick.tick() => write_frame(&mut send, &AgentMessage::Heartbeat).await?,
-            _ = look.tick(), if probe.is_none() => {
-                if silence.silent_for(conn.stats().udp_rx.datagrams, Instant::now()).is_some() {
-                    let within = ctx.timing.keep_alive.clamp(MIN_BACKOFF, CONNECT_TIMEOUT);
-                    probe = Some(Box::pin(dialer.connect(within)));
-                }
-            }
-            fresh = async { match probe.as_mut() { Some(p) => p.await, None => std::future::pending().await } } => {
-                probe = None;
-                match (fresh, silence.silent_for(conn.stats().udp_rx.datagrams, Instant::now())) {
-                    (Ok(fresh), Some(silent)) => {
-                        tracing::warn!(master = %info.master, node = %info.node_name, ?silent,
-                            "the master answers a new connection but not this session (it restarted and its reset did not arrive, or packets were lost one way): moving to a new connection; workloads keep running");
-                        break Ok(Ended::Moved(fresh));
-                    }
-                    // This session spoke again meanwhile: keep it.
-                    (Ok(fresh), None) => fresh.close(0u32.into(), b"not needed"),
-                    (Err(e), _) => tracing::debug!(node = %info.node_name, "{e:#}; waiting on the silent session"),
-                }
-            }
         }
     };
     reader.abort();

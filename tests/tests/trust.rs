@@ -470,7 +470,7 @@ fn agents_learn_of_a_master_restart_at_their_next_ping() {
     // Heartbeats go every second; the idle timeout alone would take 40 s.
     ready(&master, Duration::from_secs(25));
     let log = agent.log_text();
-    assert!(log.contains("no longer knows this session"), "{log}");
+    assert!(log.contains("restarted: it no longer knows this session"), "{log}");
     assert!(!log.contains("master unreachable"), "{log}");
     assert!(killed.elapsed() < Duration::from_secs(40));
     // Settled: the node holds the master's latest desired state.
@@ -500,62 +500,8 @@ fn a_whole_fleet_learns_of_a_master_restart_from_its_resets() {
     wait_for("the whole fleet to be back", Duration::from_secs(45), || master.cli_ok(&["node", "summary"]).starts_with(&all_ready).then_some(()));
     assert!(killed.elapsed() < Duration::from_secs(60));
     let log = fleet.proc.log_text();
-    assert_eq!(log.matches("no longer knows this session").count(), count, "{log}");
+    assert_eq!(log.matches("restarted: it no longer knows this session").count(), count, "{log}");
     assert!(!log.contains("master unreachable"), "{log}");
-}
-
-/// A restarted master whose resets the agents cannot check (here: its reset
-/// key is lost, so every reset token is wrong; in a storm: a reset that never
-/// arrives) does not leave them waiting out the idle timeout: a session the
-/// master stops answering is tested with a fresh handshake, and the agent
-/// moves to the new connection as soon as the master answers it.
-#[test]
-fn agents_whose_reset_is_lost_move_to_a_fresh_connection() {
-    let dir = test_dir("lost-reset");
-    let mut master = Master::start_with(&dir, &["--agent-timeout", "60s"]);
-    let count = 20;
-    // Idle timeout 24 s: pings every 6 s, a session silent for 12 s is tested.
-    let fleet = Fleet::start_with(&master, "lr", count, "10.203.0.0", &["--master-timeout", "24s"]);
-    master.kill();
-    std::fs::remove_file(master.dir.join("master/quic-reset.key")).expect("remove the reset key");
-    master.restart();
-    let all_ready = format!("{count} nodes: {count} ready");
-    wait_for("the whole fleet to be back", Duration::from_secs(40), || master.cli_ok(&["node", "summary"]).starts_with(&all_ready).then_some(()));
-    let log = fleet.proc.log_text();
-    assert_eq!(log.matches("moving to a new connection").count(), count, "{log}");
-    assert!(!log.contains("master unreachable"), "{log}");
-    assert!(!log.contains("no longer knows this session"), "resets with a new key are not believed: {log}");
-}
-
-/// A partition shorter than the idle timeout: the fresh handshakes the
-/// agents try while their sessions are silent go unanswered, so nothing
-/// moves while they are cut off; once the path is back they are back before
-/// their idle timeout (the master ended their sessions when heartbeats
-/// stopped: its reset or a fresh handshake, whichever comes first).
-#[test]
-fn a_short_partition_moves_nothing_while_cut_off_and_all_are_back_before_the_idle_timeout() {
-    let dir = test_dir("short-cut");
-    let master = Master::start_with(&dir, &["--agent-timeout", "60s"]);
-    let count = 5;
-    // Idle timeout 24 s: a session silent for 12 s is tested.
-    let fleet = Fleet::start_with(&master, "sc", count, "10.204.0.0", &["--master-timeout", "24s"]);
-    let port = master.quic_port.to_string();
-    // Both ways: the master's own end of the session (it closes sessions
-    // that missed their heartbeats) must not reach the agents either.
-    let cut = [
-        CutOff::insert(&["INPUT", "-p", "udp", "--dport", &port, "-j", "DROP"]),
-        CutOff::insert(&["INPUT", "-p", "udp", "--sport", &port, "-j", "DROP"]),
-    ];
-    let all_offline = format!("{count} nodes: 0 ready, {count} offline");
-    wait_for("the master to see the fleet offline", Duration::from_secs(20), || master.cli_ok(&["node", "summary"]).starts_with(&all_offline).then_some(()));
-    std::thread::sleep(Duration::from_secs(14));
-    let during = fleet.proc.log_text();
-    assert!(!during.contains("moving to a new connection") && !during.contains("master unreachable"), "{during}");
-    drop(cut);
-    let all_ready = format!("{count} nodes: {count} ready");
-    wait_for("the fleet to be back", Duration::from_secs(30), || master.cli_ok(&["node", "summary"]).starts_with(&all_ready).then_some(()));
-    let log = fleet.proc.log_text();
-    assert!(!log.contains("master unreachable"), "a session waited out its idle timeout: {log}");
 }
 
 /// Item 10: what operators trip over.
