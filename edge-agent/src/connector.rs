@@ -191,7 +191,7 @@ fn link_failure(master: &str, reason: &quinn::ConnectionError, timing: &QuicTimi
     Some(match reason {
         TimedOut => anyhow!("master unreachable: no answer from {master} for {:?}", timing.idle_timeout),
         ApplicationClosed(close) => anyhow!("the master at {master} closed the connection: {}", String::from_utf8_lossy(&close.reason)),
-        Reset => anyhow!("the master at {master} restarted: it no longer knows this session"),
+        Reset => anyhow!("the master at {master} no longer knows this session (it restarted, or ended the session while this node was silent)"),
         LocallyClosed => return None,
         other => anyhow!("lost the connection to the master at {master}: {other}"),
     })

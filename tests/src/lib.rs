@@ -461,3 +461,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // utime and stime are fields 14 and 15 of the whole line; clock ticks are 100 Hz on Linux.
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// An iptables rule that exists while this value lives.
+pub struct CutOff {
+    rule: Vec<String>,
+}
+
+impl CutOff {
+    pub fn insert(rule: &[&str]) -> CutOff {
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        let out = Command::new("iptables").arg("-I").args(&rule).output().expect("run iptables");
+        assert!(out.status.success(), "iptables -I {rule:?}: {}", text(&out.stderr));
+        CutOff { rule }
+    }
+}
+
+impl Drop for CutOff {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables").arg("-D").args(&self.rule).output();
+    }
+}

@@ -12,26 +12,6 @@ use std::time::{Duration, Instant};
 
 use fogmesh_tests::*;
 
-/// An iptables rule that exists while this value lives.
-struct CutOff {
-    rule: Vec<String>,
-}
-
-impl CutOff {
-    fn insert(rule: &[&str]) -> CutOff {
-        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
-        let out = Command::new("iptables").arg("-I").args(&rule).output().expect("run iptables");
-        assert!(out.status.success(), "iptables -I {rule:?}: {}", text(&out.stderr));
-        CutOff { rule }
-    }
-}
-
-impl Drop for CutOff {
-    fn drop(&mut self) {
-        let _ = Command::new("iptables").arg("-D").args(&self.rule).output();
-    }
-}
-
 fn number(result: &[serde_json::Value]) -> Option<f64> {
     result.first()?["value"][1].as_str()?.parse().ok()
 }
