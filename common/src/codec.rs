@@ -9,6 +9,7 @@
 use std::fmt;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -157,10 +158,16 @@ pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes a whole store record; trailing bytes are an error.
 pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_record_borrowed(bytes)
+}
+
+/// [`decode_record`] into a value that may borrow from `bytes` (e.g.
+/// `&str` fields: no allocation per string).
+pub fn decode_record_borrowed<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
     if bytes.is_empty() {
         return Err(CodecError::Empty);
     }
-    let (value, used) = bincode::serde::decode_from_slice(bytes, record_config()).map_err(|e| match e {
+    let (value, used) = bincode::serde::borrow_decode_from_slice(bytes, record_config()).map_err(|e| match e {
         bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
         other => CodecError::Malformed(other.to_string()),
     })?;

@@ -51,6 +51,8 @@ struct Side {
     disk_bytes: u64,
     /// Per query: (p50 ms, p90 ms, first value of the answer).
     queries: Vec<(f64, f64, String)>,
+    /// From a restart on the ingested data to the first query answered.
+    restart: Duration,
 }
 
 pub async fn run(options: BenchOptions) -> Result<String> {
@@ -169,6 +171,21 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     let server = tokio::spawn(async move { axum::serve(listener, http::router(metrics)).await });
     let queries = time_queries(&url, end_ms, options.runs).await?;
     server.abort();
+    let _ = server.await;
+    drop(tsdb);
+
+    // A restart as the master does it: the log replays in the background
+    // while queries are refused (503), until the first one is answered.
+    eprintln!("bench: fogmesh: restart on the same data");
+    let started = Instant::now();
+    let tsdb = Tsdb::open_loading(&dir, Duration::from_secs(365 * 24 * 3600))?;
+    let metrics = Arc::new(Metrics { tsdb, counters: Arc::new(IngestCounters::default()), settings: Default::default(), remote: None, cluster: None });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, http::router(metrics)).await });
+    first_answer(&url, end_ms).await?;
+    let restart = started.elapsed();
+    server.abort();
     Ok(Side {
         name: "fogmesh",
         ingest_wall,
@@ -176,14 +193,30 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
         memory_bytes: Some(stats.bytes as u64),
         disk_bytes: dir_bytes(&dir),
         queries,
+        restart,
     })
 }
 
-async fn bench_victoria_metrics(binary: &Path, options: &BenchOptions, batches: &NodeBatches, end_ms: i64) -> Result<Side> {
-    let port = free_port()?;
+/// Waits until the first benchmark query is answered (up to 10 minutes).
+async fn first_answer(url: &str, at_ms: i64) -> Result<()> {
+    let client = plain_client()?;
+    let form = [("query", QUERIES[0].to_string()), ("time", format!("{:.3}", at_ms as f64 / 1000.0))];
+    for _ in 0..60_000 {
+        if let Ok(r) = client.post(format!("{url}/api/v1/query")).form(&form).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("{url} answered no query within 10 minutes of its restart")
+}
+
+/// Starts VictoriaMetrics on `data` and waits for its health check.
+async fn start_victoria_metrics(binary: &Path, options: &BenchOptions, port: u16) -> Result<tokio::process::Child> {
     let data = options.work_dir.join("victoria-metrics");
-    let log = std::fs::File::create(options.work_dir.join("victoria-metrics.log"))?;
-    let mut child = tokio::process::Command::new(binary)
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(options.work_dir.join("victoria-metrics.log"))?;
+    let child = tokio::process::Command::new(binary)
         .arg(format!("-storageDataPath={}", data.display()))
         .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
         .arg("-retentionPeriod=100y")
@@ -194,21 +227,23 @@ async fn bench_victoria_metrics(binary: &Path, options: &BenchOptions, batches: 
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("start {}", binary.display()))?;
+    let client = plain_client()?;
+    for _ in 0..1000 {
+        if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("victoria-metrics did not come up; see {}", options.work_dir.join("victoria-metrics.log").display())
+}
+
+async fn bench_victoria_metrics(binary: &Path, options: &BenchOptions, batches: &NodeBatches, end_ms: i64) -> Result<Side> {
+    let port = free_port()?;
+    let data = options.work_dir.join("victoria-metrics");
+    let mut child = start_victoria_metrics(binary, options, port).await?;
     let pid = child.id().context("victoria-metrics pid")?;
     let url = format!("http://127.0.0.1:{port}");
     let client = plain_client()?;
-    let up = async {
-        for _ in 0..100 {
-            if client.get(format!("{url}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    };
-    if !up.await {
-        bail!("victoria-metrics did not come up; see {}", options.work_dir.join("victoria-metrics.log").display());
-    }
     let rss_before = process_rss(pid);
     // The same samples, by remote write, 10 000 per request, 4 requests at once.
     let all: Vec<(Labels, i64, f64)> = batches.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
@@ -245,8 +280,15 @@ async fn bench_victoria_metrics(binary: &Path, options: &BenchOptions, batches: 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let queries = time_queries(&url, end_ms, options.runs).await?;
     let disk_bytes = dir_bytes(&data);
+    // SIGKILL, as a crash: what it has not flushed it must recover.
     let _ = child.kill().await;
-    Ok(Side { name: "VictoriaMetrics", ingest_wall, ingest_cpu, memory_bytes: rss_after.checked_sub(rss_before), disk_bytes, queries })
+    eprintln!("bench: victoria-metrics: restart on the same data");
+    let started = Instant::now();
+    let mut child = start_victoria_metrics(binary, options, port).await?;
+    first_answer(&url, end_ms).await?;
+    let restart = started.elapsed();
+    let _ = child.kill().await;
+    Ok(Side { name: "VictoriaMetrics", ingest_wall, ingest_cpu, memory_bytes: rss_after.checked_sub(rss_before), disk_bytes, queries, restart })
 }
 
 /// p50 and p90 latency of each query (after warm-up), and its answer.
@@ -296,16 +338,17 @@ fn report(options: &BenchOptions, total: usize, sides: &[Side]) -> String {
         "{} series x {} samples ({total} samples, {} series per node batch), one sample every {:?}; {} runs per query\n\n",
         options.series, options.samples_per_series, options.series_per_node, options.interval, options.runs
     ));
-    out.push_str("| | ingest samples/s (wall) | ingest samples per CPU second | memory bytes/sample | disk bytes/sample | disk bytes/series |\n|---|---|---|---|---|---|\n");
+    out.push_str("| | ingest samples/s (wall) | ingest samples per CPU second | memory bytes/sample | disk bytes/sample | disk bytes/series | restart → first query answered |\n|---|---|---|---|---|---|---|\n");
     for s in sides {
         let mem = s.memory_bytes.map_or("-".to_string(), |b| format!("{:.2}", b as f64 / total as f64));
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {mem} | {:.2} | {:.0} |\n",
+            "| {} | {:.0} | {:.0} | {mem} | {:.2} | {:.0} | {:.2} s |\n",
             s.name,
             total as f64 / s.ingest_wall.as_secs_f64(),
             total as f64 / s.ingest_cpu.max(0.01),
             s.disk_bytes as f64 / total as f64,
             s.disk_bytes as f64 / options.series as f64,
+            s.restart.as_secs_f64(),
         ));
     }
     out.push_str("\n| query (HTTP, loopback) | ");
@@ -321,7 +364,7 @@ fn report(options: &BenchOptions, total: usize, sides: &[Side]) -> String {
         }
         out.push('\n');
     }
-    out.push_str("\nfogmesh memory is its compressed chunks (the store's own count); VictoriaMetrics memory is its RSS growth during ingest. Disk is the data folder after ingest (fogmesh: its write-ahead log).\n");
+    out.push_str("\nfogmesh memory is its compressed chunks (the store's own count); VictoriaMetrics memory is its RSS growth during ingest. Disk is the data folder after ingest (fogmesh: its write-ahead log). Restart: fogmesh reopens its store as the master does (the log replays while queries get 503); VictoriaMetrics is killed (SIGKILL) and started again; both until the first query is answered.\n");
     out
 }
 

@@ -106,8 +106,25 @@ impl PolicyKeeper {
     pub async fn run_forever(self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut paused = false;
         loop {
             tick.tick().await;
+            // A rule must not act on part of the data (e.g. scale down for
+            // want of samples that are still being replayed).
+            match self.source.unavailable() {
+                Some(why) => {
+                    if !paused {
+                        tracing::info!(reason = %why, "scaling paused until the metrics store can answer");
+                        paused = true;
+                    }
+                    continue;
+                }
+                None if paused => {
+                    tracing::info!("scaling resumed");
+                    paused = false;
+                }
+                None => {}
+            }
             let apps = match self.cluster.store.apps() {
                 Ok(apps) => apps,
                 Err(e) => {

@@ -408,3 +408,41 @@ topology_template:
     let recent = raw_samples(&master, "fogmesh_agent_batch_seq{node=\"src\"}", "3s");
     assert!(recent.len() >= 2, "the policy's 1s interval is not in effect: {recent:?}");
 }
+
+/// A master restarted on hours of metrics serves its control plane at once
+/// (the log replays in the background); meanwhile queries say the store is
+/// loading instead of answering from part of it, then answer from all of it.
+#[test]
+fn a_restarted_master_serves_at_once_while_its_metrics_log_replays() {
+    let dir = test_dir("metrics-replay");
+    let mut master = Master::start(&dir);
+    // Three hours of 200 series every 15 s, written by the metrics benchmark.
+    let work = dir.join("bench");
+    let out = Command::new(bin("fogmesh-master"))
+        .args(["bench", "metrics", "--series", "200", "--samples", "720", "--runs", "1", "--no-peer", "--work-dir"])
+        .arg(&work)
+        .output()
+        .expect("run the metrics benchmark");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    master.kill();
+    for entry in std::fs::read_dir(work.join("fogmesh")).expect("the benchmark's log") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.join("master/metrics").join(path.file_name().expect("name"))).expect("copy a log segment");
+    }
+    let started = Instant::now();
+    master.restart();
+    let serving = started.elapsed();
+    master.cli_ok(&["node", "list"]);
+    let (status, answer) = master.api_post("/api/v1/query", &[("query", "count(container_cpu_usage_seconds_total)")]);
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("loading its log")), "{answer}");
+    let answer = wait_for("the replayed series", T, || {
+        let (status, answer) = master.api_post("/api/v1/query", &[("query", "count(container_cpu_usage_seconds_total)")]);
+        (status != 503).then_some(answer)
+    });
+    assert_eq!(answer["data"]["result"][0]["value"][1], "200", "{answer}");
+    let log = master.proc.as_ref().expect("running").log_text();
+    assert!(log.contains("metrics store still loading its log: serving the control plane meanwhile"), "{log}");
+    assert!(log.contains("scaling paused until the metrics store can answer") && log.contains("scaling resumed"), "{log}");
+    eprintln!("master serving after {serving:?}; {}", log.lines().find(|l| l.contains("metrics store opened")).unwrap_or(""));
+}

@@ -51,4 +51,10 @@ pub trait SeriesSource {
     /// Every series matching all `matchers`, with its samples in
     /// `[start_ms, end_ms]`, in time order.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series>;
+
+    /// Why the source cannot answer yet (it would answer from part of its
+    /// data), or `None` when it can.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 }

@@ -13,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use fogmesh_common::metrics::{Labels, MatchOp, Matcher, Series};
+use fogmesh_common::metrics::{Labels, MatchOp, Matcher, Series, SeriesSource};
 use fogmesh_common::promql::{self, ErrorKind, PromqlError, Value};
 use serde_json::{json, Map};
 
@@ -26,14 +26,23 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_LOOKBACK_MS: i64 = 6 * 3600 * 1000;
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
+    let queries = Router::new()
         .route("/api/v1/query", get(query).post(query_form))
         .route("/api/v1/query_range", get(query_range).post(query_range_form))
         .route("/api/v1/series", get(series).post(series_form))
         .route("/api/v1/labels", get(labels).post(labels_form))
         .route("/api/v1/label/{name}/values", get(label_values))
-        .route("/metrics", get(own_metrics))
-        .with_state(metrics)
+        .route_layer(axum::middleware::from_fn_with_state(metrics.clone(), refuse_while_loading));
+    queries.route("/metrics", get(own_metrics)).with_state(metrics)
+}
+
+/// 503 while the store replays its log: an answer from part of the data
+/// would look like a true one (Prometheus does the same while it starts).
+async fn refuse_while_loading(State(m): State<Arc<Metrics>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match m.tsdb.unavailable() {
+        Some(why) => ApiError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable", message: why }.into_response(),
+        None => next.run(request).await,
+    }
 }
 
 /// A Prometheus API error: `{"status":"error","errorType":..,"error":..}`.

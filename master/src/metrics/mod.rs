@@ -30,6 +30,9 @@ use fogmesh_common::wire::MetricsSettings;
 
 use crate::cluster::Cluster;
 
+/// How long the master's start waits for the metrics log to replay.
+const REPLAY_PATIENCE: Duration = Duration::from_millis(250);
+
 /// The master's certificate and key (server and client auth) and the
 /// cluster CA: the broker's server identity, the ingest's client identity,
 /// and the key that signs acks.
@@ -84,10 +87,16 @@ pub fn agent_settings(files: &Credentials, options: &MetricsOptions) -> Result<M
 }
 
 impl Metrics {
-    /// Opens the store, starts the broker (if embedded), the ingest, the
+    /// Opens the store (its log replays in the background: queries wait,
+    /// ingest does not), starts the broker (if embedded), the ingest, the
     /// retention sweep and remote write.
     pub async fn start(cluster: Arc<Cluster>, files: &Credentials, options: MetricsOptions) -> Result<Arc<Metrics>> {
-        let tsdb = tsdb::Tsdb::open(&options.dir, options.retention)?;
+        let tsdb = tsdb::Tsdb::open_loading(&options.dir, options.retention)?;
+        // A short log is replayed before anything is served; a long one
+        // goes on while the control plane serves.
+        if !tsdb.wait_loaded(REPLAY_PATIENCE).await {
+            tracing::info!(waited = ?REPLAY_PATIENCE, "metrics store still loading its log: serving the control plane meanwhile, queries and scaling wait for it");
+        }
         if let Some(listen) = options.embedded_broker {
             let dir = options.dir.join("broker");
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;

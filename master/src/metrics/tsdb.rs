@@ -6,6 +6,14 @@
 //! crash. At start the log is replayed. The log rotates into segments; a
 //! segment older than the retention is deleted whole.
 //!
+//! Start: the master opens the store with [`Tsdb::open_loading`], which
+//! returns at once and replays the log on a thread of its own (the log of
+//! hours of a fleet's metrics takes minutes, and the control plane must not
+//! wait for it). Until the replay is done the store is `loading`: queries
+//! are refused (see [`SeriesSource::unavailable`]) rather than answered from
+//! part of the data, and appends are logged and acked as always but held
+//! back from the index, then applied after the replayed samples.
+//!
 //! Memory: per series, Gorilla-compressed chunks of 120 samples plus a small
 //! buffer of samples that arrived out of order (late batches replayed by an
 //! agent after an outage, at their original times), merged into the chunks
@@ -16,8 +24,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use fogmesh_common::codec;
@@ -45,6 +53,25 @@ pub type StoredSample = (Labels, i64, f64);
 #[derive(Serialize, Deserialize)]
 struct WalEntry {
     samples: Vec<StoredSample>,
+}
+
+/// A [`WalEntry`] read in place: its label strings borrow from the record.
+#[derive(Deserialize)]
+struct WalEntryRef<'a> {
+    #[serde(borrow)]
+    samples: Vec<(Vec<(&'a str, &'a str)>, i64, f64)>,
+}
+
+/// A label set borrowed from a log record. Hashes like the [`Labels`] with
+/// the same pairs (both hash as a slice of string pairs), so the index can
+/// be searched without building one.
+#[derive(Hash)]
+struct LabelsRef<'r, 'a>(&'r [(&'a str, &'a str)]);
+
+impl hashbrown::Equivalent<Labels> for LabelsRef<'_, '_> {
+    fn equivalent(&self, key: &Labels) -> bool {
+        key.len() == self.0.len() && key.iter().zip(self.0).all(|((k, v), (a, b))| k == *a && v == *b)
+    }
 }
 
 struct Wal {
@@ -100,10 +127,11 @@ impl Wal {
         self.flusher.flush().await
     }
 
-    /// Every entry of every segment, oldest segment first; a torn tail is cut off.
-    fn replay(dir: &Path, mut each: impl FnMut(WalEntry)) -> Result<usize> {
+    /// Every entry of `paths` (segments, oldest first); a torn tail is cut
+    /// off. `done` hears of each segment read.
+    fn replay(paths: &[PathBuf], mut each: impl FnMut(WalEntryRef<'_>), mut done: impl FnMut(usize)) -> Result<usize> {
         let mut n = 0;
-        for path in segments(dir)? {
+        for (i, path) in paths.iter().enumerate() {
             let mut bytes = Vec::new();
             File::open(&path)?.read_to_end(&mut bytes)?;
             let mut pos = 0;
@@ -114,7 +142,7 @@ impl Wal {
                     break;
                 }
                 let record = snap::raw::Decoder::new().decompress_vec(&bytes[pos + 12..pos + 12 + len]).map_err(|e| e.to_string());
-                match record.and_then(|r| codec::decode_record::<WalEntry>(&r).map_err(|e| e.to_string())) {
+                match record.as_deref().map_err(Clone::clone).and_then(|r| codec::decode_record_borrowed::<WalEntryRef>(r).map_err(|e| e.to_string())) {
                     Ok(entry) => {
                         each(entry);
                         n += 1;
@@ -125,8 +153,9 @@ impl Wal {
             }
             if pos < bytes.len() {
                 tracing::warn!(file = %path.display(), lost = bytes.len() - pos, "metrics log ends in a torn record: cut off");
-                OpenOptions::new().write(true).open(&path)?.set_len(pos as u64)?;
+                OpenOptions::new().write(true).open(path)?.set_len(pos as u64)?;
             }
+            done(i + 1);
         }
         Ok(n)
     }
@@ -279,7 +308,7 @@ fn merge(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
 #[derive(Default)]
 struct Index {
     series: Vec<SeriesData>,
-    by_labels: HashMap<Labels, usize>,
+    by_labels: hashbrown::HashMap<Labels, usize>,
     /// `__name__` value -> series ids.
     by_name: HashMap<String, Vec<usize>>,
 }
@@ -297,6 +326,15 @@ impl Index {
             }
         };
         self.series[id].append(ts, value);
+    }
+
+    /// [`Index::insert`] from borrowed labels (a log replay): allocates
+    /// only for a series not seen before.
+    fn insert_borrowed(&mut self, pairs: &[(&str, &str)], ts: i64, value: f64) {
+        match self.by_labels.get(&LabelsRef(pairs)) {
+            Some(&id) => self.series[id].append(ts, value),
+            None => self.insert(Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()), ts, value),
+        }
     }
 
     fn candidates(&self, matchers: &[Matcher]) -> Vec<usize> {
@@ -317,31 +355,114 @@ pub struct TsdbStats {
 
 pub struct Tsdb {
     index: RwLock<Index>,
+    /// `Some` while the log of the last run is being replayed. Lock order:
+    /// this, then `index`.
+    loading: Mutex<Option<Loading>>,
+    /// Becomes true when the replay is done.
+    loaded: tokio::sync::watch::Sender<bool>,
     wal: Wal,
     retention: Duration,
 }
 
-impl Tsdb {
-    /// Opens the store in `dir`, replaying its log.
-    pub fn open(dir: &Path, retention: Duration) -> Result<Arc<Tsdb>> {
-        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let cutoff = now_ms() - retention.as_millis() as i64;
-        let mut index = Index::default();
-        let entries = Wal::replay(dir, |entry| {
+/// The replay of the log at start, as it goes.
+struct Loading {
+    segments: usize,
+    segments_read: usize,
+    /// Appends logged meanwhile, applied after the replayed samples.
+    held: Vec<StoredSample>,
+}
+
+/// Replays `segments` into a new index, keeping what is within the retention.
+fn replay_index(segments: &[PathBuf], retention: Duration, done: impl FnMut(usize)) -> (Index, Result<usize>) {
+    let cutoff = now_ms() - retention.as_millis() as i64;
+    let mut index = Index::default();
+    let entries = Wal::replay(
+        segments,
+        |entry| {
             for (labels, ts, value) in entry.samples {
                 if ts >= cutoff {
-                    index.insert(labels, ts, value);
+                    index.insert_borrowed(&labels, ts, value);
                 }
             }
-        })?;
-        let tsdb = Tsdb { index: RwLock::new(index), wal: Wal::open(dir)?, retention };
+        },
+        done,
+    );
+    (index, entries)
+}
+
+impl Tsdb {
+    /// Opens the store in `dir`, replaying its log before it returns.
+    pub fn open(dir: &Path, retention: Duration) -> Result<Arc<Tsdb>> {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let (index, entries) = replay_index(&segments(dir)?, retention, |_| {});
+        let entries = entries?;
+        let tsdb = Tsdb { index: RwLock::new(index), loading: Mutex::new(None), loaded: tokio::sync::watch::Sender::new(true), wal: Wal::open(dir)?, retention };
         let stats = tsdb.stats();
         tracing::info!(entries, series = stats.series, samples = stats.samples, "metrics store opened");
         Ok(Arc::new(tsdb))
     }
 
+    /// Opens the store in `dir` at once and replays its log on a thread of
+    /// its own; the store is `loading` until that is done.
+    pub fn open_loading(dir: &Path, retention: Duration) -> Result<Arc<Tsdb>> {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        // Only what is there now: appends from here on go to new segments.
+        let old = segments(dir)?;
+        let loading = Loading { segments: old.len(), segments_read: 0, held: Vec::new() };
+        let tsdb = Arc::new(Tsdb {
+            index: RwLock::new(Index::default()),
+            loading: Mutex::new(Some(loading)),
+            loaded: tokio::sync::watch::Sender::new(false),
+            wal: Wal::open(dir)?,
+            retention,
+        });
+        let db = tsdb.clone();
+        std::thread::Builder::new()
+            .name("tsdb-replay".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let (index, entries) = replay_index(&old, retention, |read| {
+                    if let Some(l) = db.loading_guard().as_mut() {
+                        l.segments_read = read;
+                    }
+                });
+                let entries = entries.unwrap_or_else(|e| {
+                    tracing::error!(error = %format!("{e:#}"), "metrics log replay stopped: serving what was read and every new sample");
+                    0
+                });
+                db.finish_loading(index);
+                let stats = db.stats();
+                tracing::info!(entries, series = stats.series, samples = stats.samples, took = ?started.elapsed(), "metrics store opened");
+            })
+            .context("start the metrics log replay")?;
+        Ok(tsdb)
+    }
+
+    /// Waits up to `patience` for the replay; whether it is done.
+    pub async fn wait_loaded(&self, patience: Duration) -> bool {
+        let mut loaded = self.loaded.subscribe();
+        let done = tokio::time::timeout(patience, loaded.wait_for(|done| *done)).await.is_ok();
+        done
+    }
+
+    fn loading_guard(&self) -> MutexGuard<'_, Option<Loading>> {
+        self.loading.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The replayed index takes over, then the appends held meanwhile.
+    fn finish_loading(&self, replayed: Index) {
+        let mut loading = self.loading_guard();
+        let held = loading.take().map(|l| l.held).unwrap_or_default();
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        *index = replayed;
+        for (labels, ts, value) in held {
+            index.insert(labels, ts, value);
+        }
+        self.loaded.send_replace(true);
+    }
+
     /// Stores samples durably: they are logged and fsynced before this
-    /// returns, then queryable.
+    /// returns, then queryable (once the store has loaded).
     pub async fn append(&self, samples: Vec<StoredSample>) -> Result<()> {
         let now = now_ms();
         let cutoff = now - self.retention.as_millis() as i64;
@@ -349,6 +470,13 @@ impl Tsdb {
         let entry = WalEntry { samples };
         self.wal.write(&entry, now)?;
         self.wal.flush().await?;
+        // Held under the loading lock, so a replay finishing now cannot
+        // replace the index between the check and the insert.
+        let mut loading = self.loading_guard();
+        if let Some(l) = loading.as_mut() {
+            l.held.extend(entry.samples);
+            return Ok(());
+        }
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         for (labels, ts, value) in entry.samples {
             index.insert(labels, ts, value);
@@ -356,8 +484,12 @@ impl Tsdb {
         Ok(())
     }
 
-    /// Drops samples and log segments older than the retention.
+    /// Drops samples and log segments older than the retention (not while
+    /// the log is being replayed).
     pub fn expire(&self) -> Result<()> {
+        if self.loading_guard().is_some() {
+            return Ok(());
+        }
         let cutoff = now_ms() - self.retention.as_millis() as i64;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         for s in index.series.iter_mut() {
@@ -421,6 +553,12 @@ impl Tsdb {
 }
 
 impl SeriesSource for Tsdb {
+    fn unavailable(&self) -> Option<String> {
+        self.loading_guard().as_ref().map(|l| {
+            format!("the metrics store is loading its log ({} of {} segments read); ask again shortly", l.segments_read, l.segments)
+        })
+    }
+
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<Series> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
@@ -481,6 +619,38 @@ mod tests {
         let st = db.stats();
         assert_eq!((st.series, st.samples), (1, 301));
         assert_eq!(db.label_values("node", &[]), vec!["a".to_string()]);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn a_store_loading_its_log_refuses_queries_and_keeps_appends_for_after() {
+        let d = dir("loading");
+        let now = now_ms();
+        let old = |i: i64| now - 3_600_000 + i * 10;
+        {
+            // A log long enough to take a while to replay.
+            let db = Tsdb::open(&d, Duration::from_secs(7200)).unwrap();
+            for batch in 0..100 {
+                let samples = (0..2000).map(|i| (Labels::metric("m", &[("n", &(i % 50).to_string())]), old(batch * 2000 + i), 1.0)).collect();
+                db.append(samples).await.unwrap();
+            }
+        }
+        let db = Tsdb::open_loading(&d, Duration::from_secs(7200)).unwrap();
+        let why = db.unavailable().expect("loading right after open");
+        assert!(why.contains("loading its log") && why.contains("segments read"), "{why}");
+        db.expire().expect("a sweep while loading leaves the log alone");
+        // Logged and acked now, in the index after the replayed samples.
+        db.append(vec![(Labels::metric("m", &[("n", "0")]), now, 7.0)]).await.unwrap();
+        assert!(db.wait_loaded(Duration::from_secs(60)).await);
+        assert_eq!(db.unavailable(), None);
+        assert_eq!(db.stats().samples, 200_001);
+        let got = db.select(&[Matcher::new("n", MatchOp::Equal, "0").unwrap()], 0, i64::MAX);
+        assert_eq!(got[0].samples.len(), 4001);
+        assert_eq!(got[0].samples.last().map(|s| (s.ts_ms, s.value)), Some((now, 7.0)));
+        drop(db);
+        // And the held append was logged: it is there after another start.
+        let db = Tsdb::open(&d, Duration::from_secs(7200)).unwrap();
+        assert_eq!(db.stats().samples, 200_001);
         let _ = fs::remove_dir_all(&d);
     }
 
