@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::autonomy::{Autonomy, Link};
 use crate::identity::{Identity, NodeInfo};
 use crate::persister::Command;
+use crate::silence::SilenceWatch;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -177,19 +178,27 @@ async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
     let result = run_session(ctx, &conn).await;
     // Say why the link ended in terms of the link when it was the link.
     let result = match (result, conn.close_reason()) {
-        (Err(SessionError::Failed(e)), Some(reason)) => Err(SessionError::Failed(link_failure(&info.master, &reason, &ctx.timing).unwrap_or(e))),
+        (Err(SessionError::Failed(e)), Some(reason)) => Err(SessionError::Failed(link_failure(&info.master, &reason, &ctx.timing, &conn.stats()).unwrap_or(e))),
         (other, _) => other,
     };
     conn.close(0u32.into(), b"bye");
     result
 }
 
+/// The path's figures say whether it was slow or lossy before it went silent.
+fn unreachable_message(master: &str, silent: Duration, stats: &quinn::ConnectionStats) -> String {
+    format!(
+        "master unreachable: no answer from {master} for {silent:.1?} (round trip was {:.1?}, {} of {} packets lost)",
+        stats.path.rtt, stats.path.lost_packets, stats.path.sent_packets
+    )
+}
+
 /// A readable account of a connection that ended, or `None` when the
 /// connection itself is fine (the failure was elsewhere).
-fn link_failure(master: &str, reason: &quinn::ConnectionError, timing: &QuicTiming) -> Option<anyhow::Error> {
+fn link_failure(master: &str, reason: &quinn::ConnectionError, timing: &QuicTiming, stats: &quinn::ConnectionStats) -> Option<anyhow::Error> {
     use quinn::ConnectionError::*;
     Some(match reason {
-        TimedOut => anyhow!("master unreachable: no answer from {master} for {:?}", timing.idle_timeout),
+        TimedOut => anyhow!("{}", unreachable_message(master, timing.idle_timeout, stats)),
         ApplicationClosed(close) => anyhow!("the master at {master} closed the connection: {}", String::from_utf8_lossy(&close.reason)),
         Reset => anyhow!("the master at {master} no longer knows this session (it restarted, or ended the session while this node was silent)"),
         LocallyClosed => return None,
@@ -235,6 +244,8 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
     let reader = tokio::spawn(forward_frames(recv, tx));
     let mut status = ctx.status.clone();
     let mut tick = tokio::time::interval(heartbeat);
+    let mut silence = SilenceWatch::new(&ctx.timing, conn.stats().udp_rx.datagrams, Instant::now());
+    let mut look = tokio::time::interval(silence.period());
     let mut incoming = IncomingState::default();
     let first = status.borrow_and_update().clone();
     write_frame(&mut send, &AgentMessage::Status(first)).await?;
@@ -290,6 +301,11 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
                 write_frame(&mut send, &AgentMessage::Status(current)).await?;
             }
             _ = tick.tick() => write_frame(&mut send, &AgentMessage::Heartbeat).await?,
+            _ = look.tick() => {
+                if let Some(silent) = silence.silent_for(conn.stats().udp_rx.datagrams, Instant::now()) {
+                    break Err(anyhow!("{}", unreachable_message(&info.master, silent, &conn.stats())).into());
+                }
+            }
         }
     };
     reader.abort();

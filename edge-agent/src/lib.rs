@@ -10,5 +10,6 @@ pub mod local_store;
 pub mod metrics;
 pub mod persister;
 pub mod reconciler;
+pub mod silence;
 pub mod simulate;
 pub mod status;
