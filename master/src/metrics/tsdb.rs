@@ -95,15 +95,14 @@ impl Wal {
         Ok(Wal { dir: dir.to_path_buf(), current, flusher })
     }
 
-    /// Writes an entry; durable once `flush` returned.
-    fn write(&self, entry: &WalEntry, now_ms: i64) -> Result<()> {
-        // Label sets repeat in every entry: snappy takes most of that out.
-        let payload = snap::raw::Encoder::new().compress_vec(&codec::encode_record(entry)?).context("compress a metrics log record")?;
+    /// Writes an entry's payload (see [`compress_entry`]); durable once
+    /// `flush` returned.
+    fn write(&self, payload: &[u8], now_ms: i64) -> Result<()> {
         let mut record = Vec::with_capacity(payload.len() + 12);
         record.extend_from_slice(&WAL_MAGIC.to_le_bytes());
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        record.extend_from_slice(&payload);
+        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        record.extend_from_slice(payload);
         let mut guard = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let rotate = guard.as_ref().is_none_or(|(_, started, bytes)| now_ms - started > SEGMENT_MS || *bytes > SEGMENT_BYTES);
         if rotate {
@@ -141,12 +140,8 @@ impl Wal {
                 if word(pos) != WAL_MAGIC || pos + 12 + len > bytes.len() || crc32fast::hash(&bytes[pos + 12..pos + 12 + len]) != word(pos + 8) {
                     break;
                 }
-                let record = snap::raw::Decoder::new().decompress_vec(&bytes[pos + 12..pos + 12 + len]).map_err(|e| e.to_string());
-                match record.as_deref().map_err(Clone::clone).and_then(|r| codec::decode_record_borrowed::<WalEntryRef>(r).map_err(|e| e.to_string())) {
-                    Ok(entry) => {
-                        each(entry);
-                        n += 1;
-                    }
+                match read_entry(&bytes[pos + 12..pos + 12 + len], &mut each) {
+                    Ok(()) => n += 1,
                     Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping an undecodable metrics log record"),
                 }
                 pos += 12 + len;
@@ -173,6 +168,19 @@ impl Wal {
         }
         Ok(dropped)
     }
+}
+
+/// An entry as the log keeps it: bincode, snappy-compressed (label sets
+/// repeat in every entry: snappy takes most of that out).
+fn compress_entry(entry: &WalEntry) -> Result<Vec<u8>> {
+    snap::raw::Encoder::new().compress_vec(&codec::encode_record(entry)?).context("compress a metrics log record")
+}
+
+/// Hands a logged entry to `each`, its labels borrowed from the record.
+fn read_entry(payload: &[u8], each: &mut impl FnMut(WalEntryRef<'_>)) -> Result<(), String> {
+    let record = snap::raw::Decoder::new().decompress_vec(payload).map_err(|e| e.to_string())?;
+    each(codec::decode_record_borrowed::<WalEntryRef>(&record).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -368,8 +376,10 @@ pub struct Tsdb {
 struct Loading {
     segments: usize,
     segments_read: usize,
-    /// Appends logged meanwhile, applied after the replayed samples.
-    held: Vec<StoredSample>,
+    /// Appends logged meanwhile, applied after the replayed samples; kept
+    /// as logged (compressed, about 17 bytes a sample): a long replay at a
+    /// fleet's ingest rate holds millions.
+    held: Vec<Vec<u8>>,
 }
 
 /// Replays `segments` into a new index, keeping what is within the retention.
@@ -455,8 +465,15 @@ impl Tsdb {
         let held = loading.take().map(|l| l.held).unwrap_or_default();
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         *index = replayed;
-        for (labels, ts, value) in held {
-            index.insert(labels, ts, value);
+        for payload in held {
+            let applied = read_entry(&payload, &mut |entry| {
+                for (labels, ts, value) in entry.samples {
+                    index.insert_borrowed(&labels, ts, value);
+                }
+            });
+            if let Err(e) = applied {
+                tracing::error!(error = %e, "a held metrics batch could not be read back; it is in the log and returns at the next start");
+            }
         }
         self.loaded.send_replace(true);
     }
@@ -468,13 +485,14 @@ impl Tsdb {
         let cutoff = now - self.retention.as_millis() as i64;
         let samples: Vec<_> = samples.into_iter().filter(|(_, ts, _)| *ts >= cutoff).collect();
         let entry = WalEntry { samples };
-        self.wal.write(&entry, now)?;
+        let payload = compress_entry(&entry)?;
+        self.wal.write(&payload, now)?;
         self.wal.flush().await?;
         // Held under the loading lock, so a replay finishing now cannot
         // replace the index between the check and the insert.
         let mut loading = self.loading_guard();
         if let Some(l) = loading.as_mut() {
-            l.held.extend(entry.samples);
+            l.held.push(payload);
             return Ok(());
         }
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
