@@ -244,7 +244,12 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
     let reader = tokio::spawn(forward_frames(recv, tx));
     let mut status = ctx.status.clone();
     let mut tick = tokio::time::interval(heartbeat);
-    let mut silence = SilenceWatch::new(&ctx.timing, conn.stats().udp_rx.datagrams, Instant::now());
+    let counts = || {
+        let stats = conn.stats();
+        (stats.udp_rx.datagrams, stats.udp_tx.datagrams)
+    };
+    let (received, sent) = counts();
+    let mut silence = SilenceWatch::new(&ctx.timing, received, sent, Instant::now());
     let mut look = tokio::time::interval(silence.period());
     let mut incoming = IncomingState::default();
     let first = status.borrow_and_update().clone();
@@ -302,8 +307,10 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
             }
             _ = tick.tick() => write_frame(&mut send, &AgentMessage::Heartbeat).await?,
             _ = look.tick() => {
-                if let Some(silent) = silence.silent_for(conn.stats().udp_rx.datagrams, Instant::now()) {
-                    break Err(anyhow!("{}", unreachable_message(&info.master, silent, &conn.stats())).into());
+                let (received, sent) = counts();
+                if let Some(silent) = silence.silent(received, sent, Instant::now()) {
+                    let message = unreachable_message(&info.master, silent.for_, &conn.stats());
+                    break Err(anyhow!("{message}; {} datagrams sent meanwhile went unanswered", silent.unanswered).into());
                 }
             }
         }
