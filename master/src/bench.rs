@@ -131,7 +131,7 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     let keys: Arc<std::collections::HashMap<String, Vec<u8>>> = Arc::new(keys.into_iter().map(|(n, (_, k))| (n, k)).collect());
 
     let dir = options.work_dir.join("fogmesh");
-    let tsdb = Tsdb::open(&dir, Duration::from_secs(365 * 24 * 3600))?;
+    let tsdb = Tsdb::open(&dir, KEEP_ALL)?;
     let rss_before = rss_bytes();
     eprintln!("bench: fogmesh: ingesting (verify signature, decode, WAL append + fsync, index)");
     let cpu_before = own_cpu_seconds();
@@ -158,17 +158,7 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     let stats = tsdb.stats();
     eprintln!("bench: fogmesh: {} samples in {ingest_wall:.2?} ({ingest_cpu:.2} CPU s); RSS +{} MiB", stats.samples, (rss_after.saturating_sub(rss_before)) >> 20);
 
-    // Queries over loopback HTTP through the same router the master serves.
-    let metrics = Arc::new(Metrics {
-        tsdb: tsdb.clone(),
-        counters: Arc::new(IngestCounters::default()),
-        settings: Default::default(),
-        remote: None,
-        cluster: None,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(async move { axum::serve(listener, http::router(metrics)).await });
+    let (url, server) = serve_store(tsdb.clone()).await?;
     let queries = time_queries(&url, end_ms, options.runs).await?;
     server.abort();
     let _ = server.await;
@@ -178,11 +168,7 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     // while queries are refused (503), until the first one is answered.
     eprintln!("bench: fogmesh: restart on the same data");
     let started = Instant::now();
-    let tsdb = Tsdb::open_loading(&dir, Duration::from_secs(365 * 24 * 3600))?;
-    let metrics = Arc::new(Metrics { tsdb, counters: Arc::new(IngestCounters::default()), settings: Default::default(), remote: None, cluster: None });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(async move { axum::serve(listener, http::router(metrics)).await });
+    let (url, server) = serve_store(Tsdb::open_loading(&dir, KEEP_ALL)?).await?;
     first_answer(&url, end_ms).await?;
     let restart = started.elapsed();
     server.abort();
@@ -197,10 +183,26 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     })
 }
 
+/// The store's retention in the benchmark: its generated samples are old.
+const KEEP_ALL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `store` behind the router the master serves, on a loopback port: its URL.
+async fn serve_store(store: Arc<Tsdb>) -> Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let metrics = Arc::new(Metrics { tsdb: store, counters: Arc::new(IngestCounters::default()), settings: Default::default(), remote: None, cluster: None });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((url, tokio::spawn(async move { axum::serve(listener, http::router(metrics)).await })))
+}
+
+/// An instant query's form as both stores take it.
+fn query_form(query: &str, at_ms: i64) -> [(&'static str, String); 2] {
+    [("query", query.to_string()), ("time", format!("{:.3}", at_ms as f64 / 1000.0))]
+}
+
 /// Waits until the first benchmark query is answered (up to 10 minutes).
 async fn first_answer(url: &str, at_ms: i64) -> Result<()> {
     let client = plain_client()?;
-    let form = [("query", QUERIES[0].to_string()), ("time", format!("{:.3}", at_ms as f64 / 1000.0))];
+    let form = query_form(QUERIES[0], at_ms);
     for _ in 0..60_000 {
         if let Ok(r) = client.post(format!("{url}/api/v1/query")).form(&form).send().await {
             if r.status().is_success() {
@@ -296,7 +298,7 @@ async fn time_queries(url: &str, at_ms: i64, runs: usize) -> Result<Vec<(f64, f6
     let client = plain_client()?;
     let mut out = Vec::new();
     for q in QUERIES {
-        let form = [("query", q.to_string()), ("time", format!("{:.3}", at_ms as f64 / 1000.0))];
+        let form = query_form(q, at_ms);
         let mut times = Vec::with_capacity(runs);
         let mut answer = String::new();
         for i in 0..runs + 3 {

@@ -433,11 +433,12 @@ fn a_restarted_master_serves_at_once_while_its_metrics_log_replays() {
     master.restart();
     let serving = started.elapsed();
     master.cli_ok(&["node", "list"]);
-    let (status, answer) = master.api_post("/api/v1/query", &[("query", "count(container_cpu_usage_seconds_total)")]);
+    let count_series = || master.api_post("/api/v1/query", &[("query", "count(container_cpu_usage_seconds_total)")]);
+    let (status, answer) = count_series();
     assert_eq!(status, 503, "{answer}");
     assert!(answer["error"].as_str().is_some_and(|e| e.contains("loading its log")), "{answer}");
     let answer = wait_for("the replayed series", T, || {
-        let (status, answer) = master.api_post("/api/v1/query", &[("query", "count(container_cpu_usage_seconds_total)")]);
+        let (status, answer) = count_series();
         (status != 503).then_some(answer)
     });
     assert_eq!(answer["data"]["result"][0]["value"][1], "200", "{answer}");
