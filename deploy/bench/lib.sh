@@ -62,14 +62,18 @@ topology_template:
 ADT
 }
 
-# bench_remove_containers NODE: every container the agent of NODE made. The
-# agent may still be removing some: a second remove of one is fine.
-bench_remove_containers() {
+# bench_remove_labelled KEY=VALUE: every container with that label. One
+# label per call: docker ANDs label filters. A container already being
+# removed (e.g. by its agent) is fine.
+bench_remove_labelled() {
     local ids
-    ids=$(docker ps -aq --filter "label=fogmesh.node=$1" 2>/dev/null || true)
+    ids=$(docker ps -aq --filter "label=$1" 2>/dev/null || true)
     [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
     return 0
 }
+
+# bench_remove_containers NODE: every container the agent of NODE made.
+bench_remove_containers() { bench_remove_labelled "fogmesh.node=$1"; }
 
 # bench_master_crash: kill -9 the master, and wait until it is gone (its
 # store lock released, so a restart can open the store).

@@ -28,10 +28,8 @@ source deploy/bench/lib.sh
 cleanup() {
     bench_stop_all
     docker service rm fmbench >/dev/null 2>&1 || true
-    # One filter per call: docker ANDs label filters.
     bench_remove_containers bench
-    ids=$(docker ps -aq --filter label=fmbench.raw=1 2>/dev/null || true)
-    [ -n "$ids" ] && docker rm -f $ids >/dev/null || true
+    bench_remove_labelled fmbench.raw=1
     [ "${LEFT_SWARM:-0}" = 1 ] && docker swarm leave --force >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
