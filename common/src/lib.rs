@@ -2,6 +2,7 @@
 
 pub mod adt;
 pub mod codec;
+pub mod connection_ids;
 pub mod metrics;
 pub mod pki;
 pub mod procstat;

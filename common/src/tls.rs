@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::connection_ids::connection_id_generator;
 use crate::pki::cert_fingerprint_der;
 use crate::wire::ALPN;
 
@@ -77,18 +78,16 @@ pub fn quic_endpoint_config(reset_key: &[u8]) -> Result<quinn::EndpointConfig, T
     let cid_key = connection_id_key(&key);
     let mut config = quinn::EndpointConfig::new(Arc::new(key));
     config.min_reset_interval(MIN_RESET_INTERVAL);
-    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config.cid_generator(move || connection_id_generator(cid_key.clone()));
     Ok(config)
 }
 
-/// Connection IDs carry a check the endpoint verifies before anything
+/// Connection IDs carry a signature the endpoint verifies before anything
 /// else; its key must outlive the process too, or the old sessions'
 /// packets are dropped unanswered instead of reset.
-fn connection_id_key(reset_key: &ring::hmac::Key) -> u64 {
-    let tag = ring::hmac::sign(reset_key, b"fogmesh quic connection ids");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&tag.as_ref()[..8]);
-    u64::from_le_bytes(cid_key)
+fn connection_id_key(reset_key: &ring::hmac::Key) -> ring::hmac::Key {
+    let derived = ring::hmac::sign(reset_key, b"fogmesh quic connection ids");
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
 }
 
 /// Why a TLS or QUIC configuration could not be built.
@@ -435,13 +434,12 @@ mod tests {
     /// per drain of the socket.
     #[tokio::test]
     async fn every_packet_of_a_lost_session_gets_its_reset() {
-        use quinn_proto::ConnectionIdGenerator;
         let reset_key = [7u8; MIN_RESET_KEY_BYTES];
         let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let agents = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         agents.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
         let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key);
-        let mut ids = quinn_proto::HashedConnectionIdGenerator::from_key(connection_id_key(&hmac));
+        let mut ids = connection_id_generator(connection_id_key(&hmac));
         let burst = 64;
         for _ in 0..burst {
             // A short-header packet of a session the endpoint never had.
