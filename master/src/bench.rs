@@ -53,6 +53,15 @@ struct Side {
     queries: Vec<(f64, f64, String)>,
     /// From a restart on the ingested data to the first query answered.
     restart: Duration,
+    /// The same after a checkpoint (fogmesh), and the checkpoint's
+    /// writing time and size.
+    checkpointed: Option<Checkpointed>,
+}
+
+struct Checkpointed {
+    restart: Duration,
+    write: Duration,
+    bytes: u64,
 }
 
 pub async fn run(options: BenchOptions) -> Result<String> {
@@ -158,6 +167,7 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     let stats = tsdb.stats();
     eprintln!("bench: fogmesh: {} samples in {ingest_wall:.2?} ({ingest_cpu:.2} CPU s); RSS +{} MiB", stats.samples, (rss_after.saturating_sub(rss_before)) >> 20);
 
+    let disk_bytes = dir_bytes(&dir);
     let (url, server) = serve_store(tsdb.clone()).await?;
     let queries = time_queries(&url, end_ms, options.runs).await?;
     server.abort();
@@ -172,14 +182,35 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     first_answer(&url, end_ms).await?;
     let restart = started.elapsed();
     server.abort();
+    let _ = server.await;
+
+    // As the master does after its log rotated: a checkpoint, then a
+    // restart that reads it instead of the log. On a copy: the log stays
+    // as written (a test restarts a master on it).
+    eprintln!("bench: fogmesh: checkpoint, then restart on it");
+    let copy = options.work_dir.join("fogmesh-checkpointed");
+    copy_files(&dir, &copy)?;
+    let store = Tsdb::open(&copy, KEEP_ALL)?;
+    let started = Instant::now();
+    let writer = store.clone();
+    tokio::task::spawn_blocking(move || writer.checkpoint_now()).await??.context("the checkpoint did not run")?;
+    let write = started.elapsed();
+    drop(store);
+    let bytes = dir_bytes(&copy);
+    let started = Instant::now();
+    let (url, server) = serve_store(Tsdb::open_loading(&copy, KEEP_ALL)?).await?;
+    first_answer(&url, end_ms).await?;
+    let checkpointed = Some(Checkpointed { restart: started.elapsed(), write, bytes });
+    server.abort();
     Ok(Side {
         name: "fogmesh",
         ingest_wall,
         ingest_cpu,
         memory_bytes: Some(stats.bytes as u64),
-        disk_bytes: dir_bytes(&dir),
+        disk_bytes,
         queries,
         restart,
+        checkpointed,
     })
 }
 
@@ -290,7 +321,7 @@ async fn bench_victoria_metrics(binary: &Path, options: &BenchOptions, batches: 
     first_answer(&url, end_ms).await?;
     let restart = started.elapsed();
     let _ = child.kill().await;
-    Ok(Side { name: "VictoriaMetrics", ingest_wall, ingest_cpu, memory_bytes: rss_after.checked_sub(rss_before), disk_bytes, queries, restart })
+    Ok(Side { name: "VictoriaMetrics", ingest_wall, ingest_cpu, memory_bytes: rss_after.checked_sub(rss_before), disk_bytes, queries, restart, checkpointed: None })
 }
 
 /// p50 and p90 latency of each query (after warm-up), and its answer.
@@ -343,14 +374,17 @@ fn report(options: &BenchOptions, total: usize, sides: &[Side]) -> String {
     out.push_str("| | ingest samples/s (wall) | ingest samples per CPU second | memory bytes/sample | disk bytes/sample | disk bytes/series | restart → first query answered |\n|---|---|---|---|---|---|---|\n");
     for s in sides {
         let mem = s.memory_bytes.map_or("-".to_string(), |b| format!("{:.2}", b as f64 / total as f64));
+        let restart = match &s.checkpointed {
+            Some(c) => format!("{:.2} s from its log, {:.2} s from a checkpoint", s.restart.as_secs_f64(), c.restart.as_secs_f64()),
+            None => format!("{:.2} s", s.restart.as_secs_f64()),
+        };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {mem} | {:.2} | {:.0} | {:.2} s |\n",
+            "| {} | {:.0} | {:.0} | {mem} | {:.2} | {:.0} | {restart} |\n",
             s.name,
             total as f64 / s.ingest_wall.as_secs_f64(),
             total as f64 / s.ingest_cpu.max(0.01),
             s.disk_bytes as f64 / total as f64,
             s.disk_bytes as f64 / options.series as f64,
-            s.restart.as_secs_f64(),
         ));
     }
     out.push_str("\n| query (HTTP, loopback) | ");
@@ -367,6 +401,17 @@ fn report(options: &BenchOptions, total: usize, sides: &[Side]) -> String {
         out.push('\n');
     }
     out.push_str("\nfogmesh memory is its compressed chunks (the store's own count); VictoriaMetrics memory is its RSS growth during ingest. Disk is the data folder after ingest (fogmesh: its write-ahead log). Restart: fogmesh reopens its store as the master does (the log replays while queries get 503); VictoriaMetrics is killed (SIGKILL) and started again; both until the first query is answered.\n");
+    for s in sides {
+        if let Some(c) = &s.checkpointed {
+            out.push_str(&format!(
+                "{}: the checkpoint took {:.2} s to write; the data folder then held {:.1} MiB ({:.2} bytes/sample).\n",
+                s.name,
+                c.write.as_secs_f64(),
+                c.bytes as f64 / (1 << 20) as f64,
+                c.bytes as f64 / total as f64
+            ));
+        }
+    }
     out
 }
 
@@ -385,6 +430,19 @@ fn now_ms() -> i64 {
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The files of `from` (not its folders) into a new folder `to`.
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        if path.is_file() {
+            let target = to.join(path.file_name().context("a file name")?);
+            std::fs::copy(&path, &target).with_context(|| format!("copy {} to {}", path.display(), target.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

@@ -412,10 +412,11 @@ topology_template:
 /// A master restarted on hours of metrics serves its control plane at once
 /// (the log replays in the background); meanwhile queries say the store is
 /// loading instead of answering from part of it, then answer from all of it.
+/// It then checkpoints the store, and the next restart reads the checkpoint.
 #[test]
-fn a_restarted_master_serves_at_once_while_its_metrics_log_replays() {
+fn a_restarted_master_serves_at_once_while_its_metrics_log_replays_then_checkpoints_it() {
     let dir = test_dir("metrics-replay");
-    let mut master = Master::start(&dir);
+    let mut master = Master::start_with(&dir, &["--metrics-checkpoint-every", "5s"]);
     // Three hours of 200 series every 15 s, written by the metrics benchmark.
     let work = dir.join("bench");
     let out = Command::new(bin("fogmesh-master"))
@@ -433,12 +434,12 @@ fn a_restarted_master_serves_at_once_while_its_metrics_log_replays() {
     master.restart();
     let serving = started.elapsed();
     master.cli_ok(&["node", "list"]);
-    let count_series = || master.api_post("/api/v1/query", &[("query", "count(container_cpu_usage_seconds_total)")]);
-    let (status, answer) = count_series();
+    let count_series = |master: &Master| master.api_post("/api/v1/query", &[("query", "count(container_cpu_usage_seconds_total)")]);
+    let (status, answer) = count_series(&master);
     assert_eq!(status, 503, "{answer}");
     assert!(answer["error"].as_str().is_some_and(|e| e.contains("loading its log")), "{answer}");
     let answer = wait_for("the replayed series", T, || {
-        let (status, answer) = count_series();
+        let (status, answer) = count_series(&master);
         (status != 503).then_some(answer)
     });
     assert_eq!(answer["data"]["result"][0]["value"][1], "200", "{answer}");
@@ -450,4 +451,18 @@ fn a_restarted_master_serves_at_once_while_its_metrics_log_replays() {
     assert!(log.contains("metrics store still loading its log: serving the control plane meanwhile"), "{log}");
     assert!(log.contains("scaling paused until the metrics store can answer"), "{log}");
     eprintln!("master serving after {serving:?}; {}", log.lines().find(|l| l.contains("metrics store opened")).unwrap_or(""));
+
+    // The log is older than --metrics-checkpoint-every: the master writes
+    // the store out as a checkpoint, and the next start reads that.
+    wait_for("a metrics checkpoint", T, || master.proc.as_ref().expect("running").log_text().contains("metrics checkpoint written").then_some(()));
+    master.kill();
+    master.restart();
+    let answer = wait_for("the series after a restart on the checkpoint", T, || {
+        let (status, answer) = count_series(&master);
+        (status != 503).then_some(answer)
+    });
+    assert_eq!(answer["data"]["result"][0]["value"][1], "200", "{answer}");
+    let log = master.proc.as_ref().expect("running").log_text();
+    assert!(log.contains("metrics checkpoint read"), "{log}");
+    eprintln!("{}", log.lines().find(|l| l.contains("metrics store opened")).unwrap_or(""));
 }

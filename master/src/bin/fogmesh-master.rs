@@ -145,6 +145,11 @@ struct ServeArgs {
     /// How long the master keeps samples.
     #[arg(long, default_value = "6h", value_parser = duration_arg)]
     metrics_retention: Duration,
+    /// How much metrics log a restart may have to replay: older log is
+    /// written out as a checkpoint of the store (which a restart reads in
+    /// a fraction of the time), and then deleted.
+    #[arg(long, default_value = "10m", value_parser = duration_arg)]
+    metrics_checkpoint_every: Duration,
     /// Seconds between two rounds of a scaling policy that has no `interval`.
     #[arg(long, default_value = "15s", value_parser = duration_arg)]
     scaling_period: Duration,
@@ -319,6 +324,7 @@ fn metrics_options(args: &ServeArgs, advertise_host: &str, dir: &DataDir) -> Met
         ingest_url,
         interval: args.metrics_interval,
         retention: args.metrics_retention,
+        checkpoint_every: args.metrics_checkpoint_every,
         remote_write: args.remote_write.clone(),
         dir: dir.root.join("metrics"),
     }

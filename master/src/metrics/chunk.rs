@@ -2,10 +2,12 @@
 //! stamps as delta-of-delta, values XORed with the previous one, leading
 //! and trailing zeros not stored. Regular 15 s samples take about 1-2 bytes.
 
+use serde::{Deserialize, Serialize};
+
 /// Samples per chunk before it is sealed.
 pub const CHUNK_SAMPLES: usize = 120;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Bits {
     bytes: Vec<u8>,
     len: usize,
@@ -47,7 +49,7 @@ impl Reader<'_> {
 }
 
 /// An append-only compressed run of samples in strictly increasing time.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Chunk {
     bits: Bits,
     count: usize,
@@ -82,6 +84,12 @@ impl Chunk {
 
     pub fn bytes(&self) -> usize {
         self.bits.bytes.len()
+    }
+
+    /// Whether a chunk read from a file holds together: its bit count
+    /// fits its bytes and its sample count fits a chunk.
+    pub fn is_sound(&self) -> bool {
+        self.bits.len <= self.bits.bytes.len() * 8 && self.count <= CHUNK_SAMPLES && (self.count == 0 || self.first_ts <= self.last_ts)
     }
 
     /// Appends a sample; the caller guarantees `ts > last_ts()`.

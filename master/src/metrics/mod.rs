@@ -10,10 +10,12 @@
 //! ```
 
 pub mod broker;
+mod checkpoint;
 pub mod chunk;
 pub mod http;
 pub mod ingest;
 pub mod own;
+mod records;
 pub mod remote_write;
 pub mod tsdb;
 
@@ -63,6 +65,8 @@ pub struct MetricsOptions {
     /// Default collection interval on agents.
     pub interval: Duration,
     pub retention: Duration,
+    /// A checkpoint is written when the log holds data older than this.
+    pub checkpoint_every: Duration,
     pub remote_write: Option<String>,
     /// Where the store keeps its log.
     pub dir: PathBuf,
@@ -115,7 +119,7 @@ impl Metrics {
         };
         let counters = Arc::new(ingest::IngestCounters::default());
         tokio::spawn(ingest::run_forever(cluster.clone(), tsdb.clone(), endpoint, counters.clone(), signer, remote.clone()));
-        tokio::spawn(expire_forever(tsdb.clone()));
+        tokio::spawn(expire_forever(tsdb.clone(), options.checkpoint_every));
         tracing::info!(agents_use = %options.agent_url, interval = ?options.interval, retention = ?options.retention, "metrics enabled");
         Ok(Arc::new(Metrics { tsdb, counters, settings, remote, cluster: Some(cluster) }))
     }
@@ -129,8 +133,11 @@ fn endpoint(url: &str, files: &Credentials) -> Result<MqttEndpoint> {
     Ok(MqttEndpoint { url: url.to_string(), host: parsed.host, port: parsed.port, tls })
 }
 
-async fn expire_forever(tsdb: Arc<tsdb::Tsdb>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+/// Every minute (or `checkpoint_every`, when shorter): drop what is past
+/// the retention, then checkpoint the store when its log holds data older
+/// than `checkpoint_every`, so a restart replays at most about that much.
+async fn expire_forever(tsdb: Arc<tsdb::Tsdb>, checkpoint_every: Duration) {
+    let mut tick = tokio::time::interval(checkpoint_every.clamp(Duration::from_secs(1), Duration::from_secs(60)));
     loop {
         tick.tick().await;
         let db = tsdb.clone();
@@ -138,6 +145,14 @@ async fn expire_forever(tsdb: Arc<tsdb::Tsdb>) {
             Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "metrics retention sweep failed"),
             Err(e) => tracing::warn!(error = %e, "metrics retention sweep panicked"),
             Ok(Ok(())) => {}
+        }
+        let db = tsdb.clone();
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || db.checkpoint(checkpoint_every)).await {
+            Ok(Ok(Some(done))) => tracing::info!(series = done.series, log_segments_removed = done.segments_removed, took = ?started.elapsed(), "metrics checkpoint written"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "metrics checkpoint failed: the log is kept and replayed at the next start"),
+            Err(e) => tracing::warn!(error = %e, "metrics checkpoint panicked"),
         }
     }
 }
