@@ -121,7 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 stats.bytes.inc_by(jpeg.len() as u64);
             }
             Err(e) => {
-                if stats.dropped.inc() % 30 == 0 {
+                if stats.dropped.inc().is_multiple_of(30) {
                     tracing::warn!(%receiver, error = %format!("{e:#}"), "receiver unreachable; frames are dropped until it is back");
                 }
             }

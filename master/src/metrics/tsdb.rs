@@ -59,11 +59,14 @@ struct WalEntry {
     samples: Vec<StoredSample>,
 }
 
-/// A [`WalEntry`] read in place: its label strings borrow from the record.
+/// A [`StoredSample`] read in place: its label pairs borrow from the record.
+type SampleRef<'a> = (Vec<(&'a str, &'a str)>, i64, f64);
+
+/// A [`WalEntry`] read in place.
 #[derive(Deserialize)]
 struct WalEntryRef<'a> {
     #[serde(borrow)]
-    samples: Vec<(Vec<(&'a str, &'a str)>, i64, f64)>,
+    samples: Vec<SampleRef<'a>>,
 }
 
 /// A label set borrowed from a log record. Hashes like the [`Labels`] with
