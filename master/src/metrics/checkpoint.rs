@@ -138,6 +138,11 @@ fn remove_unfinished(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The cut of the newest finished checkpoint in `dir`.
+pub fn newest_cut(dir: &Path) -> Result<Option<i64>> {
+    Ok(checkpoints(dir)?.pop().map(|(cut, _)| cut))
+}
+
 /// Finished checkpoints in `dir`, oldest first.
 fn checkpoints(dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
     let mut found: Vec<(i64, PathBuf)> = fs::read_dir(dir)?

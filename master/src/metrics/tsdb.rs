@@ -85,6 +85,11 @@ struct Wal {
     dir: PathBuf,
     current: Arc<Mutex<Option<(File, i64, u64)>>>,
     flusher: GroupFlusher,
+    /// No new segment starts before this: after the last segment and the
+    /// newest checkpoint's cut of an earlier run, even if the clock went
+    /// back since (a segment named before the cut would be taken as held
+    /// by the checkpoint, and skipped).
+    floor_ms: i64,
 }
 
 impl Wal {
@@ -99,7 +104,9 @@ impl Wal {
             }
             Ok(())
         })?;
-        Ok(Wal { dir: dir.to_path_buf(), current, flusher })
+        let last_segment = segments(dir)?.last().and_then(|p| segment_start(p));
+        let floor_ms = last_segment.max(checkpoint::newest_cut(dir)?).map_or(i64::MIN, |t| t + 1);
+        Ok(Wal { dir: dir.to_path_buf(), current, flusher, floor_ms })
     }
 
     /// Writes an entry's payload (see [`compress_entry`]); durable once
@@ -125,7 +132,7 @@ impl Wal {
                 old.sync_data()?;
                 now_ms.max(started + 1)
             }
-            None => now_ms,
+            None => now_ms.max(self.floor_ms),
         };
         let path = self.dir.join(format!("wal-{start:015}.log"));
         let file = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("open {}", path.display()))?;
@@ -863,6 +870,30 @@ mod tests {
         let left = db.select(&[], 0, i64::MAX);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].labels, up("c"));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// A checkpoint written by a clock that has gone back since (NTP, a
+    /// new battery): the log written after it must still count as after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_after_a_checkpoint_from_a_clock_ahead_is_kept() {
+        let d = dir("checkpoint-clock");
+        let now = now_ms();
+        let keep = Duration::from_secs(3600);
+        let db = Tsdb::open(&d, keep).unwrap();
+        db.append(vec![(up("a"), now - 1000, 1.0)]).await.unwrap();
+        {
+            let mut ahead = checkpoint::Writer::create(&d, now + 3_600_000).unwrap();
+            ahead.add(db.index.read().unwrap().series.iter()).unwrap();
+            ahead.commit().unwrap();
+        }
+        drop(db);
+        let db = Tsdb::open(&d, keep).unwrap();
+        db.append(vec![(up("b"), now, 2.0)]).await.unwrap();
+        drop(db);
+        let db = Tsdb::open(&d, keep).unwrap();
+        let names: Vec<Labels> = db.select(&[], 0, i64::MAX).into_iter().map(|s| s.labels).collect();
+        assert_eq!(names, vec![up("a"), up("b")], "the sample logged after the checkpoint is kept");
         let _ = fs::remove_dir_all(&d);
     }
 
