@@ -14,16 +14,21 @@ struct Bits {
 }
 
 impl Bits {
+    /// Appends the low `count` bits of `value`, highest first; a byte's
+    /// worth at a time (bit by bit, decoding was most of ingest and replay).
     fn push(&mut self, value: u64, count: u32) {
-        for i in (0..count).rev() {
+        let mut left = count;
+        while left > 0 {
             if self.len.is_multiple_of(8) {
                 self.bytes.push(0);
             }
-            if (value >> i) & 1 == 1 {
-                let last = self.bytes.len() - 1;
-                self.bytes[last] |= 1 << (7 - (self.len % 8));
-            }
-            self.len += 1;
+            let room = 8 - (self.len % 8) as u32;
+            let take = room.min(left);
+            let part = ((value >> (left - take)) & ((1u64 << take) - 1)) as u8;
+            let last = self.bytes.len() - 1;
+            self.bytes[last] |= part << (room - take);
+            self.len += take as usize;
+            left -= take;
         }
     }
 }
@@ -34,15 +39,21 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// The next `count` bits (at most 64), a byte's worth at a time.
     fn read(&mut self, count: u32) -> Option<u64> {
+        if self.pos + count as usize > self.bits.len {
+            return None;
+        }
         let mut v = 0u64;
-        for _ in 0..count {
-            if self.pos >= self.bits.len {
-                return None;
-            }
-            let bit = (self.bits.bytes[self.pos / 8] >> (7 - (self.pos % 8))) & 1;
-            v = (v << 1) | bit as u64;
-            self.pos += 1;
+        let mut left = count;
+        while left > 0 {
+            let byte = *self.bits.bytes.get(self.pos / 8)?;
+            let avail = 8 - (self.pos % 8) as u32;
+            let take = avail.min(left);
+            let part = (u64::from(byte) >> (avail - take)) & ((1u64 << take) - 1);
+            v = (v << take) | part;
+            self.pos += take as usize;
+            left -= take;
         }
         Some(v)
     }
@@ -242,6 +253,25 @@ mod tests {
             assert!(a.1 == b.1 || (a.1.is_nan() && b.1.is_nan()), "{a:?} != {b:?}");
         }
         c
+    }
+
+    #[test]
+    fn fields_of_every_width_read_back_at_every_offset() {
+        let mut bits = Bits::default();
+        let mut written = Vec::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for width in (0..=64u32).chain((0..=64).rev()).chain([1, 3, 7, 13, 64, 0, 5]) {
+            x = x.rotate_left(7).wrapping_mul(0x2545_f491_4f6c_dd1d);
+            let value = if width == 64 { x } else { x & ((1u64 << width) - 1) };
+            bits.push(value, width);
+            written.push((value, width));
+        }
+        assert_eq!(bits.len, written.iter().map(|(_, w)| *w as usize).sum::<usize>());
+        let mut r = Reader { bits: &bits, pos: 0 };
+        for (value, width) in written {
+            assert_eq!(r.read(width), Some(value), "{width} bits");
+        }
+        assert_eq!(r.read(1), None, "nothing past the end");
     }
 
     #[test]
