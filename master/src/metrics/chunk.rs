@@ -175,45 +175,65 @@ impl Chunk {
 
     /// The samples, in time order.
     pub fn samples(&self) -> Vec<(i64, f64)> {
-        let mut out = Vec::with_capacity(self.count);
-        let mut r = Reader { bits: &self.bits, pos: 0 };
-        let (mut ts, mut value, mut delta, mut leading, mut trailing) = (0i64, 0u64, 0i64, 0u32, 0u32);
-        for i in 0..self.count {
-            match i {
-                0 => {
-                    let (Some(t), Some(v)) = (r.read(64), r.read(64)) else { break };
-                    ts = t as i64;
-                    value = v;
-                }
-                _ => {
-                    if i == 1 {
-                        let Some(d) = r.read(64) else { break };
-                        delta = d as i64;
-                    } else {
-                        let dod = match read_dod(&mut r) {
-                            Some(d) => d,
-                            None => break,
-                        };
-                        delta += dod;
-                    }
-                    ts += delta;
-                    let Some(control) = r.read(1) else { break };
-                    if control == 1 {
-                        let Some(kind) = r.read(1) else { break };
-                        if kind == 1 {
-                            let (Some(l), Some(s)) = (r.read(5), r.read(6)) else { break };
-                            leading = l as u32;
-                            let significant = if s == 0 { 64 } else { s as u32 };
-                            trailing = 64 - leading - significant;
-                        }
-                        let Some(bits) = r.read(64 - leading - trailing) else { break };
-                        value ^= bits << trailing;
-                    }
-                }
-            }
-            out.push((ts, f64::from_bits(value)));
+        self.iter().collect()
+    }
+
+    /// The samples one by one, in time order: a reader that stops early
+    /// decodes only what it reads.
+    pub fn iter(&self) -> Samples<'_> {
+        Samples { r: Reader { bits: &self.bits, pos: 0 }, next: 0, count: self.count, ts: 0, value: 0, delta: 0, leading: 0, trailing: 0 }
+    }
+
+    /// Whether the chunk has a sample at `ts`.
+    pub fn holds(&self, ts: i64) -> bool {
+        !self.is_empty() && self.first_ts <= ts && ts <= self.last_ts && self.iter().map(|(t, _)| t).take_while(|t| *t <= ts).any(|t| t == ts)
+    }
+}
+
+/// A chunk's decoder, as an iterator.
+pub struct Samples<'a> {
+    r: Reader<'a>,
+    next: usize,
+    count: usize,
+    ts: i64,
+    value: u64,
+    delta: i64,
+    leading: u32,
+    trailing: u32,
+}
+
+impl Iterator for Samples<'_> {
+    type Item = (i64, f64);
+
+    fn next(&mut self) -> Option<(i64, f64)> {
+        if self.next >= self.count {
+            return None;
         }
-        out
+        let r = &mut self.r;
+        if self.next == 0 {
+            self.ts = r.read(64)? as i64;
+            self.value = r.read(64)?;
+        } else {
+            if self.next == 1 {
+                self.delta = r.read(64)? as i64;
+            } else {
+                self.delta += read_dod(r)?;
+            }
+            self.ts += self.delta;
+            if r.read(1)? == 1 {
+                if r.read(1)? == 1 {
+                    let (l, s) = (r.read(5)?, r.read(6)?);
+                    self.leading = l as u32;
+                    let significant = if s == 0 { 64 } else { s as u32 };
+                    // A damaged chunk must not underflow: stop instead.
+                    self.trailing = 64u32.checked_sub(self.leading + significant)?;
+                }
+                let bits = r.read(64 - self.leading - self.trailing)?;
+                self.value ^= bits.checked_shl(self.trailing).unwrap_or(0);
+            }
+        }
+        self.next += 1;
+        Some((self.ts, f64::from_bits(self.value)))
     }
 }
 
@@ -272,6 +292,18 @@ mod tests {
             assert_eq!(r.read(width), Some(value), "{width} bits");
         }
         assert_eq!(r.read(1), None, "nothing past the end");
+    }
+
+    #[test]
+    fn a_chunk_holds_exactly_its_time_stamps() {
+        let mut c = Chunk::default();
+        assert!(!c.holds(0));
+        for i in 0..120 {
+            c.push(1000 + i * 10, i as f64);
+        }
+        assert!((0..120).all(|i| c.holds(1000 + i * 10)));
+        assert!(!c.holds(1005) && !c.holds(999) && !c.holds(1000 + 120 * 10));
+        assert_eq!(c.iter().nth(5), Some((1050, 5.0)));
     }
 
     #[test]

@@ -260,11 +260,7 @@ impl SeriesData {
 
     /// Whether a chunk already has a sample at `ts`.
     fn chunks_hold(&self, ts: i64) -> bool {
-        self.sealed
-            .iter()
-            .chain(std::iter::once(&self.head))
-            .filter(|c| !c.is_empty() && c.first_ts() <= ts && ts <= c.last_ts())
-            .any(|c| c.samples().binary_search_by_key(&ts, |(t, _)| *t).is_ok())
+        self.sealed.iter().chain(std::iter::once(&self.head)).any(|c| c.holds(ts))
     }
 
     /// Samples in `[start, end]`, time ordered, one per time stamp.
@@ -274,7 +270,7 @@ impl SeriesData {
             if c.is_empty() || c.last_ts() < start || c.first_ts() > end {
                 continue;
             }
-            out.extend(c.samples().into_iter().filter(|(t, _)| *t >= start && *t <= end).map(|(ts_ms, value)| Sample { ts_ms, value }));
+            out.extend(c.iter().skip_while(|(t, _)| *t < start).take_while(|(t, _)| *t <= end).map(|(ts_ms, value)| Sample { ts_ms, value }));
         }
         let late = self.late.iter().filter(|s| s.ts_ms >= start && s.ts_ms <= end);
         if self.late.is_empty() {
