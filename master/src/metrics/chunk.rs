@@ -217,9 +217,10 @@ impl Iterator for Samples<'_> {
             if self.next == 1 {
                 self.delta = r.read(64)? as i64;
             } else {
-                self.delta += read_dod(r)?;
+                self.delta = self.delta.wrapping_add(read_dod(r)?);
             }
-            self.ts += self.delta;
+            // Wrapping: a damaged chunk decodes to nonsense, never a panic.
+            self.ts = self.ts.wrapping_add(self.delta);
             if r.read(1)? == 1 {
                 if r.read(1)? == 1 {
                     let (l, s) = (r.read(5)?, r.read(6)?);
