@@ -362,15 +362,18 @@ impl Index {
     fn insert(&mut self, labels: Labels, ts: i64, value: f64) {
         let id = match self.by_labels.get(&labels) {
             Some(id) => *id,
-            None => {
-                let id = self.series.len();
-                self.by_name.entry(labels.name().unwrap_or("").to_string()).or_default().push(id);
-                self.by_labels.insert(labels.clone(), id);
-                self.series.push(SeriesData { labels, ..Default::default() });
-                id
-            }
+            None => self.add_series(SeriesData { labels, ..Default::default() }),
         };
         self.series[id].append(ts, value);
+    }
+
+    /// Registers a series not in the index yet; returns its id.
+    fn add_series(&mut self, series: SeriesData) -> usize {
+        let id = self.series.len();
+        self.by_name.entry(series.labels.name().unwrap_or("").to_string()).or_default().push(id);
+        self.by_labels.insert(series.labels.clone(), id);
+        self.series.push(series);
+        id
     }
 
     /// [`Index::insert`] from borrowed labels (a log replay): allocates
@@ -386,13 +389,9 @@ impl Index {
     fn from_series(series: Vec<SeriesData>, cutoff: i64) -> Index {
         let mut index = Index::default();
         for mut s in series {
-            if s.expire(cutoff) || index.by_labels.contains_key(&s.labels) {
-                continue;
+            if !s.expire(cutoff) && !index.by_labels.contains_key(&s.labels) {
+                index.add_series(s);
             }
-            let id = index.series.len();
-            index.by_name.entry(s.labels.name().unwrap_or("").to_string()).or_default().push(id);
-            index.by_labels.insert(s.labels.clone(), id);
-            index.series.push(s);
         }
         index
     }
@@ -479,20 +478,25 @@ fn replay_index(dir: &Path, segments: &[PathBuf], retention: Duration, done: imp
 }
 
 impl Tsdb {
+    /// A store over `index`; `loaded` until a `loading` replay ends.
+    fn new(index: Index, loading: Option<Loading>, wal: Wal, retention: Duration) -> Tsdb {
+        Tsdb {
+            index: RwLock::new(index),
+            loaded: tokio::sync::watch::Sender::new(loading.is_none()),
+            loading: Mutex::new(loading),
+            wal,
+            retention,
+            appending: Default::default(),
+            checkpointing: Default::default(),
+        }
+    }
+
     /// Opens the store in `dir`, replaying its log before it returns.
     pub fn open(dir: &Path, retention: Duration) -> Result<Arc<Tsdb>> {
         fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let (index, entries) = replay_index(dir, &segments(dir)?, retention, |_| {});
         let entries = entries?;
-        let tsdb = Tsdb {
-            index: RwLock::new(index),
-            loading: Mutex::new(None),
-            loaded: tokio::sync::watch::Sender::new(true),
-            wal: Wal::open(dir)?,
-            retention,
-            appending: Default::default(),
-            checkpointing: Default::default(),
-        };
+        let tsdb = Tsdb::new(index, None, Wal::open(dir)?, retention);
         let stats = tsdb.stats();
         tracing::info!(entries, series = stats.series, samples = stats.samples, "metrics store opened");
         Ok(Arc::new(tsdb))
@@ -505,15 +509,7 @@ impl Tsdb {
         // Only what is there now: appends from here on go to new segments.
         let old = segments(dir)?;
         let loading = Loading { segments: old.len(), segments_read: 0, held: Vec::new() };
-        let tsdb = Arc::new(Tsdb {
-            index: RwLock::new(Index::default()),
-            loading: Mutex::new(Some(loading)),
-            loaded: tokio::sync::watch::Sender::new(false),
-            wal: Wal::open(dir)?,
-            retention,
-            appending: Default::default(),
-            checkpointing: Default::default(),
-        });
+        let tsdb = Arc::new(Tsdb::new(Index::default(), Some(loading), Wal::open(dir)?, retention));
         let db = tsdb.clone();
         let dir = dir.to_path_buf();
         std::thread::Builder::new()
