@@ -177,12 +177,7 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     // A restart as the master does it: the log replays in the background
     // while queries are refused (503), until the first one is answered.
     eprintln!("bench: fogmesh: restart on the same data");
-    let started = Instant::now();
-    let (url, server) = serve_store(Tsdb::open_loading(&dir, KEEP_ALL)?).await?;
-    first_answer(&url, end_ms).await?;
-    let restart = started.elapsed();
-    server.abort();
-    let _ = server.await;
+    let restart = restart_until_answered(&dir, end_ms).await?;
 
     // As the master does after its log rotated: a checkpoint, then a
     // restart that reads it instead of the log. On a copy: the log stays
@@ -197,11 +192,7 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
     let write = started.elapsed();
     drop(store);
     let bytes = dir_bytes(&copy);
-    let started = Instant::now();
-    let (url, server) = serve_store(Tsdb::open_loading(&copy, KEEP_ALL)?).await?;
-    first_answer(&url, end_ms).await?;
-    let checkpointed = Some(Checkpointed { restart: started.elapsed(), write, bytes });
-    server.abort();
+    let checkpointed = Some(Checkpointed { restart: restart_until_answered(&copy, end_ms).await?, write, bytes });
     Ok(Side {
         name: "fogmesh",
         ingest_wall,
@@ -216,6 +207,18 @@ async fn bench_fogmesh(options: &BenchOptions, batches: &NodeBatches, end_ms: i6
 
 /// The store's retention in the benchmark: its generated samples are old.
 const KEEP_ALL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Reopens the store in `dir` as the master does (its log replays while
+/// queries get 503) and serves it: the time until a query is answered.
+async fn restart_until_answered(dir: &Path, end_ms: i64) -> Result<Duration> {
+    let started = Instant::now();
+    let (url, server) = serve_store(Tsdb::open_loading(dir, KEEP_ALL)?).await?;
+    first_answer(&url, end_ms).await?;
+    let restart = started.elapsed();
+    server.abort();
+    let _ = server.await;
+    Ok(restart)
+}
 
 /// `store` behind the router the master serves, on a loopback port: its URL.
 async fn serve_store(store: Arc<Tsdb>) -> Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
