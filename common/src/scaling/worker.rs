@@ -10,6 +10,10 @@
 //! each request the rule's time limit plus 2 s, then kills the child. A child
 //! that died (or was killed, or was abandoned mid-request by a cancelled
 //! caller) is replaced on the next request.
+//!
+//! The child starts with an empty environment (the parent's can hold a join
+//! token or API token) and lowered limits: no file written, no core dump,
+//! [`CHILD_MAX_OPEN_FILES`] descriptors, [`CHILD_MAX_ADDRESS_SPACE`].
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Read, Write};
@@ -34,6 +38,16 @@ const HOST_GRACE: Duration = Duration::from_secs(2);
 /// Lines of the child's stderr kept to explain a crash.
 const STDERR_TAIL_LINES: usize = 4;
 const STDERR_LINE_BYTES: usize = 1024;
+
+/// The child's descriptors: stdin, stdout, stderr and a margin.
+pub const CHILD_MAX_OPEN_FILES: u64 = 64;
+/// The child's address space: a backstop under monty-alloc (heap per rule,
+/// 32 MiB by default; a request line up to 64 MiB), room for the program's
+/// own mappings. Soft = hard for every limit, so the child cannot raise it.
+/// No core dumps and no file writes (pipes are not limited by that). Not
+/// RLIMIT_NPROC: it counts all of the user's processes (the master's own
+/// threads too) and root ignores it; monty cannot fork anyway.
+pub const CHILD_MAX_ADDRESS_SPACE: u64 = 1 << 30;
 
 type Response = Result<RuleOutcome, RuleError>;
 
@@ -155,12 +169,23 @@ impl RuleWorker {
     }
 
     fn spawn(&self) -> Result<Child, RuleError> {
-        let mut process = tokio::process::Command::new(&self.program)
+        let mut command = tokio::process::Command::new(&self.program);
+        command
             .args(&self.args)
+            // Nothing of the parent's environment: it may hold secrets, and
+            // the worker needs none of it (not PATH: it is started by path).
+            .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // SAFETY: set_child_limits only calls setrlimit, which is
+        // async-signal-safe, and allocates nothing (it runs between fork and exec).
+        #[cfg(target_os = "linux")]
+        unsafe {
+            command.pre_exec(set_child_limits);
+        }
+        let mut process = command
             .spawn()
             .map_err(|e| {
                 RuleError::new(
@@ -202,6 +227,26 @@ impl RuleWorker {
         tracing::warn!(status = ?status, error = %error.message, "rule worker died");
         error
     }
+}
+
+/// Runs in the child between fork and exec: lowers its limits.
+#[cfg(target_os = "linux")]
+fn set_child_limits() -> std::io::Result<()> {
+    // A macro: the resource's type differs between glibc and musl.
+    macro_rules! limit {
+        ($resource:expr, $value:expr) => {{
+            let limit = libc::rlimit { rlim_cur: $value as libc::rlim_t, rlim_max: $value as libc::rlim_t };
+            // SAFETY: a plain system call with a pointer to a live local.
+            if unsafe { libc::setrlimit($resource, &limit) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }};
+    }
+    limit!(libc::RLIMIT_NOFILE, CHILD_MAX_OPEN_FILES);
+    limit!(libc::RLIMIT_CORE, 0);
+    limit!(libc::RLIMIT_FSIZE, 0);
+    limit!(libc::RLIMIT_AS, CHILD_MAX_ADDRESS_SPACE);
+    Ok(())
 }
 
 /// Ends a child (killing it if asked, or if it does not exit by itself soon)
@@ -395,4 +440,36 @@ fn answer(stdout: &mut impl Write, response: &Response) -> bool {
 fn refuse(message: &str) {
     tracing::error!("{message}");
     let _ = writeln!(std::io::stderr(), "fogmesh rule worker: {message}");
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The child as `spawn` starts it, seen from /proc: no variable of the
+    /// parent (here a join token) and the lowered limits.
+    #[tokio::test]
+    async fn the_child_gets_no_environment_and_lowered_limits() {
+        std::env::set_var("FOGMESH_JOIN_TOKEN", "fmj1.test.secret.hash");
+        let worker = RuleWorker::new(PathBuf::from("/bin/sleep"), vec!["30".into()]);
+        let child = worker.spawn().expect("the child starts");
+        let pid = child.process.id().expect("the child runs");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("its environment");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("its limits");
+        stop(child, true).await;
+
+        assert!(environ.is_empty(), "the child's environment: {:?}", String::from_utf8_lossy(&environ));
+        let address_space = CHILD_MAX_ADDRESS_SPACE.to_string();
+        let open_files = CHILD_MAX_OPEN_FILES.to_string();
+        for (name, value) in [
+            ("Max open files", open_files.as_str()),
+            ("Max core file size", "0"),
+            ("Max file size", "0"),
+            ("Max address space", address_space.as_str()),
+        ] {
+            let line = limits.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{limits}"));
+            let soft_hard: Vec<&str> = line[name.len()..].split_whitespace().take(2).collect();
+            assert_eq!(soft_hard, [value, value], "{line}");
+        }
+    }
 }
