@@ -228,6 +228,19 @@ pub fn mqtt_client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result
     Ok(Arc::new(tls))
 }
 
+/// TLS server config of the master's MQTT door: a client certificate under
+/// the cluster CA is required (which node it is, and whether it is still
+/// current, the door checks after the handshake).
+pub fn mqtt_server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(ca_pem)?), provider.clone()).build()?;
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(server_chain(ca_pem, cert_pem)?, private_key(key_pem)?)?;
+    Ok(Arc::new(tls))
+}
+
 /// TLS config of the master's REST API: server auth only (clients present
 /// an API token instead), HTTP/1.1.
 pub fn https_server_config(

@@ -222,7 +222,7 @@ async fn restart_until_answered(dir: &Path, end_ms: i64) -> Result<Duration> {
 
 /// `store` behind the router the master serves, on a loopback port: its URL.
 async fn serve_store(store: Arc<Tsdb>) -> Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
-    let metrics = Arc::new(Metrics { tsdb: store, counters: Arc::new(IngestCounters::default()), settings: Default::default(), remote: None, cluster: None });
+    let metrics = Arc::new(Metrics { tsdb: store, counters: Arc::new(IngestCounters::default()), settings: Default::default(), remote: None, gate: None, cluster: None });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     Ok((url, tokio::spawn(async move { axum::serve(listener, http::router(metrics)).await })))

@@ -49,6 +49,9 @@ pub struct Cluster {
     last_seen: Mutex<HashMap<String, u64>>,
     /// Bumped after desired states changed and were flushed.
     desired_changed: watch::Sender<u64>,
+    /// Bumped when a certificate was revoked (node removed or replaced):
+    /// every door that holds a node's session re-checks it.
+    revocations: watch::Sender<u64>,
     /// Bumped on anything an app view shows (acks, status, nodes, apps):
     /// what rollout watchers wait on.
     changes: watch::Sender<u64>,
@@ -67,6 +70,7 @@ impl Cluster {
             connected: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
             desired_changed: watch::channel(0).0,
+            revocations: watch::channel(0).0,
             changes: watch::channel(0).0,
             write_lock: tokio::sync::Mutex::new(()),
             reschedule_wanted: tokio::sync::Notify::new(),
@@ -232,6 +236,18 @@ impl Cluster {
     /// Makes every agent connection re-check its node (desired state, registration).
     pub fn wake_connections(&self) {
         self.desired_changed.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that wakes after every revocation.
+    pub fn watch_revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    /// Tells every door (QUIC sessions, the MQTT door) that some certificate
+    /// was revoked, so a session of that node ends now, not at its next connect.
+    pub fn note_revocation(&self) {
+        self.revocations.send_modify(|n| *n += 1);
+        self.wake_connections();
     }
 
     /// Why workloads are not placed, keyed `APP_ID/WORKLOAD`, as of the last reschedule.

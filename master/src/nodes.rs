@@ -112,7 +112,7 @@ impl Cluster {
         if previous.as_ref().is_some_and(|n| n.cert_fingerprint.is_some()) {
             // A connection of the replaced agent must learn that it is revoked
             // (waking every connection for every join would cost O(N) each).
-            self.wake_connections();
+            self.note_revocation();
         }
         tracing::info!(node = %name, public_ip = %node.public_ip, "node joined");
         Ok(JoinResponse { node_name: name, cert_pem, ca_pem: self.ca.cert_pem().to_string(), metrics: self.config.metrics.clone() })
@@ -159,30 +159,17 @@ impl Cluster {
         let Some(der) = cert_der else {
             return Err(other("no client certificate: join first with a token (fogmesh-agent join)".into()));
         };
-        let fingerprint = cert_fingerprint_der(der);
+        let cert_name = self.node_of_certificate(der)?;
+        if cert_name != hello.node_name {
+            return Err(other(format!("the certificate is for node '{cert_name}', but the agent says it is '{}'", hello.node_name)));
+        }
         let internal = |e: anyhow::Error| {
             tracing::error!(error = %format!("{e:#}"), "hello failed inside the master");
             ("the master failed to process the connection; see its log".to_string(), Refusal::Other)
         };
-        match self.store.revocation(&fingerprint).map_err(internal)? {
-            Some(Revocation::Removed) => {
-                return Err(("this node was removed from the cluster and its certificate revoked; join again with a new token".into(), Refusal::Revoked));
-            }
-            Some(Revocation::Replaced) => {
-                return Err(("another agent joined as this node (--replace); this agent's certificate is revoked".into(), Refusal::Replaced));
-            }
-            None => {}
-        }
-        let cert_name = node_name_from_cert(der).ok_or_else(|| other("the client certificate names no node".into()))?;
-        if cert_name != hello.node_name {
-            return Err(other(format!("the certificate is for node '{cert_name}', but the agent says it is '{}'", hello.node_name)));
-        }
         let Some(mut node) = self.store.node(&cert_name).map_err(internal)? else {
             return Err(other(format!("node '{cert_name}' is not registered; join again with a new token")));
         };
-        if node.cert_fingerprint.as_deref() != Some(fingerprint.as_str()) {
-            return Err(other(format!("this certificate is not the current one of node '{cert_name}'; join again with a new token")));
-        }
         if hello.public_ip != node.public_ip {
             tracing::warn!(node = %cert_name, registered = %node.public_ip, reported = %hello.public_ip, "agent reports another public IP than it joined with; keeping the registered one");
         }
@@ -196,6 +183,35 @@ impl Cluster {
         }
         self.record_seen(&cert_name);
         Ok(cert_name)
+    }
+
+    /// The node a (CA-verified) client certificate belongs to, if it is that
+    /// node's current certificate: not revoked, not replaced, node still
+    /// registered. Every door asks this, at connect and after revocations.
+    pub fn node_of_certificate(&self, der: &[u8]) -> Result<String, (String, Refusal)> {
+        let other = |reason: String| (reason, Refusal::Other);
+        let fingerprint = cert_fingerprint_der(der);
+        let internal = |e: anyhow::Error| {
+            tracing::error!(error = %format!("{e:#}"), "certificate check failed inside the master");
+            other("the master failed to check the certificate; see its log".to_string())
+        };
+        match self.store.revocation(&fingerprint).map_err(internal)? {
+            Some(Revocation::Removed) => {
+                return Err(("this node was removed from the cluster and its certificate revoked; join again with a new token".into(), Refusal::Revoked));
+            }
+            Some(Revocation::Replaced) => {
+                return Err(("another agent joined as this node (--replace); this agent's certificate is revoked".into(), Refusal::Replaced));
+            }
+            None => {}
+        }
+        let name = node_name_from_cert(der).ok_or_else(|| other("the client certificate names no node".into()))?;
+        match self.store.with_node(&name, |n| n.cert_fingerprint.clone()) {
+            None => Err(other(format!("node '{name}' is not registered; join again with a new token"))),
+            Some(current) if current.as_deref() != Some(fingerprint.as_str()) => {
+                Err(other(format!("this certificate is not the current one of node '{name}'; join again with a new token")))
+            }
+            Some(_) => Ok(name),
+        }
     }
 
     pub async fn declare_node(&self, req: &DeclareNode) -> Result<NodeRecord, Failure> {
@@ -231,8 +247,8 @@ impl Cluster {
         }
         self.store.remove_node(name)?;
         self.reschedule_locked().await?;
-        // Its connection, if any, must learn that it was removed.
-        self.wake_connections();
+        // Its sessions, if any, must learn that it was removed.
+        self.note_revocation();
         tracing::info!(node = %name, "node removed and its certificate revoked");
         Ok(())
     }

@@ -96,9 +96,10 @@ fn a_busy_containers_cpu_and_every_nodes_metrics_reach_the_prometheus_api() {
     assert!(own_metric(&master, "fogmesh_ingest_batches_total ") > 0.0);
 }
 
-/// A real broker client with a valid node certificate publishes batches
-/// the master must refuse: under another node's name, for an unknown node,
-/// and garbage; and sends the agent an ack the master did not sign.
+/// A real broker client with a valid node certificate, through the door
+/// as its own node, publishes batches the master must refuse: one naming
+/// another node (so not signed by that node's key) and garbage. Publishing
+/// on other topics is the door's to refuse (tests/broker_doors.rs).
 #[test]
 fn forged_batches_and_acks_are_refused_and_counted() {
     let dir = test_dir("metrics-forged");
@@ -110,10 +111,9 @@ fn forged_batches_and_acks_are_refused_and_counted() {
     let read = |name: &str| std::fs::read_to_string(a.data_dir.join(name)).unwrap();
     let (ca, cert, key) = (read("ca.pem"), read("node.pem"), read("node.key"));
     let port = master.mqtt_port;
-    let latest = value(&master, "fogmesh_agent_batch_seq{node=\"frg-a\"}").unwrap() as u64;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        use fogmesh_common::metrics::batch::{encode_ack, encode_payload, metrics_topic, acks_topic, Batch, BatchAck, BatchSample};
+        use fogmesh_common::metrics::batch::{encode_payload, metrics_topic, Batch, BatchSample};
         use fogmesh_common::metrics::Labels;
         let signer = fogmesh_common::pki::NodeSigner::from_key_pem(&key).unwrap();
         let sign = |b: &[u8]| signer.sign(b).map_err(|e| e.to_string());
@@ -124,7 +124,7 @@ fn forged_batches_and_acks_are_refused_and_counted() {
             collected_ms: now,
             samples: vec![BatchSample { labels: Labels::metric("forged_marker", &[("node", node)]), value: 666.0, ts_ms: now }],
         };
-        let mut opts = rumqttc::MqttOptions::new("intruder", "127.0.0.1", port);
+        let mut opts = rumqttc::MqttOptions::new("fogmesh-agent-frg-a-1ee7c0de", "127.0.0.1", port);
         let tls = fogmesh_common::tls::mqtt_client_config(&ca, &cert, &key).unwrap();
         opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
         let (client, mut events) = rumqttc::AsyncClient::new(opts, 16);
@@ -133,7 +133,7 @@ fn forged_batches_and_acks_are_refused_and_counted() {
             while let Ok(e) = events.poll().await {
                 if matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) {
                     acked += 1;
-                    if acked == 5 {
+                    if acked == 2 {
                         break;
                     }
                 }
@@ -141,27 +141,18 @@ fn forged_batches_and_acks_are_refused_and_counted() {
             acked
         });
         let q = rumqttc::QoS::AtLeastOnce;
-        // a's key, b's name, b's topic: the signature is not b's.
-        client.publish(metrics_topic("frg-b"), q, false, encode_payload(&marker("frg-b"), sign).unwrap()).await.unwrap();
         // a's key and topic, but the batch names b.
         client.publish(metrics_topic("frg-a"), q, false, encode_payload(&marker("frg-b"), sign).unwrap()).await.unwrap();
-        // A node the master does not know.
-        client.publish(metrics_topic("ghost"), q, false, encode_payload(&marker("ghost"), sign).unwrap()).await.unwrap();
         client.publish(metrics_topic("frg-a"), q, false, b"\x00garbage".to_vec()).await.unwrap();
-        // An ack for a's recent and coming batches, signed by a instead of the master.
-        let ack = encode_ack(&BatchAck { node: "frg-a".into(), seqs: (latest - 5..latest + 60).collect() }, sign).unwrap();
-        client.publish(acks_topic("frg-a"), q, false, ack).await.unwrap();
         let acked = tokio::time::timeout(Duration::from_secs(20), pump).await.expect("the broker acks QoS 1").unwrap();
-        assert_eq!(acked, 5);
+        assert_eq!(acked, 2);
     });
     wait_for("the refusals counted", T, || {
-        (own_metric(&master, "fogmesh_ingest_refused_total{reason=\"forged\"}") >= 2.0
-            && own_metric(&master, "fogmesh_ingest_refused_total{reason=\"unknown_node\"}") >= 1.0
+        (own_metric(&master, "fogmesh_ingest_refused_total{reason=\"forged\"}") >= 1.0
             && own_metric(&master, "fogmesh_ingest_refused_total{reason=\"malformed\"}") >= 1.0)
             .then_some(())
     });
     assert!(master.query("forged_marker").is_empty(), "a forged sample was stored");
-    wait_for("the agent ignoring the unsigned ack", T, || value(&master, "fogmesh_agent_bad_acks_total{node=\"frg-a\"}").filter(|v| *v >= 1.0));
     // Both agents keep reporting.
     let before = value(&master, "fogmesh_agent_batch_seq{node=\"frg-a\"}").unwrap();
     wait_for("frg-a still reporting", T, || value(&master, "fogmesh_agent_batch_seq{node=\"frg-a\"}").filter(|v| *v > before + 2.0));

@@ -309,19 +309,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
 /// The embedded broker on `--mqtt-listen` (agents dial the advertised host),
 /// or the `--mqtt-url` broker for everyone.
 fn metrics_options(args: &ServeArgs, advertise_host: &str, dir: &DataDir) -> MetricsOptions {
-    let (embedded_broker, agent_url, ingest_url) = match &args.mqtt_url {
-        Some(url) => (None, url.clone(), url.clone()),
+    let (embedded_broker, agent_url) = match &args.mqtt_url {
+        Some(url) => (None, url.clone()),
         None => {
             let port = args.mqtt_listen.port();
-            let local = if args.mqtt_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.mqtt_listen.ip().to_string() };
             let host = if advertise_host.contains(':') { format!("[{advertise_host}]") } else { advertise_host.to_string() };
-            (Some(args.mqtt_listen), format!("mqtts://{host}:{port}"), format!("mqtts://{local}:{port}"))
+            (Some(args.mqtt_listen), format!("mqtts://{host}:{port}"))
         }
     };
     MetricsOptions {
         embedded_broker,
         agent_url,
-        ingest_url,
         interval: args.metrics_interval,
         retention: args.metrics_retention,
         checkpoint_every: args.metrics_checkpoint_every,

@@ -1,32 +1,33 @@
-//! The embedded MQTT broker (rumqttd): TLS under the cluster CA, and only
-//! clients with a certificate the CA signed (agents, the master's ingest)
-//! may connect. Which node a batch is from is checked by the master on the
-//! batch's signature, not trusted from the topic.
+//! The embedded MQTT broker (rumqttd), on loopback behind the master's MQTT
+//! door (`gate`): it takes only clients with the master's per-start login,
+//! which the door and the ingest use. Agents reach it only through the door,
+//! which checks who they are and what they send.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use fogmesh_common::metrics::batch::MAX_BATCH_BYTES;
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
+use rumqttc::mqttbytes::v4::Login;
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
-/// Starts the broker on its own threads; returns once it is listening.
-pub fn start(listen: SocketAddr, ca_pem: &Path, cert_pem: &Path, key_pem: &Path, max_connections: usize) -> Result<()> {
+/// Starts the broker on its own threads, on a free loopback port that only
+/// `login` may use; returns that port's address.
+pub fn start(login: &Login, max_connections: usize) -> Result<SocketAddr> {
+    // rumqttd binds by itself: take a free port, then hand it over.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("find a free loopback port for the embedded MQTT broker")?;
     let server = ServerSettings {
         name: "fogmesh-mqtt".into(),
         listen,
-        tls: Some(TlsConfig::Rustls {
-            capath: Some(ca_pem.display().to_string()),
-            certpath: cert_pem.display().to_string(),
-            keypath: key_pem.display().to_string(),
-        }),
+        tls: None,
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
             connection_timeout_ms: 10_000,
             max_payload_size: MAX_BATCH_BYTES + 4096,
             max_inflight_count: 256,
-            auth: None,
+            auth: Some(HashMap::from([(login.username.clone(), login.password.clone())])),
             external_auth: None,
             dynamic_filters: true,
         },
@@ -40,11 +41,9 @@ pub fn start(listen: SocketAddr, ca_pem: &Path, cert_pem: &Path, key_pem: &Path,
             max_segment_count: 4,
             ..Default::default()
         },
-        v4: Some(HashMap::from([("tls".to_string(), server)])),
+        v4: Some(HashMap::from([("loopback".to_string(), server)])),
         ..Default::default()
     };
-    // Fail here, with the reason, rather than inside the broker's thread.
-    std::net::TcpListener::bind(listen).with_context(|| format!("listen for MQTT on {listen}"))?;
     let mut broker = Broker::new(config);
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -55,6 +54,6 @@ pub fn start(listen: SocketAddr, ca_pem: &Path, cert_pem: &Path, key_pem: &Path,
         })
         .context("start the MQTT broker thread")?;
     // The ingest connects (and reconnects) on its own once the broker listens.
-    tracing::info!(%listen, "embedded MQTT broker starting (TLS, client certificates under the cluster CA)");
-    Ok(())
+    tracing::debug!(%listen, "embedded MQTT broker starting on loopback");
+    Ok(listen)
 }

@@ -78,6 +78,9 @@ fn connect(endpoint: &MqttEndpoint) -> (AsyncClient, EventLoop) {
     options.set_keep_alive(Duration::from_secs(10));
     options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
     options.set_clean_session(true);
+    if let Some(login) = &endpoint.login {
+        options.set_credentials(login.username.clone(), login.password.clone());
+    }
     if let Some(tls) = &endpoint.tls {
         options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
     }

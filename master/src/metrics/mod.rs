@@ -4,7 +4,7 @@
 //! external store with remote write.
 //!
 //! ```text
-//! agent ──MQTT (TLS, node cert)──▶ broker ──▶ ingest ──▶ tsdb (WAL, fsync) ──▶ ack ──▶ agent
+//! agent ──MQTT (TLS, node cert)──▶ gate ──▶ broker ──▶ ingest ──▶ tsdb (WAL, fsync) ──▶ ack ──▶ agent
 //!                                                 └──▶ remote write (optional)
 //! tsdb ◀── /api/v1/query* (PromQL) ◀── Grafana, `fogmesh metrics query`, scaling
 //! ```
@@ -12,6 +12,7 @@
 pub mod broker;
 mod checkpoint;
 pub mod chunk;
+pub mod gate;
 pub mod http;
 pub mod ingest;
 pub mod own;
@@ -20,15 +21,16 @@ pub mod remote_write;
 pub mod tsdb;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fogmesh_common::metrics::batch::MqttUrl;
-use fogmesh_common::pki::{cert_public_key, NodeSigner};
-use fogmesh_common::tls::mqtt_client_config;
+use fogmesh_common::pki::{cert_public_key, random_hex, NodeSigner};
+use fogmesh_common::tls::{mqtt_client_config, mqtt_server_config};
 use fogmesh_common::wire::MetricsSettings;
+use rumqttc::mqttbytes::v4::Login;
 
 use crate::cluster::Cluster;
 
@@ -51,6 +53,8 @@ pub struct MqttEndpoint {
     pub host: String,
     pub port: u16,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The embedded broker's login (an external broker knows the master by its certificate).
+    pub login: Option<Login>,
 }
 
 /// How metrics run on this master (from `fogmesh-master serve` flags).
@@ -58,10 +62,9 @@ pub struct MqttEndpoint {
 pub struct MetricsOptions {
     /// Where the embedded broker listens; `None` when an external broker is used.
     pub embedded_broker: Option<SocketAddr>,
-    /// The broker URL agents (and the master's ingest) connect to.
+    /// The broker URL agents (and, with an external broker, the master's
+    /// ingest) connect to.
     pub agent_url: String,
-    /// The URL the master's ingest uses, if it differs (e.g. loopback).
-    pub ingest_url: String,
     /// Default collection interval on agents.
     pub interval: Duration,
     pub retention: Duration,
@@ -78,6 +81,8 @@ pub struct Metrics {
     pub counters: Arc<ingest::IngestCounters>,
     pub settings: MetricsSettings,
     pub remote: Option<Arc<remote_write::RemoteWriter>>,
+    /// What the embedded broker's door refused (none with an external broker).
+    pub gate: Option<Arc<gate::GateCounters>>,
     /// For the scaling gauges of `/metrics` (none in the benchmark).
     pub cluster: Option<Arc<Cluster>>,
 }
@@ -101,16 +106,13 @@ impl Metrics {
         if !tsdb.wait_loaded(REPLAY_PATIENCE).await {
             tracing::info!(waited = ?REPLAY_PATIENCE, "metrics store still loading its log: serving the control plane meanwhile, queries and scaling wait for it");
         }
-        if let Some(listen) = options.embedded_broker {
-            let dir = options.dir.join("broker");
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let (ca, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
-            write_private(&ca, &files.ca_pem)?;
-            write_private(&cert, &files.cert_pem)?;
-            write_private(&key, &files.key_pem)?;
-            broker::start(listen, &ca, &cert, &key, 100_000)?;
-        }
-        let endpoint = endpoint(&options.ingest_url, files)?;
+        let (endpoint, gate) = match options.embedded_broker {
+            Some(listen) => {
+                let (endpoint, counters) = start_embedded_broker(&cluster, files, listen, &options.dir).await?;
+                (endpoint, Some(counters))
+            }
+            None => (endpoint(&options.agent_url, files)?, None),
+        };
         let signer = Arc::new(NodeSigner::from_key_pem(&files.key_pem).context("the master key cannot sign metric acks")?);
         let settings = cluster.config.metrics.clone();
         let remote = match &options.remote_write {
@@ -121,8 +123,29 @@ impl Metrics {
         tokio::spawn(ingest::run_forever(cluster.clone(), tsdb.clone(), endpoint, counters.clone(), signer, remote.clone()));
         tokio::spawn(expire_forever(tsdb.clone(), options.checkpoint_every));
         tracing::info!(agents_use = %options.agent_url, interval = ?options.interval, retention = ?options.retention, "metrics enabled");
-        Ok(Arc::new(Metrics { tsdb, counters, settings, remote, cluster: Some(cluster) }))
+        Ok(Arc::new(Metrics { tsdb, counters, settings, remote, gate, cluster: Some(cluster) }))
     }
+}
+
+/// rumqttd on loopback behind the door on `listen`; the ingest's endpoint
+/// (the broker itself, with the login only this process knows).
+async fn start_embedded_broker(cluster: &Arc<Cluster>, files: &Credentials, listen: SocketAddr, dir: &Path) -> Result<(MqttEndpoint, Arc<gate::GateCounters>)> {
+    // Earlier versions gave rumqttd copies of the master's key here.
+    let stale = dir.join("broker");
+    if stale.exists() {
+        std::fs::remove_dir_all(&stale).with_context(|| format!("remove the old broker key copies in {}", stale.display()))?;
+        tracing::info!(dir = %stale.display(), "removed the copies of the master key an earlier version kept for its broker");
+    }
+    let login = Login::new("fogmesh-master", random_hex(32));
+    let internal = broker::start(&login, 100_000)?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen for MQTT on {listen}"))?;
+    let tls = tokio_rustls::TlsAcceptor::from(mqtt_server_config(&files.ca_pem, &files.cert_pem, &files.key_pem)?);
+    let counters = Arc::new(gate::GateCounters::default());
+    let upstream = gate::Upstream { addr: internal, login: login.clone() };
+    tokio::spawn(gate::serve(listener, tls, cluster.clone(), upstream, counters.clone()));
+    tracing::info!(%listen, "embedded MQTT broker listening (TLS; a node's current certificate, its own client id and topics only)");
+    let endpoint = MqttEndpoint { url: format!("mqtt://{internal}"), host: internal.ip().to_string(), port: internal.port(), tls: None, login: Some(login) };
+    Ok((endpoint, counters))
 }
 
 /// The ingest's broker connection: TLS with the master's certificate
@@ -130,7 +153,7 @@ impl Metrics {
 fn endpoint(url: &str, files: &Credentials) -> Result<MqttEndpoint> {
     let parsed = MqttUrl::parse(url).map_err(anyhow::Error::msg)?;
     let tls = if parsed.tls { Some(mqtt_client_config(&files.ca_pem, &files.cert_pem, &files.key_pem)?) } else { None };
-    Ok(MqttEndpoint { url: url.to_string(), host: parsed.host, port: parsed.port, tls })
+    Ok(MqttEndpoint { url: url.to_string(), host: parsed.host, port: parsed.port, tls, login: None })
 }
 
 /// Every minute (or `checkpoint_every`, when shorter): drop what is past
@@ -155,18 +178,4 @@ async fn expire_forever(tsdb: Arc<tsdb::Tsdb>, checkpoint_every: Duration) {
             Err(e) => tracing::warn!(error = %e, "metrics checkpoint panicked"),
         }
     }
-}
-
-fn write_private(path: &std::path::Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
 }

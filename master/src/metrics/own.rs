@@ -22,6 +22,19 @@ pub fn render(m: &Metrics) -> String {
             ("reason=\"malformed\"", load(&c.refused_malformed)),
         ],
     );
+    if let Some(g) = &m.gate {
+        counter(
+            &mut out,
+            "fogmesh_mqtt_refused_total",
+            "MQTT connections the embedded broker's door refused or closed, by reason.",
+            &[
+                ("reason=\"certificate\"", load(&g.refused_certificate)),
+                ("reason=\"connect\"", load(&g.refused_connect)),
+                ("reason=\"packet\"", load(&g.refused_packet)),
+                ("reason=\"revoked\"", load(&g.closed_revoked)),
+            ],
+        );
+    }
     counter(&mut out, "fogmesh_ingest_store_errors_total", "Batches that could not be stored (the agent resends them).", &[("", load(&c.store_errors))]);
     let stats = m.tsdb.stats();
     gauge(&mut out, "fogmesh_tsdb_series", "Series in the store.", stats.series as f64);
