@@ -260,53 +260,161 @@ fn warnings_print_with_their_place_and_fail_only_with_strict() {
     assert!(warnings[2]["message"].as_str().unwrap().contains("use 'tosca.nodes.MiCADO.Nova.Compute'"));
 }
 
-/// Point FOGMESH_COMPAT_DIR at a checkout of MiCADO's ADTs (or any folder):
-/// every `*.yaml` in it that is an ADT is validated; each must either be
-/// valid or be refused with errors that say where (never a crash). The
-/// table of verdicts is printed. Skipped when the variable is not set.
-#[test]
-fn validate_every_adt_in_fogmesh_compat_dir() {
-    let Ok(dir) = std::env::var("FOGMESH_COMPAT_DIR") else {
-        eprintln!("FOGMESH_COMPAT_DIR is not set: skipped");
-        return;
+/// What one ADT of the corpus must get, from its header (the `#` lines
+/// before the first other line):
+/// - `# expect: ok`, then optionally `# summary: N nodes, ...` (the
+///   validate summary), `# plan: SELECTOR PATH = JSON` (a value of the
+///   compiled plan; SELECTOR is `workload NAME`, `node NAME`, `policy
+///   NAME#INDEX` or `plan`; PATH is dot-separated keys and indices);
+/// - or one `# expect: error LINE:COL: SUBJECT: MESSAGE` per error, in order
+///   (MESSAGE may stop short of the end);
+/// - and, for either, one `# warning: LINE:COL: SUBJECT: MESSAGE` per warning.
+#[derive(Default)]
+struct Verdict {
+    ok: bool,
+    summary: Option<String>,
+    plan: Vec<String>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+fn verdict(header: &str) -> Option<Verdict> {
+    let mut v = Verdict::default();
+    let mut stated = false;
+    for line in header.lines().take_while(|l| l.starts_with('#')) {
+        if line == "# expect: ok" {
+            (v.ok, stated) = (true, true);
+        } else if let Some(e) = line.strip_prefix("# expect: error ") {
+            v.errors.push(e.to_string());
+            stated = true;
+        } else if let Some(s) = line.strip_prefix("# summary: ") {
+            v.summary = Some(s.to_string());
+        } else if let Some(p) = line.strip_prefix("# plan: ") {
+            v.plan.push(p.to_string());
+        } else if let Some(w) = line.strip_prefix("# warning: ") {
+            v.warnings.push(w.to_string());
+        } else if line.starts_with("# expect") {
+            panic!("unreadable verdict line: {line}");
+        }
+    }
+    assert!(!(v.ok && !v.errors.is_empty()), "a verdict of both ok and error:\n{header}");
+    stated.then_some(v)
+}
+
+/// The `LINE:COL: SUBJECT: MESSAGE` of each `FILE:LINE:COL: KIND: ...` line.
+fn diagnostics(stderr: &str, file: &str, kind: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let (pos, rest) = l.strip_prefix(file)?.strip_prefix(':')?.split_once(&format!(": {kind}: "))?;
+            Some(format!("{pos}: {rest}"))
+        })
+        .collect()
+}
+
+/// `want` (each a prefix of the diagnostic it stands for) against `got`,
+/// one for one and in order; the differences.
+fn compare(what: &str, want: &[String], got: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    if want.len() != got.len() {
+        out.push(format!("{} {what}(s) expected, {} given: {got:#?}", want.len(), got.len()));
+    }
+    for (w, g) in want.iter().zip(got) {
+        if !g.starts_with(w.as_str()) {
+            out.push(format!("{what} expected: {w}\n      given: {g}"));
+        }
+    }
+    out
+}
+
+/// The value a `# plan:` line names, and the one it expects.
+fn plan_value(plan: &Value, line: &str) -> Result<(Value, Value), String> {
+    let (place, expected) = line.split_once(" = ").ok_or("no ' = '")?;
+    let expected: Value = serde_json::from_str(expected).map_err(|e| format!("expected value is not JSON: {e}"))?;
+    let mut words = place.split(' ');
+    let (mut at, path) = match (words.next(), words.next(), words.next()) {
+        (Some("plan"), Some(path), None) => (plan, path),
+        (Some(kind @ ("workload" | "node" | "policy")), Some(name), Some(path)) => {
+            let (name, index) = match name.split_once('#') {
+                Some((n, i)) => (n, Some(i.parse::<u64>().map_err(|e| format!("index {i}: {e}"))?)),
+                None => (name, None),
+            };
+            let list = &plan[match kind {
+                "workload" => "workloads",
+                "node" => "nodes",
+                _ => "policies",
+            }];
+            let found = list.as_array().and_then(|l| l.iter().find(|x| x["name"] == name && index.is_none_or(|i| x["index"] == i)));
+            (found.ok_or(format!("no {kind} {name} in the plan"))?, path)
+        }
+        _ => return Err("expected `workload|node|policy NAME PATH` or `plan PATH`".into()),
     };
-    let mut files = Vec::new();
-    let mut stack = vec![std::path::PathBuf::from(&dir)];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())).flatten() {
-            let p = entry.path();
-            if p.is_dir() && p.file_name().is_some_and(|n| n != ".git") {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                // Type libraries and other YAML are not ADTs.
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                if text.contains("tosca_definitions_version") && text.contains("topology_template") {
-                    files.push(p);
+    for key in path.split('.') {
+        at = match key.parse::<usize>() {
+            Ok(i) if at.is_array() => &at[i],
+            _ => at.get(key).ok_or(format!("no '{key}' in {at}"))?,
+        };
+    }
+    Ok((at.clone(), expected))
+}
+
+/// The corpus in adts/corpus/: our own ADTs, each one class of the dialect's
+/// constructs (containers, volumes, Edge nodes, node sets, policies,
+/// constants, inputs, imports, removed types, probes, anchors and pods) or
+/// one way to get it wrong, each with its verdict in its header. Every one
+/// is validated by the CLI and held to its verdict; every accepted one is
+/// also compiled and its plan checked.
+#[test]
+fn every_adt_of_the_corpus_gets_the_verdict_its_header_states() {
+    let dir = workspace().join("adts/corpus");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("corpus entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let (mut accepted, mut refused, mut failures) = (0, 0, Vec::new());
+    for path in &files {
+        let file = format!("adts/corpus/{}", path.file_name().unwrap().to_string_lossy());
+        let text = std::fs::read_to_string(path).unwrap();
+        let Some(want) = verdict(&text) else {
+            failures.push(format!("{file}: no `# expect:` verdict in its header"));
+            continue;
+        };
+        let out = fogmesh(&["adt", "validate", &file]);
+        let (out_text, err_text) = (stdout(&out), stderr(&out));
+        let mut wrong = compare("warning", &want.warnings, &diagnostics(&err_text, &file, "warning"));
+        if want.ok {
+            accepted += 1;
+            if out.status.code() != Some(0) {
+                wrong.push(format!("refused ({:?}):\n{err_text}", out.status.code()));
+            } else if let Some(summary) = &want.summary {
+                // `FILE: valid: SUMMARY` or `FILE: valid (N warnings): SUMMARY`.
+                let given = out_text.lines().find_map(|l| l.strip_prefix(&file)?.strip_prefix(": valid")?.rsplit(": ").next());
+                if given != Some(summary.as_str()) {
+                    wrong.push(format!("summary expected: {summary}\n      given: {out_text}"));
                 }
             }
-        }
-    }
-    files.sort();
-    let (mut accepted, mut rejected) = (0, 0);
-    for f in &files {
-        let out = Command::new(bin("fogmesh")).args(["adt", "validate"]).arg(f).output().unwrap();
-        match out.status.code() {
-            Some(0) => {
-                accepted += 1;
-                println!("accepted  {}", f.display());
+            let plan = compile_json(&file, &[]);
+            for line in &want.plan {
+                match plan_value(&plan, line) {
+                    Ok((got, expected)) if got == expected => {}
+                    Ok((got, _)) => wrong.push(format!("plan: {line}\n      given: {got}")),
+                    Err(e) => wrong.push(format!("plan: {line}: {e}")),
+                }
             }
-            Some(1) => {
-                rejected += 1;
-                let err = stderr(&out);
-                let first = err.lines().find(|l| l.contains(": error: ")).unwrap_or_default().to_string();
-                println!("rejected  {}  {first}", f.display());
-                assert!(!first.is_empty(), "{} was refused without an error line:\n{err}", f.display());
+        } else {
+            refused += 1;
+            if out.status.code() != Some(1) {
+                wrong.push(format!("validate ended with {:?}, not 1 (refused)\n{out_text}{err_text}", out.status.code()));
             }
-            other => panic!("fogmesh adt validate {} ended with {other:?}:\n{}", f.display(), stderr(&out)),
+            wrong.extend(compare("error", &want.errors, &diagnostics(&err_text, &file, "error")));
         }
+        failures.extend(wrong.into_iter().map(|w| format!("{file}: {w}")));
     }
-    println!("{} ADTs: {accepted} accepted, {rejected} rejected", files.len());
-    assert!(!files.is_empty(), "no ADTs under {dir}");
+    eprintln!("{} ADTs: {accepted} to accept, {refused} to refuse", files.len());
+    assert!(accepted >= 10 && refused >= 10, "the corpus in {} is missing (or thin): {accepted} to accept, {refused} to refuse", dir.display());
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 /// `fogmesh policy test`: a rule's dry run, in the same sandboxed worker
