@@ -87,7 +87,9 @@ async fn serve(incoming: quinn::Incoming) -> Result<Seen, String> {
     })
 }
 
-/// Connects, sends one frame on a bidi stream and returns the reply.
+/// Connects, sends one frame on a bidi stream and returns the reply. A
+/// failure on an established connection says why the connection closed
+/// (e.g. the server's TLS alert), not only that the stream broke.
 async fn exchange(
     client: quinn::ClientConfig,
     addr: SocketAddr,
@@ -102,13 +104,14 @@ async fn exchange(
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, msg)
-            .await
-            .map_err(|e| e.to_string())?;
-        send.finish().map_err(|e| e.to_string())?;
-        let reply: Option<MasterMessage> =
-            read_frame(&mut recv).await.map_err(|e| e.to_string())?;
+        let why = |e: &dyn std::fmt::Display| match conn.close_reason() {
+            Some(reason) => format!("{e} ({reason})"),
+            None => e.to_string(),
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| why(&e))?;
+        write_frame(&mut send, msg).await.map_err(|e| why(&e))?;
+        send.finish().map_err(|e| why(&e))?;
+        let reply: Option<MasterMessage> = read_frame(&mut recv).await.map_err(|e| why(&e))?;
         conn.close(0u32.into(), b"done");
         reply.ok_or_else(|| "no reply".to_string())
     }
@@ -191,7 +194,7 @@ async fn join_with_wrong_pin_fails() {
     let other = ClusterCa::generate("other").expect("ca");
     let server = start_server(c.ca.cert_pem(), &c.cert, &c.key);
     let client = quic_join_client_config(&other.fingerprint()).expect("join config");
-    expect_refused(client, server.addr, SERVER_NAME, &join_message(), "connected with a wrong pin").await;
+    expect_refused(client, server.addr, SERVER_NAME, &join_message(), Refused::Here(UNKNOWN_ISSUER), "connected with a wrong pin").await;
 }
 
 #[tokio::test]
@@ -203,7 +206,7 @@ async fn join_pin_needs_a_server_cert_signed_by_that_ca() {
     let chain_cas = format!("{}{}", real.ca.cert_pem(), impostor.ca.cert_pem());
     let server = start_server(&chain_cas, &impostor.cert, &impostor.key);
     let client = quic_join_client_config(&real.ca.fingerprint()).expect("join config");
-    expect_refused(client, server.addr, SERVER_NAME, &join_message(), "trusted an impostor").await;
+    expect_refused(client, server.addr, SERVER_NAME, &join_message(), Refused::Here(UNKNOWN_ISSUER), "trusted an impostor").await;
 }
 
 #[tokio::test]
@@ -211,7 +214,15 @@ async fn join_checks_the_server_name() {
     let c = cluster("name");
     let server = start_server(c.ca.cert_pem(), &c.cert, &c.key);
     let client = quic_join_client_config(&c.ca.fingerprint()).expect("join config");
-    expect_refused(client, server.addr, "elsewhere.example", &join_message(), "accepted a wrong server name").await;
+    expect_refused(
+        client,
+        server.addr,
+        "elsewhere.example",
+        &join_message(),
+        Refused::Here("the cryptographic handshake failed: error 42: invalid peer certificate: certificate not valid for name \"elsewhere.example\""),
+        "accepted a wrong server name",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -254,7 +265,7 @@ async fn client_cert_from_another_ca_is_refused() {
     // The client trusts the real master but its certificate is from a
     // CA the master does not know.
     let client = node_client(&rogue, c.ca.cert_pem(), "pi-rogue");
-    expect_refused(client, server.addr, SERVER_NAME, &AgentMessage::Heartbeat, "rogue client was served").await;
+    expect_refused(client, server.addr, SERVER_NAME, &AgentMessage::Heartbeat, Refused::ByPeer(UNKNOWN_ISSUER), "rogue client was served").await;
     match next_seen(&mut server).await {
         Seen::Failed(why) => assert!(why.to_lowercase().contains("cert"), "{why}"),
         other => panic!("server accepted a rogue client: {other:?}"),
@@ -267,12 +278,34 @@ async fn node_client_refuses_a_master_from_another_ca() {
     let other = cluster("b");
     let server = start_server(other.ca.cert_pem(), &other.cert, &other.key);
     let client = node_client(&c.ca, c.ca.cert_pem(), "pi-1");
-    expect_refused(client, server.addr, SERVER_NAME, &AgentMessage::Heartbeat, "trusted a foreign master").await;
+    expect_refused(client, server.addr, SERVER_NAME, &AgentMessage::Heartbeat, Refused::Here(UNKNOWN_ISSUER), "trusted a foreign master").await;
 }
 
-/// Runs one exchange that must fail (within the time limit); `what` says
-/// what it would mean if it succeeded.
-async fn expect_refused(client: quinn::ClientConfig, addr: SocketAddr, server_name: &str, msg: &AgentMessage, what: &str) {
+/// The verdict on a certificate that does not chain to the CA trusted (or
+/// pinned): the handshake fails with TLS alert 48.
+const UNKNOWN_ISSUER: &str = "the cryptographic handshake failed: error 48: invalid peer certificate: UnknownIssuer";
+
+/// Who refuses, and why (the start of the error).
+enum Refused {
+    /// The client refuses the server: connecting fails with this error.
+    Here(&'static str),
+    /// The server refuses the client: the connection is closed by the peer
+    /// with this error.
+    ByPeer(&'static str),
+}
+
+/// Runs one exchange that must fail (within the time limit) as `refused`
+/// says; `what` says what it would mean if it succeeded.
+async fn expect_refused(client: quinn::ClientConfig, addr: SocketAddr, server_name: &str, msg: &AgentMessage, refused: Refused, what: &str) {
     let result = timeout(LIMIT, exchange(client, addr, server_name, msg)).await.expect("timed out");
-    assert!(result.is_err(), "{what}: {result:?}");
+    let error = match result {
+        Ok(reply) => panic!("{what}: {reply:?}"),
+        Err(e) => e,
+    };
+    match refused {
+        Refused::Here(reason) => assert!(error.starts_with(reason), "refused, but not by this side for '{reason}': {error}"),
+        Refused::ByPeer(reason) => {
+            assert!(error.contains(&format!("aborted by peer: {reason}")), "refused, but not by the server for '{reason}': {error}")
+        }
+    }
 }
