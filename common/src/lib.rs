@@ -5,6 +5,7 @@ pub mod codec;
 pub mod connection_ids;
 pub mod metrics;
 pub mod pki;
+pub mod private_files;
 pub mod procstat;
 pub mod promql;
 pub mod scaling;

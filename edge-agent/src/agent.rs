@@ -52,6 +52,7 @@ pub struct RunOptions {
 }
 
 pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
+    make_private(data_dir)?;
     let identity = IdentityFiles::new(data_dir).load()?;
     let node = identity.info.node_name.clone();
     let board = StatusBoard::default();
@@ -103,6 +104,20 @@ pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
         _ = shutdown_signal() => tracing::info!("stopping; containers keep running"),
     }
     Ok(())
+}
+
+/// Config maps (`reconciler::config::configmap_dir`) are written for
+/// containers to read (bind-mounted; their users may not be the agent's):
+/// left as they are.
+pub const SHARED_WITH_CONTAINERS: &[&str] = &["configmaps"];
+
+/// The data folder for the owner only: tightens one made by an older
+/// version (0755/0644) or opened up by hand, and says so in the log.
+pub fn make_private(data_dir: &Path) -> Result<Vec<fogmesh_common::private_files::Tightened>> {
+    if !data_dir.is_dir() {
+        anyhow::bail!("{} is not a folder (has this node joined? run `fogmesh-agent join`)", data_dir.display());
+    }
+    Ok(fogmesh_common::private_files::secure_data_dir(data_dir, SHARED_WITH_CONTAINERS)?)
 }
 
 /// Waits for the container engine: an agent that starts before Docker
@@ -167,5 +182,86 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    use crate::identity::{Identity, NodeInfo};
+    use crate::local_store::StoredState;
+    use crate::metrics::queue::MetricQueue;
+    use crate::metrics::settings::SettingsFile;
+    use fogmesh_common::private_files::open_entries;
+    use fogmesh_common::wire::{DesiredState, MetricsSettings};
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("exists").permissions().mode() & 0o7777
+    }
+
+    /// Every folder 0755 and file 0644, as older versions left a data folder.
+    fn open_up(root: &Path) {
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            let dir = path.is_dir();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(if dir { 0o755 } else { 0o644 })).expect("chmod");
+            if dir {
+                stack.extend(std::fs::read_dir(&path).expect("list").map(|e| e.expect("entry").path()));
+            }
+        }
+    }
+
+    /// What join and a running agent write, each through its own code.
+    async fn write_everything(root: &Path) {
+        let info = NodeInfo { node_name: "n1".into(), master: "127.0.0.1:7401".into(), public_ip: "127.0.0.9".into(), labels: vec![] };
+        let identity = Identity { info, key_pem: "KEY".into(), cert_pem: "CERT".into(), ca_pem: "CA".into() };
+        IdentityFiles::new(root).save(&identity).expect("identity saved");
+        let secret = DesiredState { generation: 1, ..Default::default() };
+        LocalStore::new(root).save(&StoredState::Desired(secret)).expect("desired state saved");
+        SettingsFile::new(root).save(&MetricsSettings { mqtt_url: "mqtts://127.0.0.1:8883".into(), interval_ms: 15_000, ack_key: vec![1] }).expect("settings saved");
+        let mut queue = MetricQueue::open(&root.join("metric-queue"), QueueCap::default()).expect("queue opened");
+        queue.append(queue.next_seq(), 0, b"batch").expect("batch queued");
+        let (_applied_tx, applied) = watch::channel(Applied::Unknown);
+        let (_link_tx, link) = watch::channel(Link::Up);
+        let worker = Arc::new(RuleWorker::new(PathBuf::from("/bin/false"), vec![]));
+        let me = NodeRef { id: "n1".into(), addr: "127.0.0.9".into() };
+        let options = AutonomyOptions { after: Duration::from_secs(30), limits: RuleLimits::default(), worker };
+        let (autonomy, _) = autonomy::start(root, me, applied, link, Arc::new(RecentSamples::default()), options);
+        autonomy.report_taken(0);
+    }
+
+    #[tokio::test]
+    async fn an_agent_data_dir_is_private_when_made_and_when_an_older_one_starts() {
+        let root = std::env::temp_dir().join(format!("fogmesh-agent-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        write_everything(&root).await;
+        // The reconciler's config maps: for containers to read.
+        let config = root.join("configmaps/web/0123/0/app.conf");
+        std::fs::create_dir_all(config.parent().expect("folder")).expect("config-map folder");
+        std::fs::write(&config, "x").expect("config-map file");
+        for name in ["node.key", "node.pem", "node.json", "desired.state", "metrics-settings.json", "metric-queue/state", "autonomy.json"] {
+            assert!(root.join(name).exists(), "{name} was written");
+        }
+        assert_eq!(open_entries(&root, SHARED_WITH_CONTAINERS).expect("walk"), [], "as the agent made it");
+
+        open_up(&root);
+        let tightened = make_private(&root).expect("tightened at start");
+        assert!(tightened.iter().any(|t| t.path == root.join("desired.state")), "{tightened:?}");
+        assert_eq!(open_entries(&root, SHARED_WITH_CONTAINERS).expect("walk"), []);
+        assert_eq!(mode(&config), 0o644, "config maps are left for the containers");
+        // Files written whole are replaced as 0600, over a leftover .tmp too
+        // (appended ones wait for the next start).
+        open_up(&root);
+        std::fs::write(root.join("desired.state.tmp"), "left over").expect("tmp");
+        std::fs::set_permissions(root.join("desired.state.tmp"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        write_everything(&root).await;
+        for name in ["node.key", "desired.state", "metrics-settings.json", "autonomy.json"] {
+            assert_eq!(mode(&root.join(name)), 0o600, "{name}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -106,7 +106,7 @@ impl Autonomy {
         let write = || -> Result<()> {
             let tmp = self.path.with_extension("tmp");
             let text = serde_json::to_vec_pretty(journal)?;
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = fogmesh_common::private_files::create_private(&tmp)?;
             std::io::Write::write_all(&mut f, &text)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;

@@ -2,12 +2,13 @@
 //! belongs to, its key and certificate, the cluster CA.
 //!
 //! The agent never deletes these on its own (not on refusals, not on auth
-//! errors): only an operator who re-joins replaces them.
+//! errors): only an operator who re-joins replaces them. Like everything in
+//! the data folder they are for the owner only (folder 0700, files 0600).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use fogmesh_common::private_files;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -53,25 +54,11 @@ impl IdentityFiles {
     /// Writes a new identity; files are written whole and synced before
     /// node.json, which marks the identity complete.
     pub fn save(&self, id: &Identity) -> Result<()> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("create {}", self.dir.display()))?;
-        write(&self.dir.join("node.key"), &id.key_pem, 0o600)?;
-        write(&self.dir.join("node.pem"), &id.cert_pem, 0o644)?;
-        write(&self.dir.join("ca.pem"), &id.ca_pem, 0o644)?;
-        write(&self.dir.join("node.json"), &serde_json::to_string_pretty(&id.info)?, 0o644)
+        private_files::ensure_private_dir(&self.dir)?;
+        private_files::write_private_atomic(&self.dir.join("node.key"), id.key_pem.as_bytes())?;
+        private_files::write_private_atomic(&self.dir.join("node.pem"), id.cert_pem.as_bytes())?;
+        private_files::write_private_atomic(&self.dir.join("ca.pem"), id.ca_pem.as_bytes())?;
+        private_files::write_private_atomic(&self.dir.join("node.json"), serde_json::to_string_pretty(&id.info)?.as_bytes())?;
+        Ok(())
     }
-}
-
-fn write(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;
-    Ok(())
 }

@@ -105,7 +105,7 @@ impl LocalStore {
     /// Writes `state` durably; returns only once it is on disk. A failure
     /// (full disk, read-only folder) leaves the previous file as it was.
     pub fn save(&self, state: &StoredState) -> Result<()> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("create {}", self.dir.display()))?;
+        fogmesh_common::private_files::ensure_private_dir(&self.dir)?;
         let payload = codec::encode_record(state).context("encode the desired state")?;
         let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
         bytes.extend_from_slice(MAGIC);
@@ -129,8 +129,9 @@ impl LocalStore {
     }
 }
 
+/// Secret env values are in there: mode 0600.
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = fs::File::create(path)?;
+    let mut f = fogmesh_common::private_files::create_private(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }

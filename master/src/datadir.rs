@@ -2,20 +2,25 @@
 //! the client credentials file. `init` creates it; `serve` opens it.
 //!
 //! ```text
-//! DIR/ca.pem  DIR/ca.key          cluster CA (key mode 0600)
+//! DIR/ca.pem  DIR/ca.key          cluster CA
 //! DIR/master.pem  DIR/master.key  QUIC + HTTPS certificate of the master
-//! DIR/client.conf                 API address, CA, admin token (mode 0600)
-//! DIR/quic-reset.key              QUIC stateless-reset key (mode 0600)
+//! DIR/client.conf                 API address, CA, admin token
+//! DIR/quic-reset.key              QUIC stateless-reset key
 //! DIR/store/                      sled database
+//! DIR/metrics/                    metrics store, broker credentials
 //! ```
+//!
+//! Only the owner reads any of it: DIR and its folders are 0700, its files
+//! 0600 (see [`fogmesh_common::private_files`]); `serve` tightens a folder
+//! that an older version or a hand left open.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use fogmesh_common::pki::{random_hex, ClusterCa};
+use fogmesh_common::private_files::{self, Tightened};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ADMIN_TOKEN_KEY;
@@ -66,17 +71,17 @@ impl DataDir {
         if self.path("ca.pem").exists() {
             bail!("{} is already initialised (ca.pem exists); use another --data-dir or remove it", self.root.display());
         }
-        fs::create_dir_all(&self.root).with_context(|| format!("create {}", self.root.display()))?;
+        private_files::ensure_private_dir(&self.root)?;
         let ca = ClusterCa::generate("fogmesh cluster CA").context("generate the cluster CA")?;
         let mut names: Vec<String> = advertise.to_vec();
         if let Some((host, _)) = api_addr.rsplit_once(':') {
             names.push(host.trim_matches(['[', ']']).to_string());
         }
         let (cert_pem, key_pem) = ca.issue_server_cert(&names).context("issue the master certificate")?;
-        write_file(&self.path("ca.pem"), ca.cert_pem(), 0o644)?;
-        write_file(&self.path("ca.key"), ca.key_pem(), 0o600)?;
-        write_file(&self.path("master.pem"), &cert_pem, 0o644)?;
-        write_file(&self.path("master.key"), &key_pem, 0o600)?;
+        write_file(&self.path("ca.pem"), ca.cert_pem())?;
+        write_file(&self.path("ca.key"), ca.key_pem())?;
+        write_file(&self.path("master.pem"), &cert_pem)?;
+        write_file(&self.path("master.key"), &key_pem)?;
         self.quic_reset_key()?;
 
         let token = random_hex(32);
@@ -86,10 +91,23 @@ impl DataDir {
         let host = advertise.first().cloned().unwrap_or_else(|| names.last().cloned().unwrap_or_else(|| "127.0.0.1".into()));
         store.set_meta(ADVERTISE_HOST_KEY, &host)?;
         store.flush_blocking()?;
+        drop(store);
         let client = ClientConfig { api: format!("https://{api_addr}"), ca_pem: ca.cert_pem().to_string(), token };
         let path = self.client_config_path();
-        write_file(&path, &serde_json::to_string_pretty(&client)?, 0o600)?;
+        write_file(&path, &serde_json::to_string_pretty(&client)?)?;
+        // The store's own files (sled makes them with the umask's mode).
+        private_files::tighten_tree(&self.root, &[])?;
         Ok(path)
+    }
+
+    /// Makes the folder private before `serve` opens anything in it: a
+    /// folder made by an older version (0755, certificates 0644), or opened
+    /// up by hand, is tightened, and said so in the log.
+    pub fn make_private(&self) -> Result<Vec<Tightened>> {
+        if !self.root.is_dir() {
+            bail!("{} is not a folder (is it initialised? run `fogmesh-master init --data-dir {}`)", self.root.display(), self.root.display());
+        }
+        Ok(private_files::secure_data_dir(&self.root, &[])?)
     }
 
     pub fn load(&self) -> Result<MasterFiles> {
@@ -110,7 +128,7 @@ impl DataDir {
         let path = self.path("quic-reset.key");
         if !path.exists() {
             let key = fogmesh_common::pki::try_random_hex(32).context("generate the QUIC reset key")?;
-            write_file(&path, &key, 0o600)?;
+            write_file(&path, &key)?;
         }
         let key = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         let key = key.trim().as_bytes().to_vec();
@@ -121,11 +139,11 @@ impl DataDir {
     }
 }
 
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
+/// A new file, mode 0600.
+fn write_file(path: &Path, contents: &str) -> Result<()> {
+    let mut f = private_files::private_options()
         .write(true)
         .create_new(true)
-        .mode(mode)
         .open(path)
         .with_context(|| format!("create {}", path.display()))?;
     f.write_all(contents.as_bytes())?;
@@ -150,6 +168,54 @@ mod tests {
         fs::write(root.join("quic-reset.key"), "short").expect("overwrite");
         let err = dir.quic_reset_key().expect_err("a short key is refused").to_string();
         assert!(err.contains("quic-reset.key holds 5 bytes"), "{err}");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    /// Every folder 0755 and file 0644 under `root`, as older versions
+    /// left a data folder.
+    fn open_up(root: &Path) {
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            let dir = path.is_dir();
+            fs::set_permissions(&path, fs::Permissions::from_mode(if dir { 0o755 } else { 0o644 })).expect("chmod");
+            if dir {
+                stack.extend(fs::read_dir(&path).expect("list").map(|e| e.expect("entry").path()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_data_dir_is_private_when_made_and_when_an_older_one_is_served() {
+        let root = std::env::temp_dir().join(format!("fogmesh-datadir-private-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = DataDir::new(&root);
+        dir.init(&[], "127.0.0.1:7400").expect("init");
+        assert_eq!(private_files::open_entries(&root, &[]).expect("walk"), [], "as init made it");
+        assert!(root.join("store/db").exists() && root.join("client.conf").exists(), "the real files were looked at");
+
+        open_up(&root);
+        assert!(!private_files::open_entries(&root, &[]).expect("walk").is_empty());
+        // What `serve` does first, then opens the store.
+        let tightened = dir.make_private().expect("tightened");
+        let names: Vec<_> = tightened.iter().map(|t| t.path.strip_prefix(&root).unwrap_or(&t.path).to_string_lossy().into_owned()).collect();
+        for name in ["", "ca.key", "client.conf", "quic-reset.key", "store", "store/db"] {
+            assert!(names.iter().any(|n| n == name), "{name:?} not in {names:?}");
+        }
+        assert_eq!(private_files::open_entries(&root, &[]).expect("walk"), []);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_store_folder_and_the_files_sled_makes_are_private() {
+        let root = std::env::temp_dir().join(format!("fogmesh-store-private-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).expect("dir");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let store = Store::open(&root.join("store")).expect("the store opens");
+        let open = private_files::open_entries(&root.join("store"), &[]).expect("walk");
+        drop(store);
+        assert!(root.join("store/db").exists(), "sled made its files");
+        assert_eq!(open, []);
         let _ = fs::remove_dir_all(&root);
     }
 }

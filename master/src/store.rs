@@ -80,12 +80,16 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
+        // sled makes its files with the umask's mode: a 0700 folder keeps
+        // them private, and those it made now are tightened below.
+        fogmesh_common::private_files::ensure_private_dir(dir)?;
         // Only our flusher thread flushes: no background flushes beside it.
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
             .open()
             .with_context(|| format!("open the master store in {}", dir.display()))?;
+        fogmesh_common::private_files::tighten_tree(dir, &[])?;
         let tree = |name: &str| db.open_tree(name).with_context(|| format!("open store tree {name}"));
         let flushing = db.clone();
         let flusher = GroupFlusher::start("store", move || {

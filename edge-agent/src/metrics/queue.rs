@@ -78,7 +78,7 @@ pub struct MetricQueue {
 impl MetricQueue {
     /// Opens (or creates) the queue; a torn last record is cut off.
     pub fn open(dir: &Path, cap: QueueCap) -> Result<MetricQueue> {
-        fs::create_dir_all(dir).with_context(|| format!("create the metric queue folder {}", dir.display()))?;
+        fogmesh_common::private_files::ensure_private_dir(dir).context("create the metric queue folder")?;
         let state = read_state(dir);
         let (mut next_seq, dropped_total) = state.unwrap_or((1, 0));
         let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
@@ -138,7 +138,11 @@ impl MetricQueue {
         record.extend_from_slice(&seq.to_le_bytes());
         record.extend_from_slice(&collected_ms.to_le_bytes());
         record.extend_from_slice(payload);
-        let mut file = OpenOptions::new().create(true).append(true).open(&segment.path).with_context(|| format!("open {}", segment.path.display()))?;
+        let mut file = fogmesh_common::private_files::private_options()
+            .create(true)
+            .append(true)
+            .open(&segment.path)
+            .with_context(|| format!("open {}", segment.path.display()))?;
         let offset = file.seek(SeekFrom::End(0))?;
         let written = file.write_all(&record).and_then(|_| file.sync_data());
         if let Err(e) = written {
@@ -238,7 +242,7 @@ impl MetricQueue {
 
     fn write_state(&self) -> Result<()> {
         let tmp = self.dir.join("state.tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = fogmesh_common::private_files::create_private(&tmp)?;
         f.write_all(format!("{} {}\n", self.next_seq, self.dropped_total).as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, self.dir.join("state"))?;

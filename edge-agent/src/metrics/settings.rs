@@ -36,7 +36,7 @@ impl SettingsFile {
     /// Replaces the stored settings atomically.
     pub fn save(&self, settings: &MetricsSettings) -> Result<()> {
         let tmp = self.path.with_extension("tmp");
-        let mut f = fs::File::create(&tmp).with_context(|| format!("write {}", tmp.display()))?;
+        let mut f = fogmesh_common::private_files::create_private(&tmp)?;
         f.write_all(serde_json::to_string_pretty(settings)?.as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, &self.path).with_context(|| format!("replace {}", self.path.display()))?;

@@ -249,6 +249,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     let dir = DataDir::new(&args.data_dir);
+    dir.make_private()?;
     let files = dir.load()?;
     let store = Store::open(&dir.store_dir())?;
     let timing = QuicTiming::with_idle_timeout(args.agent_timeout);
@@ -266,6 +267,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let cluster = Cluster::new(store, files.ca, config);
     let metrics = Metrics::start(cluster.clone(), &credentials, metrics_options).await?;
+    // Whatever the start made with the umask's mode, inside the 0700 data
+    // folder (the metrics modules' own folders).
+    let made = fogmesh_common::private_files::tighten_tree(&dir.root, &[])?;
+    tracing::debug!(count = made.len(), "tightened what the start made");
     // Desired states reflect the apps and nodes in the store as of now.
     cluster.reschedule().await?;
 

@@ -60,7 +60,7 @@ impl Writer {
     pub fn create(dir: &Path, cut_ms: i64) -> Result<Writer> {
         remove_unfinished(dir)?;
         let tmp = dir.join(format!("checkpoint-{cut_ms:015}.tmp"));
-        let file = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        let file = fogmesh_common::private_files::create_private(&tmp)?;
         let mut writer = Writer { dir: dir.to_path_buf(), cut_ms, tmp, file: BufWriter::new(file), series: 0 };
         writer.write(&RecordOut::Start { cut_ms })?;
         Ok(writer)

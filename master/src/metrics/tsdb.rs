@@ -135,7 +135,7 @@ impl Wal {
             None => now_ms.max(self.floor_ms),
         };
         let path = self.dir.join(format!("wal-{start:015}.log"));
-        let file = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("open {}", path.display()))?;
+        let file = fogmesh_common::private_files::private_options().create(true).append(true).open(&path).with_context(|| format!("open {}", path.display()))?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
@@ -493,7 +493,7 @@ impl Tsdb {
 
     /// Opens the store in `dir`, replaying its log before it returns.
     pub fn open(dir: &Path, retention: Duration) -> Result<Arc<Tsdb>> {
-        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        fogmesh_common::private_files::ensure_private_dir(dir)?;
         let (index, entries) = replay_index(dir, &segments(dir)?, retention, |_| {});
         let entries = entries?;
         let tsdb = Tsdb::new(index, None, Wal::open(dir)?, retention);
@@ -505,7 +505,7 @@ impl Tsdb {
     /// Opens the store in `dir` at once and replays its log on a thread of
     /// its own; the store is `loading` until that is done.
     pub fn open_loading(dir: &Path, retention: Duration) -> Result<Arc<Tsdb>> {
-        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        fogmesh_common::private_files::ensure_private_dir(dir)?;
         // Only what is there now: appends from here on go to new segments.
         let old = segments(dir)?;
         let loading = Loading { segments: old.len(), segments_read: 0, held: Vec::new() };
