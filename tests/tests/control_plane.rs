@@ -290,18 +290,28 @@ fn garbage_on_the_quic_port_does_not_hurt_the_master() {
     let dir = test_dir("garbage");
     let master = Master::start(&dir);
     let agent = Agent::join_and_run(&master, &format!("gb{}", std::process::id()), "127.0.0.7");
+    wait_for("the node ready", T, || (master.cli_json(&["node", "list"])[0]["state"] == "ready").then_some(()));
+    let log = || master.proc.as_ref().unwrap().log_text();
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
 
     // Raw UDP garbage.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..200u32 {
         let _ = udp.send_to(&vec![i as u8; (i as usize * 7) % 1400 + 1], ("127.0.0.1", master.quic_port));
     }
-    // Real QUIC connections (join-style, CA pinned) that send an oversized
-    // frame header, and garbage that is not a frame.
+    // Real QUIC connections (join-style, CA pinned) whose first frame is
+    // garbage: an oversized frame header, a frame that is no message, and
+    // HTTP (its "GET " read as a length). Each must be refused for what it
+    // sent: the master ends that connection, answering nothing, and says why.
     let token: fogmesh_common::pki::JoinToken = master.token().parse().unwrap();
+    let cases: [(Vec<u8>, &str); 3] = [
+        (vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], "error=frame of 4294967295 bytes exceeds the 4194304 byte limit"),
+        (vec![0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3], "error=malformed message: "),
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "error=frame of 1195725856 bytes exceeds the 4194304 byte limit"),
+    ];
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        for payload in [vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], vec![0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3], b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
+    for (payload, why) in cases {
+        let port = rt.block_on(async {
             let config = fogmesh_common::tls::quic_join_client_config(&token.ca_fingerprint).unwrap();
             let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
             endpoint.set_default_client_config(config);
@@ -310,18 +320,37 @@ fn garbage_on_the_quic_port_does_not_hurt_the_master() {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             send.write_all(&payload).await.unwrap();
             let _ = send.finish();
-            // The master answers by closing; it must not hang or crash.
-            let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await;
-            conn.close(0u32.into(), b"done");
-        }
+            // No answer: the stream ends empty or the connection goes first.
+            let read = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await.expect("the master ends the stream");
+            match read {
+                Ok(bytes) => assert!(bytes.is_empty(), "the master answered garbage with {bytes:?}"),
+                Err(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(_))) => {}
+                Err(e) => panic!("the stream failed otherwise: {e}"),
+            }
+            // The master closed the connection (QUIC's close for a dropped
+            // connection: application code 0, no reason), long before an idle timeout.
+            let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("the master closes the connection");
+            match closed {
+                quinn::ConnectionError::ApplicationClosed(c) => assert_eq!((c.error_code, c.reason.as_ref()), (0u32.into(), &b""[..]), "{c:?}"),
+                other => panic!("the connection ended otherwise: {other}"),
+            }
+            endpoint.local_addr().unwrap().port()
+        });
+        // The master says why, about this connection.
+        let peer = format!("peer=127.0.0.1:{port} ");
+        wait_for(&format!("the master to log the refusal ({why})"), Duration::from_secs(10), || {
+            log().lines().any(|l| l.contains("agent connection ended") && l.contains(&peer) && l.contains(why)).then_some(())
+        });
+    }
+    // Still serving: the API answers, and the agent's session (the one it
+    // had) goes on: a heartbeat after the garbage, no reconnection.
+    let after = now_ms();
+    wait_for("a heartbeat after the garbage", T, || {
+        let nodes = master.cli_json(&["node", "list"]);
+        (nodes[0]["name"] == agent.name.as_str() && nodes[0]["state"] == "ready" && nodes[0]["last_seen_ms"].as_u64() > Some(after)).then_some(())
     });
-    // Still serving: API answers, the agent is still connected and ready.
-    std::thread::sleep(Duration::from_secs(1));
-    let nodes = master.cli_json(&["node", "list"]);
-    assert_eq!(nodes[0]["name"], agent.name.as_str());
-    assert_eq!(nodes[0]["state"], "ready");
-    let log = master.proc.as_ref().unwrap().log_text();
-    assert!(log.contains("exceeds the") || log.contains("bad frame") || log.contains("agent connection ended"), "master logs the bad peers:\n{log}");
+    let log = log();
+    assert_eq!(log.matches("agent connected").count(), 1, "the agent had to reconnect:\n{log}");
 }
 
 #[test]
