@@ -7,6 +7,9 @@
 //! retention is deleted whole. After a rotation the index is written out as
 //! a checkpoint (see `checkpoint`) and the segments it holds are deleted,
 //! so a start reads the checkpoint and replays only the log after it.
+//! A replay stops reading a segment at a torn record, so a write that fails
+//! part-way (a full disk) is cut off before the next append, and so is what
+//! a failed sync may have lost (its appends fail; agents send them again).
 //!
 //! Start: the master opens the store with [`Tsdb::open_loading`], which
 //! returns at once and replays the log on a thread of its own (the log of
@@ -81,73 +84,231 @@ impl hashbrown::Equivalent<Labels> for LabelsRef<'_, '_> {
     }
 }
 
+/// The segment being written.
+struct Segment {
+    file: File,
+    path: PathBuf,
+    /// Its start (unix ms), as in its name.
+    start: i64,
+    /// Bytes of whole records: where the next one goes.
+    len: u64,
+    /// Bytes a sync found on disk.
+    synced: u64,
+    /// The file may hold bytes past `len` (a write failed part-way, or a
+    /// sync failed) that could not be cut off yet: nothing is appended
+    /// until they are, or a replay would stop at them.
+    torn: bool,
+}
+
+impl Segment {
+    /// Cuts the file back to its last whole record.
+    fn cut_back(&mut self) -> Result<()> {
+        self.file
+            .set_len(self.len)
+            .with_context(|| format!("cut the metrics log {} back to its last whole record (byte {})", self.path.display(), self.len))?;
+        self.torn = false;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct WalState {
+    segment: Option<Segment>,
+    /// Bumped when records not yet known to be on disk are cut off: an
+    /// append whose record was written before a bump is not stored.
+    cuts: u64,
+}
+
+impl WalState {
+    /// A sync of segment `start` found everything up to `len` on disk
+    /// (unless records were cut meanwhile: then `len` may be gone).
+    fn synced(&mut self, start: i64, len: u64, cuts: u64) {
+        if self.cuts != cuts {
+            return;
+        }
+        if let Some(s) = self.segment.as_mut().filter(|s| s.start == start) {
+            s.synced = s.synced.max(len.min(s.len));
+        }
+    }
+
+    /// A sync of segment `start` failed: what was written since the last
+    /// good sync may not be on disk, whatever a later sync says (Linux
+    /// reports a lost write-back once), and a hole there would stop a
+    /// replay before every later record. So it is cut off, and the appends
+    /// that wrote it fail (their agents send them again).
+    fn sync_failed(&mut self, start: i64) {
+        self.cuts += 1;
+        if let Some(s) = self.segment.as_mut().filter(|s| s.start == start && s.len > s.synced) {
+            s.len = s.synced;
+            s.torn = true;
+            if let Err(e) = s.cut_back() {
+                tracing::error!(error = %format!("{e:#}"), "metrics log appends are refused until it can be cut back");
+            }
+        }
+    }
+}
+
+/// Where a record went: whether it is still there after the flush.
+#[must_use]
+struct Written {
+    cuts: u64,
+}
+
+/// Disk faults a test injects where it cannot fill a real disk.
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    /// Bytes the disk still takes: a write past them writes what fits and
+    /// fails as a full disk does.
+    space: Option<u64>,
+    /// Syncs fail (as after a lost write-back).
+    fail_syncs: bool,
+}
+
 struct Wal {
     dir: PathBuf,
-    current: Arc<Mutex<Option<(File, i64, u64)>>>,
+    current: Arc<Mutex<WalState>>,
     flusher: GroupFlusher,
     /// No new segment starts before this: after the last segment and the
     /// newest checkpoint's cut of an earlier run, even if the clock went
     /// back since (a segment named before the cut would be taken as held
     /// by the checkpoint, and skipped).
     floor_ms: i64,
+    #[cfg(test)]
+    faults: Arc<Mutex<Faults>>,
 }
 
 impl Wal {
     fn open(dir: &Path) -> Result<Wal> {
-        let current: Arc<Mutex<Option<(File, i64, u64)>>> = Arc::new(Mutex::new(None));
+        let current: Arc<Mutex<WalState>> = Arc::default();
+        #[cfg(test)]
+        let faults: Arc<Mutex<Faults>> = Arc::default();
         let syncing = current.clone();
+        #[cfg(test)]
+        let sync_faults = faults.clone();
         let flusher = GroupFlusher::start("tsdb-wal", move || {
             // Sync a clone of the handle so appends need not wait for the disk.
-            let file = syncing.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(f, _, _)| f.try_clone()).transpose()?;
-            if let Some(f) = file {
-                f.sync_data()?;
+            let taken = {
+                let state = syncing.lock().unwrap_or_else(|e| e.into_inner());
+                match &state.segment {
+                    Some(s) => Some((s.file.try_clone()?, s.start, s.len, state.cuts, s.path.clone())),
+                    None => None,
+                }
+            };
+            let Some((file, start, len, cuts, path)) = taken else { return Ok(()) };
+            #[cfg(test)]
+            let result = if sync_faults.lock().unwrap_or_else(|e| e.into_inner()).fail_syncs { Err(std::io::Error::other("injected sync failure")) } else { file.sync_data() };
+            #[cfg(not(test))]
+            let result = file.sync_data();
+            let mut state = syncing.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(()) => {
+                    state.synced(start, len, cuts);
+                    Ok(())
+                }
+                Err(e) => {
+                    state.sync_failed(start);
+                    Err(e).with_context(|| format!("sync the metrics log {}", path.display()))
+                }
             }
-            Ok(())
         })?;
         let last_segment = segments(dir)?.last().and_then(|p| segment_start(p));
         let floor_ms = last_segment.max(checkpoint::newest_cut(dir)?).map_or(i64::MIN, |t| t + 1);
-        Ok(Wal { dir: dir.to_path_buf(), current, flusher, floor_ms })
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            current,
+            flusher,
+            floor_ms,
+            #[cfg(test)]
+            faults,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, WalState> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes an entry's payload (see [`compress_entry`]); durable once
-    /// `flush` returned.
-    fn write(&self, payload: &[u8], now_ms: i64) -> Result<()> {
+    /// `flush` returned and [`Wal::kept`] says it is still there.
+    fn write(&self, payload: &[u8], now_ms: i64) -> Result<Written> {
         let record = records::frame(WAL_MAGIC, payload);
-        let mut guard = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let rotate = guard.as_ref().is_none_or(|(_, started, bytes)| now_ms - started > SEGMENT_MS || *bytes > SEGMENT_BYTES);
-        if rotate {
-            self.open_segment(&mut guard, now_ms)?;
+        let mut state = self.state();
+        if let Some(s) = state.segment.as_mut().filter(|s| s.torn) {
+            s.cut_back().context("the metrics log holds a torn record; no append until it is cut off")?;
         }
-        let (file, _, bytes) = guard.as_mut().context("a log segment is open")?;
-        file.write_all(&record).context("append to the metrics log")?;
-        *bytes += record.len() as u64;
+        let rotate = state.segment.as_ref().is_none_or(|s| now_ms - s.start > SEGMENT_MS || s.len > SEGMENT_BYTES);
+        if rotate {
+            self.open_segment(&mut state, now_ms)?;
+        }
+        let cuts = state.cuts;
+        let segment = state.segment.as_mut().context("a log segment is open")?;
+        if let Err(e) = self.write_record(&mut segment.file, &record) {
+            // A full disk may have taken part of the record: cut it off
+            // now, or the next record would land after it, and a replay
+            // (which stops at a torn record) would drop every later one.
+            segment.torn = true;
+            if let Err(cut) = segment.cut_back() {
+                tracing::error!(error = %format!("{cut:#}"), "metrics log appends are refused until it can be cut back");
+            }
+            return Err(e).with_context(|| format!("append to the metrics log {}", segment.path.display()));
+        }
+        segment.len += record.len() as u64;
+        Ok(Written { cuts })
+    }
+
+    fn write_record(&self, file: &mut File, record: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        {
+            let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(space) = faults.space.as_mut() {
+                let fits = (*space).min(record.len() as u64);
+                *space -= fits;
+                if fits < record.len() as u64 {
+                    file.write_all(&record[..fits as usize])?;
+                    return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "injected: no space left on device"));
+                }
+            }
+        }
+        file.write_all(record)
+    }
+
+    /// Whether a record `write` wrote is still in the log (after its flush).
+    fn kept(&self, written: Written) -> Result<()> {
+        if self.state().cuts != written.cuts {
+            anyhow::bail!("the metrics log was cut back after a failed sync; the batch was not stored");
+        }
         Ok(())
     }
 
     /// Ends the current segment (if any) and starts one at `now_ms`, or
     /// just after the current one's start; returns the new one's start.
-    fn open_segment(&self, current: &mut Option<(File, i64, u64)>, now_ms: i64) -> Result<i64> {
-        let start = match current.as_ref() {
-            Some((old, started, _)) => {
-                old.sync_data()?;
-                now_ms.max(started + 1)
+    fn open_segment(&self, state: &mut WalState, now_ms: i64) -> Result<i64> {
+        let start = match state.segment.as_ref() {
+            Some(old) => {
+                if let Err(e) = old.file.sync_data() {
+                    let (start, path) = (old.start, old.path.clone());
+                    state.sync_failed(start);
+                    return Err(e).with_context(|| format!("sync the metrics log {}", path.display()));
+                }
+                now_ms.max(old.start + 1)
             }
             None => now_ms.max(self.floor_ms),
         };
         let path = self.dir.join(format!("wal-{start:015}.log"));
         let file = fogmesh_common::private_files::private_options().create(true).append(true).open(&path).with_context(|| format!("open {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("read the size of {}", path.display()))?.len();
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        *current = Some((file, start, 0));
+        state.segment = Some(Segment { file, path, start, len, synced: 0, torn: false });
         Ok(start)
     }
 
     /// Starts a new segment now: everything logged so far is in the
     /// segments before the returned start.
     fn cut(&self, now_ms: i64) -> Result<i64> {
-        let mut guard = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        self.open_segment(&mut guard, now_ms)
+        let mut state = self.state();
+        self.open_segment(&mut state, now_ms)
     }
 
     async fn flush(&self) -> Result<()> {
@@ -572,8 +733,9 @@ impl Tsdb {
         let samples: Vec<_> = samples.into_iter().filter(|(_, ts, _)| *ts >= cutoff).collect();
         let entry = WalEntry { samples };
         let payload = compress_entry(&entry)?;
-        self.wal.write(&payload, now)?;
+        let written = self.wal.write(&payload, now)?;
         self.wal.flush().await?;
+        self.wal.kept(written)?;
         // Held under the loading lock, so a replay finishing now cannot
         // replace the index between the check and the insert.
         let mut loading = self.loading_guard();
@@ -972,6 +1134,165 @@ mod tests {
         db.append(vec![(up("a"), now - 120_000, 1.0), (up("a"), now, 2.0)]).await.unwrap();
         let got = db.select(&[], 0, i64::MAX);
         assert_eq!(got[0].samples.len(), 1, "older than the retention at write time");
+        let _ = fs::remove_dir_all(&d);
+    }
+    /// `n` samples of new series whose label values do not compress, so a
+    /// batch takes a few KiB of log.
+    fn noisy_batch(seed: u64, n: usize, ts: i64) -> Vec<StoredSample> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..n)
+            .map(|_| {
+                let id: String = (0..4).map(|_| format!("{:016x}", next())).collect();
+                (Labels::metric("noise", &[("id", &id)]), ts, (next() >> 11) as f64)
+            })
+            .collect()
+    }
+
+    /// A disk that fills up: a 64 KiB tmpfs mounted on the test's folder
+    /// (short writes and ENOSPC from the kernel), or, where mounting is
+    /// not allowed, the same faults injected into the log's writes.
+    enum SmallDisk {
+        Tmpfs(PathBuf),
+        Injected,
+    }
+
+    impl SmallDisk {
+        fn mount(dir: &Path) -> SmallDisk {
+            fs::create_dir_all(dir).unwrap();
+            let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(dir).status().is_ok_and(|s| s.success());
+            if mounted {
+                SmallDisk::Tmpfs(dir.to_path_buf())
+            } else {
+                eprintln!("cannot mount a tmpfs on {} (not root?): injecting the full disk into the log's writes instead", dir.display());
+                SmallDisk::Injected
+            }
+        }
+
+        /// Fills the disk but for one page.
+        fn fill(&self, db: &Tsdb) {
+            match self {
+                SmallDisk::Tmpfs(dir) => {
+                    let mut filler = File::create(dir.join("filler")).unwrap();
+                    let page = [0u8; 4096];
+                    while filler.write_all(&page).is_ok() {}
+                    let len = filler.metadata().unwrap().len();
+                    filler.set_len(len.saturating_sub(4096)).unwrap();
+                }
+                SmallDisk::Injected => db.wal.faults.lock().unwrap().space = Some(4096),
+            }
+        }
+
+        fn free(&self, db: &Tsdb) {
+            match self {
+                SmallDisk::Tmpfs(dir) => fs::remove_file(dir.join("filler")).unwrap(),
+                SmallDisk::Injected => db.wal.faults.lock().unwrap().space = None,
+            }
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            if let SmallDisk::Tmpfs(dir) = self {
+                // The log's flusher thread lets go of its file within half a second of the store.
+                for _ in 0..50 {
+                    let quiet = std::process::Command::new("umount").arg(&*dir).stderr(std::process::Stdio::null()).status();
+                    if quiet.is_ok_and(|s| s.success()) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = std::process::Command::new("umount").arg("-l").arg(&*dir).status();
+            }
+        }
+    }
+
+    /// Every sample of `acked` is in `db`, and nothing else.
+    fn assert_holds_exactly(db: &Tsdb, acked: &[StoredSample]) {
+        let stored: HashMap<Labels, Vec<Sample>> = db.select(&[], 0, i64::MAX).into_iter().map(|s| (s.labels, s.samples)).collect();
+        for (labels, ts, value) in acked {
+            let found = stored.get(labels).is_some_and(|samples| samples.iter().any(|s| s.ts_ms == *ts && s.value == *value));
+            assert!(found, "an acknowledged sample of {labels} is missing after a restart ({} series of {} stored)", stored.len(), acked.len());
+        }
+        assert_eq!(db.stats().samples, acked.len(), "only what was acknowledged is stored");
+    }
+
+    /// A full disk tears a log write part-way; the log cuts the torn bytes
+    /// off before the next append, so a restart replays every record
+    /// acknowledged after it (a replay stops at a torn record).
+    #[tokio::test]
+    async fn a_torn_log_write_on_a_full_disk_is_cut_off_before_the_next_append() {
+        let d = dir("torn");
+        let disk = SmallDisk::mount(&d);
+        let store = d.join("store");
+        let keep = Duration::from_secs(3600);
+        let now = now_ms();
+        let db = Tsdb::open(&store, keep).unwrap();
+        let mut acked: Vec<StoredSample> = Vec::new();
+        let mut seed = 0;
+        let mut batch = || {
+            seed += 1;
+            noisy_batch(seed, 30, now)
+        };
+        let first = batch();
+        db.append(first.clone()).await.unwrap();
+        acked.extend(first);
+        disk.fill(&db);
+        // Appends fit until one does not: it is written in part and fails.
+        let mut refused = 0;
+        while refused < 2 {
+            let samples = batch();
+            match db.append(samples.clone()).await {
+                Ok(_) => acked.extend(samples),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(e.contains("append to the metrics log"), "{e}");
+                    refused += 1;
+                }
+            }
+            assert!(acked.len() < 30 * 50, "the disk never filled up");
+        }
+        disk.free(&db);
+        for _ in 0..5 {
+            let samples = batch();
+            db.append(samples.clone()).await.expect("space again");
+            acked.extend(samples);
+        }
+        drop(db);
+        let db = Tsdb::open(&store, keep).unwrap();
+        assert_holds_exactly(&db, &acked);
+        drop(db);
+        drop(disk);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// A failed sync: what was written since the last good one may not be
+    /// on disk (a later sync would not say so), so it is cut off and its
+    /// append fails; later appends and a restart are whole.
+    #[tokio::test]
+    async fn a_failed_log_sync_cuts_off_the_records_it_did_not_sync() {
+        let d = dir("sync-failed");
+        let keep = Duration::from_secs(3600);
+        let now = now_ms();
+        let db = Tsdb::open(&d, keep).unwrap();
+        let mut acked = noisy_batch(1, 10, now);
+        db.append(acked.clone()).await.unwrap();
+        db.wal.faults.lock().unwrap().fail_syncs = true;
+        let err = format!("{:#}", db.append(noisy_batch(2, 10, now)).await.unwrap_err());
+        assert!(err.contains("sync the metrics log") && err.contains("injected sync failure"), "{err}");
+        db.wal.faults.lock().unwrap().fail_syncs = false;
+        let later = noisy_batch(3, 10, now);
+        db.append(later.clone()).await.unwrap();
+        acked.extend(later);
+        assert_holds_exactly(&db, &acked);
+        drop(db);
+        let db = Tsdb::open(&d, keep).unwrap();
+        assert_holds_exactly(&db, &acked);
         let _ = fs::remove_dir_all(&d);
     }
 }
