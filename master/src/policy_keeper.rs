@@ -7,7 +7,11 @@
 //!   (not a new revision) under the cluster's write lock, then rescheduled:
 //!   the rollout is make-before-break as for any change.
 //! - A node-set target's count is kept in the app's scaling state, shown in
-//!   `app show`, on `/metrics`, and handed to `--node-set-hook`.
+//!   `app show`, on `/metrics`, and handed to `--node-set-hook`. The nodes a
+//!   rule names in `m_nodes_todrop` must be members of the set as the rule
+//!   saw it (`m_nodes`), else nothing changes. The hook runs beside the
+//!   rounds (one run per set at a time, killed after [`HOOK_TIMEOUT`]); its
+//!   outcome is an event of its own.
 //! - Changes of one target are at least the policy's `cooldown` apart
 //!   (default: two periods); rules that want their own pacing read
 //!   `m_time_since_node_count_changed` or keep time in `m_userdata`.
@@ -16,8 +20,9 @@
 //! - `m_userdata` is one value per app, shared by its rules, kept in the
 //!   store: it survives a master restart.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -28,6 +33,7 @@ use fogmesh_common::scaling::{RuleLimits, RuleWorker};
 use fogmesh_common::wire::{LocalDecision, LocalPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::io::AsyncReadExt;
 
 use crate::cluster::Cluster;
 use crate::failure::Failure;
@@ -36,6 +42,12 @@ use crate::scheduler::placement_key;
 
 /// Events kept per app.
 const EVENTS_KEPT: usize = 1000;
+/// How long a `--node-set-hook` run may take before it is killed.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of a hook's stderr kept for its event.
+const HOOK_STDERR_BYTES: u64 = 4096;
+/// Refused `m_nodes_todrop` values named in an event; the rest are counted.
+const REFUSALS_NAMED: usize = 8;
 
 /// Scaling state of one app, kept in the store.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -71,7 +83,8 @@ pub struct NodeSetCount {
 
 pub struct KeeperOptions {
     pub default_period: Duration,
-    /// Run with `--node-set-hook`: `CMD APP NODE_SET COUNT` after a node-set change.
+    /// Run with `--node-set-hook`: `CMD APP NODE_SET COUNT [-- NODE_TO_DROP...]`
+    /// after a node-set change.
     pub node_set_hook: Option<String>,
     pub limits: RuleLimits,
 }
@@ -81,6 +94,121 @@ pub struct PolicyKeeper {
     source: Arc<dyn SeriesSource + Send + Sync>,
     worker: Arc<RuleWorker>,
     options: KeeperOptions,
+    hook_timeout: Duration,
+    /// Per `APP_ID/SET`: held by that set's running hook, so the hook sees
+    /// one set's changes one at a time and in order.
+    hook_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A value of `m_nodes_todrop` that is not acted on, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedDrop {
+    pub value: String,
+    pub reason: String,
+}
+
+/// The values of `todrop` that are not members of the node set as the
+/// rule was shown it (`m_nodes`: ID is the node name), each with why. Only
+/// names of members may reach the scheduler and the hook's command line.
+pub fn refused_drops(members: &[NodeRef], todrop: &[String]) -> Vec<RefusedDrop> {
+    let mut refused = Vec::new();
+    for (i, value) in todrop.iter().enumerate() {
+        let reason = if members.iter().any(|m| &m.id == value) {
+            if todrop[..i].contains(value) {
+                "is named twice".to_string()
+            } else {
+                continue;
+            }
+        } else if let Some(m) = members.iter().find(|m| &m.addr == value) {
+            format!("is the address of member {}; name it by its ID (m_nodes[i]['ID'])", m.id)
+        } else {
+            "is not a member".to_string()
+        };
+        refused.push(RefusedDrop { value: value.clone(), reason });
+    }
+    refused
+}
+
+/// An event's words for refused values: each quoted (cut short), with why.
+fn describe_refusals(set: &str, members: &[NodeRef], refused: &[RefusedDrop]) -> String {
+    let mut parts: Vec<String> = refused
+        .iter()
+        .take(REFUSALS_NAMED)
+        .map(|r| format!("{:?} {}", r.value.chars().take(64).collect::<String>(), r.reason))
+        .collect();
+    if refused.len() > REFUSALS_NAMED {
+        parts.push(format!("and {} more", refused.len() - REFUSALS_NAMED));
+    }
+    let names: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+    let members = if names.is_empty() { "it has no members".to_string() } else { format!("its members: {}", names.join(", ")) };
+    format!("m_nodes_todrop refused for node set {set}, nothing changed: {} ({members})", parts.join("; "))
+}
+
+/// The hook's arguments: `APP NODE_SET COUNT`, then `--` and the nodes to
+/// drop, so that no node name can read as an option.
+pub fn hook_args(app: &str, set: &str, count: u32, todrop: &[String]) -> Vec<String> {
+    let mut args = vec![app.to_string(), set.to_string(), count.to_string()];
+    if !todrop.is_empty() {
+        args.push("--".into());
+        args.extend(todrop.iter().cloned());
+    }
+    args
+}
+
+/// How one hook run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookOutcome {
+    Ran,
+    Failed { status: String, stderr: String },
+    NotStarted(String),
+    /// It ran past the limit: it and its process group were killed.
+    TimedOut(Duration),
+}
+
+/// Runs `hook ARGS` in a process group of its own; past `limit` the whole
+/// group (a script's children too) is killed.
+pub async fn run_hook(hook: &str, args: &[String], limit: Duration) -> HookOutcome {
+    let mut command = tokio::process::Command::new(hook);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return HookOutcome::NotStarted(e.to_string()),
+    };
+    let pid = child.id();
+    let stderr = child.stderr.take();
+    let mut tail = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        if let Some(mut stderr) = stderr {
+            let _ = (&mut stderr).take(HOOK_STDERR_BYTES).read_to_end(&mut kept).await;
+            // Keep draining: a full pipe would stall the hook.
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        }
+        kept
+    });
+    let waited = tokio::time::timeout(limit, child.wait()).await;
+    let outcome = match waited {
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: a plain system call; the group is the hook's own
+                // (process_group(0)), and its leader is not reaped yet.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = child.kill().await;
+            HookOutcome::TimedOut(limit)
+        }
+        Ok(Err(e)) => HookOutcome::NotStarted(format!("waiting for it failed: {e}")),
+        Ok(Ok(status)) if status.success() => HookOutcome::Ran,
+        Ok(Ok(status)) => {
+            // A child it left running may hold the pipe open: do not wait for it.
+            let stderr = match tokio::time::timeout(Duration::from_secs(1), &mut tail).await {
+                Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).trim().to_string(),
+                _ => String::new(),
+            };
+            HookOutcome::Failed { status: status.to_string(), stderr }
+        }
+    };
+    tail.abort();
+    outcome
 }
 
 /// Identifies a policy's runtime state for one of its targets.
@@ -100,7 +228,13 @@ pub fn active_policies(plan: &Plan) -> impl Iterator<Item = &Policy> {
 
 impl PolicyKeeper {
     pub fn new(cluster: Arc<Cluster>, source: Arc<dyn SeriesSource + Send + Sync>, worker: Arc<RuleWorker>, options: KeeperOptions) -> PolicyKeeper {
-        PolicyKeeper { cluster, source, worker, options }
+        PolicyKeeper { cluster, source, worker, options, hook_timeout: HOOK_TIMEOUT, hook_turns: Mutex::default() }
+    }
+
+    /// How long a hook run may take (default [`HOOK_TIMEOUT`]).
+    pub fn with_hook_timeout(mut self, limit: Duration) -> PolicyKeeper {
+        self.hook_timeout = limit;
+        self
     }
 
     pub async fn run_forever(self) {
@@ -244,7 +378,21 @@ impl PolicyKeeper {
                     notes.push(why.clone());
                 }
                 let wait = cooldown(policy, self.options.default_period).as_millis() as i64;
-                if decision.changes() && runtime.last_change_ms > 0 && now - runtime.last_change_ms < wait {
+                // One bad value refuses the whole list (and the count, which
+                // comes from its length): a rule that names a node outside
+                // the set is wrong about the set, and dropping the rest would
+                // act on half of a mistaken decision.
+                let refused = match policy.target_kind {
+                    TargetKind::Nodes => refused_drops(&situation.nodes, &decision.nodes_todrop),
+                    _ => Vec::new(),
+                };
+                if !refused.is_empty() {
+                    let why = describe_refusals(target, &situation.nodes, &refused);
+                    tracing::warn!(app = %app.name, set = target, refused = %why, "m_nodes_todrop refused");
+                    notes.push(why);
+                    event.outcome = EventOutcome::Failed;
+                    (event.from, event.to) = (Some(situation.node_count), Some(situation.node_count));
+                } else if decision.changes() && runtime.last_change_ms > 0 && now - runtime.last_change_ms < wait {
                     notes.push(format!("cooldown: the last change was {} s ago (at least {} s apart)", (now - runtime.last_change_ms) / 1000, wait / 1000));
                     let (from, _) = decision.containers.or(decision.nodes).unwrap_or((0, 0));
                     (event.from, event.to) = (Some(from), Some(from));
@@ -352,33 +500,76 @@ impl PolicyKeeper {
                 }
                 let is_fog_group = app.plan.node(target).is_some_and(|n| n.fog_group.is_some());
                 if !is_fog_group {
-                    self.run_hook(&app.name, target, to, &decision.nodes_todrop, notes).await;
+                    self.start_hook(app, policy, target, to, &decision.nodes_todrop, notes);
                 }
             }
         }
-        let _ = policy;
         Ok(())
     }
 
-    /// `--node-set-hook CMD APP NODE_SET COUNT [NODE_TO_DROP...]`: how an
-    /// operator's tooling (Terraform, a cloud CLI) acts on a node-set count.
-    async fn run_hook(&self, app: &str, set: &str, count: u32, todrop: &[String], notes: &mut Vec<String>) {
-        let Some(hook) = &self.options.node_set_hook else {
+    /// `--node-set-hook CMD APP NODE_SET COUNT [-- NODE_TO_DROP...]`: how
+    /// an operator's tooling (Terraform, a cloud CLI) acts on a node-set
+    /// count. Started beside the rounds (a slow hook must not hold up every
+    /// app's scaling); its outcome is an event of its own.
+    fn start_hook(&self, app: &AppRecord, policy: &Policy, set: &str, count: u32, todrop: &[String], notes: &mut Vec<String>) {
+        let Some(hook) = self.options.node_set_hook.clone() else {
             notes.push(format!("node set {set} should have {count} node(s); no --node-set-hook to act on it"));
             return;
         };
-        let mut cmd = tokio::process::Command::new(hook);
-        cmd.arg(app).arg(set).arg(count.to_string()).args(todrop).kill_on_drop(true);
-        match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
-            Ok(Ok(out)) if out.status.success() => notes.push(format!("--node-set-hook ran for {set} = {count}")),
-            Ok(Ok(out)) => notes.push(format!(
-                "--node-set-hook failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).chars().take(300).collect::<String>()
-            )),
-            Ok(Err(e)) => notes.push(format!("--node-set-hook {hook} could not run: {e}")),
-            Err(_) => notes.push(format!("--node-set-hook {hook} took longer than 60 s: killed")),
+        // The ADT names the set: it must not read as an option either.
+        if set.starts_with('-') {
+            notes.push(format!("--node-set-hook not run: the node set's name {set:?} starts with '-'"));
+            return;
         }
+        notes.push(format!("--node-set-hook started for {set} = {count}"));
+        let args = hook_args(&app.name, set, count, todrop);
+        let turn = {
+            let mut turns = self.hook_turns.lock().unwrap_or_else(|e| e.into_inner());
+            turns.entry(format!("{}/{set}", app.id)).or_default().clone()
+        };
+        let (cluster, limit) = (self.cluster.clone(), self.hook_timeout);
+        let (app_id, app_name, label, set) = (app.id.clone(), app.name.clone(), policy_label(policy), set.to_string());
+        tokio::spawn(async move {
+            let _turn = turn.lock().await;
+            let outcome = run_hook(&hook, &args, limit).await;
+            let (failed, message) = match &outcome {
+                HookOutcome::Ran => (false, format!("--node-set-hook ran for {set} = {count}")),
+                HookOutcome::Failed { status, stderr } => {
+                    (true, format!("--node-set-hook failed for {set} = {count} ({status}): {}", stderr.chars().take(300).collect::<String>()))
+                }
+                HookOutcome::NotStarted(e) => (true, format!("--node-set-hook {hook} could not run for {set} = {count}: {e}")),
+                HookOutcome::TimedOut(limit) => (true, format!("--node-set-hook {hook} took longer than {} s for {set} = {count}: killed", limit.as_secs_f64())),
+            };
+            if failed {
+                tracing::warn!(app = %app_name, set, hook, "{message}");
+            } else {
+                tracing::info!(app = %app_name, set, "{message}");
+            }
+            let event = ScalingEvent {
+                seq: 0,
+                at_ms: now_ms(),
+                policy: label,
+                target: set,
+                by: "--node-set-hook".into(),
+                outcome: if failed { EventOutcome::Failed } else { EventOutcome::Unchanged },
+                from: None,
+                to: Some(count),
+                readings: Default::default(),
+                printed: Vec::new(),
+                message,
+            };
+            // An app deleted meanwhile gets no event.
+            if !matches!(cluster.store.app(&app_id), Ok(Some(_))) {
+                return;
+            }
+            match cluster.store.append_event(&app_id, event, EVENTS_KEPT) {
+                Ok(_) => {
+                    cluster.store.flush_soon();
+                    cluster.note_change();
+                }
+                Err(e) => tracing::warn!(app = %app_name, error = %format!("{e:#}"), "cannot record the --node-set-hook's outcome"),
+            }
+        });
     }
 }
 
@@ -500,4 +691,234 @@ pub fn policy_views(app: &AppRecord, state: &AppScaling, default_period: Duratio
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    use fogmesh_common::metrics::{Matcher, Series};
+    use fogmesh_common::pki::ClusterCa;
+    use fogmesh_common::wire::MetricsSettings;
+
+    use crate::cluster::ClusterConfig;
+    use crate::model::SubmitApp;
+    use crate::store::Store;
+
+    const T: Duration = Duration::from_secs(60);
+
+    fn node(id: &str, addr: &str) -> NodeRef {
+        NodeRef { id: id.into(), addr: addr.into() }
+    }
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn only_members_of_the_set_may_be_dropped() {
+        let members = [node("vm-1", "10.0.0.1"), node("vm-2", "10.0.0.2")];
+        assert_eq!(refused_drops(&members, &strings(&["vm-2"])), []);
+        assert_eq!(refused_drops(&members, &[]), []);
+        let refused = refused_drops(&members, &strings(&["vm-1", "--evil", "ghost", "10.0.0.2", "vm-1", ""]));
+        let got: Vec<(&str, &str)> = refused.iter().map(|r| (r.value.as_str(), r.reason.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("--evil", "is not a member"),
+                ("ghost", "is not a member"),
+                ("10.0.0.2", "is the address of member vm-2; name it by its ID (m_nodes[i]['ID'])"),
+                ("vm-1", "is named twice"),
+                ("", "is not a member"),
+            ]
+        );
+        let said = describe_refusals("workers", &members, &refused[..2]);
+        assert_eq!(said, r#"m_nodes_todrop refused for node set workers, nothing changed: "--evil" is not a member; "ghost" is not a member (its members: vm-1, vm-2)"#);
+    }
+
+    #[test]
+    fn the_nodes_to_drop_come_after_a_double_dash() {
+        assert_eq!(hook_args("app", "workers", 2, &[]), strings(&["app", "workers", "2"]));
+        assert_eq!(hook_args("app", "workers", 1, &strings(&["vm-1", "vm-2"])), strings(&["app", "workers", "1", "--", "vm-1", "vm-2"]));
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fogmesh-keeper-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        dir
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        path.to_string_lossy().into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_hook_gets_its_arguments_and_its_failures_are_told() {
+        let dir = scratch("hook");
+        let seen = dir.join("args");
+        let hook = script(&dir, "hook.sh", &format!("for a in \"$@\"; do printf '%s\\n' \"$a\"; done > {}\n", seen.display()));
+        let args = hook_args("app", "workers", 1, &strings(&["vm-1"]));
+        assert_eq!(run_hook(&hook, &args, T).await, HookOutcome::Ran);
+        assert_eq!(std::fs::read_to_string(&seen).expect("the hook ran"), "app\nworkers\n1\n--\nvm-1\n");
+
+        let failing = script(&dir, "failing.sh", "echo boom >&2\nexit 3\n");
+        match run_hook(&failing, &args, T).await {
+            HookOutcome::Failed { status, stderr } => assert!(status.contains('3') && stderr == "boom", "{status}: {stderr}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(run_hook("/nonexistent/hook", &args, T).await, HookOutcome::NotStarted(_)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// No series: rules here read only their `m_*` inputs.
+    struct NoSeries;
+
+    impl SeriesSource for NoSeries {
+        fn select(&self, _: &[Matcher], _: i64, _: i64) -> Vec<Series> {
+            Vec::new()
+        }
+    }
+
+    /// A rule worker that answers by a word in the rule: EVIL asks to drop
+    /// a non-member and an option, GROW asks for 2 nodes, any other 1.
+    fn fake_worker(dir: &Path) -> Arc<RuleWorker> {
+        let body = r#"while read -r line; do
+  case "$line" in
+    *EVIL*) echo '{"Ok":{"outputs":{"m_nodes_todrop":["--evil","ghost"]},"printed":[]}}' ;;
+    *GROW*) echo '{"Ok":{"outputs":{"m_node_count":2},"printed":[]}}' ;;
+    *) echo '{"Ok":{"outputs":{"m_node_count":1},"printed":[]}}' ;;
+  esac
+done
+"#;
+        let path = script(dir, "worker.sh", body);
+        Arc::new(RuleWorker::new(PathBuf::from("/bin/sh"), vec![path]))
+    }
+
+    /// A cloud node set of 1 to 4 nodes, whose policy runs every second.
+    fn cloud_set_adt(word: &str) -> String {
+        format!(
+            r#"tosca_definitions_version: tosca_simple_yaml_1_2
+topology_template:
+  node_templates:
+    workers:
+      type: tosca.nodes.MiCADO.EC2.Compute
+      properties: {{region_name: eu-west-1, image_id: ami-0123456789, instance_type: t3.small}}
+    job:
+      type: tosca.nodes.MiCADO.Container.Application.Docker.Deployment
+      properties:
+        image: busybox
+      requirements:
+        - host: workers
+  policies:
+    - workers-size:
+        type: tosca.policies.Scaling.MiCADO
+        targets: [workers]
+        properties:
+          min_instances: 1
+          max_instances: 4
+          interval: 1s
+          cooldown: 1s
+          scaling_rule: |
+            # {word}
+            m_node_count = m_node_count
+"#
+        )
+    }
+
+    async fn cluster_with(dir: &Path, apps: &[(&str, &str)]) -> (Arc<Cluster>, Vec<AppRecord>) {
+        let store = Store::open(&dir.join("store")).expect("store");
+        let ca = ClusterCa::generate("keeper test CA").expect("CA");
+        let config = ClusterConfig {
+            offline_after: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(3),
+            agent_endpoint: "127.0.0.1:7401".into(),
+            metrics: MetricsSettings { mqtt_url: "mqtts://127.0.0.1:8883".into(), interval_ms: 15_000, ack_key: vec![] },
+            scaling_period: Duration::from_secs(1),
+        };
+        let cluster = Cluster::new(store, ca, config);
+        let mut records = Vec::new();
+        for (name, word) in apps {
+            let req = SubmitApp { name: Some(name.to_string()), adt: cloud_set_adt(word), params: vec![], reset_params: false };
+            records.push(cluster.submit_app(&req).await.expect("submitted"));
+        }
+        (cluster, records)
+    }
+
+    async fn wait_for_events(cluster: &Cluster, app: &AppRecord, what: &str, done: impl Fn(&[ScalingEvent]) -> bool) -> Vec<ScalingEvent> {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let events = cluster.store.events(&app.id, 0, 1000).expect("events");
+            if done(&events) {
+                return events;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {events:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_to_drop_outside_the_set_are_refused_and_never_reach_the_hook() {
+        let dir = scratch("refuse");
+        let calls = dir.join("calls");
+        let hook = script(&dir, "hook.sh", &format!("echo \"$@\" >> {}\n", calls.display()));
+        let (cluster, apps) = cluster_with(&dir, &[("evil", "EVIL")]).await;
+        let options = KeeperOptions { default_period: Duration::from_secs(1), node_set_hook: Some(hook), limits: RuleLimits::default() };
+        let keeper = PolicyKeeper::new(cluster.clone(), Arc::new(NoSeries), fake_worker(&dir), options);
+        let running = tokio::spawn(keeper.run_forever());
+        // Two rounds: a hook the first had started would have run by then.
+        let events = wait_for_events(&cluster, &apps[0], "two rounds", |e| e.len() >= 2).await;
+        running.abort();
+
+        for event in &events {
+            assert_eq!(event.outcome, EventOutcome::Failed, "{event:?}");
+            assert_eq!((event.from, event.to), (Some(1), Some(1)));
+            assert!(
+                event.message.contains(r#"m_nodes_todrop refused for node set workers, nothing changed: "--evil" is not a member; "ghost" is not a member (it has no members)"#),
+                "{}",
+                event.message
+            );
+        }
+        let app = cluster.store.app(&apps[0].id).expect("read").expect("the app");
+        let set = app.plan.node("workers").expect("the set");
+        assert_eq!((set.scaled_to, set.dropped.as_slice()), (None, &[] as &[String]), "nothing changed");
+        assert!(!calls.exists(), "the hook ran: {:?}", std::fs::read_to_string(&calls));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_hook_past_its_time_is_killed_while_other_apps_go_on_scaling() {
+        let dir = scratch("slow-hook");
+        let pid_file = dir.join("sleeper.pid");
+        // The hook's own child outlives it unless its whole group is killed.
+        let hook = script(&dir, "hook.sh", &format!("sleep 30 &\necho $! > {}\nwait\n", pid_file.display()));
+        let (cluster, apps) = cluster_with(&dir, &[("grow", "GROW"), ("steady", "STEADY")]).await;
+        let options = KeeperOptions { default_period: Duration::from_secs(1), node_set_hook: Some(hook), limits: RuleLimits::default() };
+        let keeper = PolicyKeeper::new(cluster.clone(), Arc::new(NoSeries), fake_worker(&dir), options).with_hook_timeout(Duration::from_secs(3));
+        let running = tokio::spawn(keeper.run_forever());
+        let hooked = |e: &ScalingEvent| e.by == "--node-set-hook";
+        let grow = wait_for_events(&cluster, &apps[0], "the hook's outcome", |events| events.iter().any(hooked)).await;
+        let steady = cluster.store.events(&apps[1].id, 0, 1000).expect("events");
+        running.abort();
+
+        let scaled = grow.iter().find(|e| e.outcome == EventOutcome::Scaled).expect("the set was scaled");
+        assert_eq!((scaled.from, scaled.to), (Some(1), Some(2)));
+        assert!(scaled.message.contains("--node-set-hook started for workers = 2"), "{}", scaled.message);
+        let outcome = grow.iter().find(|e| hooked(e)).expect("the hook's event");
+        assert_eq!(outcome.outcome, EventOutcome::Failed);
+        assert!(outcome.message.contains("took longer than 3 s for workers = 2: killed"), "{}", outcome.message);
+        // While the hook ran, the other app's rounds did too.
+        let meanwhile = steady.iter().filter(|e| e.at_ms > scaled.at_ms && e.at_ms < outcome.at_ms).count();
+        assert!(meanwhile >= 1, "no round of the other app while the hook ran: {steady:#?}\nhook: {outcome:?}");
+        // The hook's child went with it (a zombie at most, until reaped).
+        let sleeper = std::fs::read_to_string(&pid_file).expect("the hook started its child").trim().to_string();
+        let stat = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z "), "the hook's child still runs: {stat}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

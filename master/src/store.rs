@@ -55,6 +55,9 @@ pub struct Store {
     scaling: sled::Tree,
     /// Per app: scaling events, keyed `APP_ID/SEQ` (SEQ zero-padded).
     events: sled::Tree,
+    /// Held from reading an app's last event to writing the next: rounds,
+    /// node-set hooks and agents' reports append concurrently.
+    events_lock: Arc<std::sync::Mutex<()>>,
     /// What `nodes` and `desired` hold, decoded.
     cache: Arc<Cache>,
 }
@@ -110,6 +113,7 @@ impl Store {
             meta: tree("meta")?,
             scaling: tree("scaling")?,
             events: tree("events")?,
+            events_lock: Arc::default(),
             cache: Arc::default(),
             db,
         };
@@ -242,6 +246,7 @@ impl Store {
     /// Stores an event under the next sequence number of its app and keeps
     /// only the newest `keep`; returns the sequence number.
     pub fn append_event(&self, app_id: &str, mut event: ScalingEvent, keep: usize) -> Result<u64> {
+        let _one_at_a_time = self.events_lock.lock().unwrap_or_else(|e| e.into_inner());
         let prefix = format!("{app_id}/");
         let last = self.events.scan_prefix(&prefix).keys().next_back().transpose()?;
         let last_seq = last.and_then(|k| std::str::from_utf8(&k).ok()?.strip_prefix(&prefix)?.parse::<u64>().ok()).unwrap_or(0);

@@ -154,8 +154,9 @@ struct ServeArgs {
     #[arg(long, default_value = "15s", value_parser = duration_arg)]
     scaling_period: Duration,
     /// Program run after a scaling policy changes a node set's count:
-    /// `CMD APP NODE_SET COUNT [NODE_TO_DROP...]` (e.g. a script that calls
-    /// Terraform or a cloud CLI); without it the count is only shown.
+    /// `CMD APP NODE_SET COUNT [-- NODE_TO_DROP...]` (e.g. a script that
+    /// calls Terraform or a cloud CLI), at most 60 s, beside the scaling
+    /// rounds; its outcome is an app event. Without it the count is only shown.
     #[arg(long, value_name = "CMD")]
     node_set_hook: Option<String>,
     /// Also forward every stored sample to this Prometheus remote-write
