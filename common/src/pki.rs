@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SanType, SerialNumber,
+    CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SanType, SerialNumber,
 };
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -38,6 +38,9 @@ const SERVER_VALID_DAYS: u64 = 365;
 /// clock, and a certificate "not yet valid" there would lock them out.
 const BACKDATE: Duration = Duration::from_secs(24 * 3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
+/// A CRL's promised next update: brokers refuse everyone once it passes,
+/// so the master writes a new one long before (at least daily).
+const CRL_VALID: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Name the master's server certificate always carries, so agents can dial
 /// it by this name regardless of how the master is reached.
@@ -230,6 +233,30 @@ impl ClusterCa {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// A certificate revocation list of `revoked` (serial, when), signed by
+    /// the CA, for brokers outside the master (mosquitto's `crlfile`).
+    /// `number` must grow from one list to the next.
+    pub fn crl_pem(&self, revoked: &[(Vec<u8>, SystemTime)], number: u64) -> Result<String, PkiError> {
+        let now = SystemTime::now();
+        let params = CertificateRevocationListParams {
+            this_update: now.checked_sub(BACKDATE).unwrap_or(now).into(),
+            next_update: (now + CRL_VALID).into(),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, when)| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: (*when).into(),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     /// Signs a node's CSR into a client certificate valid for `valid_days`.
     ///
     /// Only the public key is taken from the CSR (after checking its
@@ -289,6 +316,11 @@ pub fn node_key_and_csr(node_name: &str) -> Result<(String, String), PkiError> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// The serial number of the first certificate in a PEM text (what a CRL names).
+pub fn cert_serial_pem(pem: &str) -> Result<Vec<u8>, PkiError> {
+    x509::serial(&first_cert_der(pem)?).ok_or_else(|| PkiError::Pem("the certificate does not parse".into()))
+}
+
 /// Lowercase hex SHA-256 of a certificate's DER.
 pub fn cert_fingerprint_der(der: &[u8]) -> String {
     sha256_hex(der)
@@ -316,6 +348,10 @@ pub fn node_name_from_cert(der: &[u8]) -> Option<String> {
 pub fn validate_node_name(name: &str) -> Result<(), PkiError> {
     if name.parse::<IpAddr>().is_ok() {
         return Ok(());
+    }
+    // An external broker knows the master's ingest by this certificate name.
+    if name.eq_ignore_ascii_case(MASTER_SERVER_NAME) {
+        return Err(PkiError::InvalidName(format!("node name {name:?} is the master's own certificate name")));
     }
     if name.is_empty() || name.len() > MAX_NAME_CHARS {
         return Err(PkiError::InvalidName(format!(
@@ -562,6 +598,11 @@ mod x509 {
         names.next().is_none().then_some(first)
     }
 
+    pub(super) fn serial(der: &[u8]) -> Option<Vec<u8>> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        Some(cert.raw_serial().to_vec())
+    }
+
     /// The whole SubjectPublicKeyInfo, DER.
     pub(super) fn subject_public_key_info(der: &[u8]) -> Option<Vec<u8>> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
@@ -572,6 +613,33 @@ mod x509 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crl_lists_the_revoked_serials_under_the_ca() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        use x509_parser::revocation_list::CertificateRevocationList;
+        let ca = ClusterCa::generate("lab").expect("ca");
+        let (_, csr) = node_key_and_csr("fog").unwrap();
+        let cert = ca.sign_node_csr(&csr, "fog", 30).unwrap();
+        let serial = cert_serial_pem(&cert).unwrap();
+        let when = SystemTime::now();
+        let pem = ca.crl_pem(&[(serial.clone(), when)], 7).unwrap();
+        let der = rustls_pemfile::crls(&mut pem.as_bytes()).next().expect("a CRL").unwrap();
+        let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).unwrap();
+        let listed: Vec<&[u8]> = crl.iter_revoked_certificates().map(|r| r.raw_serial()).collect();
+        assert_eq!(listed, vec![&serial[..]]);
+        let (_, ca_cert) = X509Certificate::from_der(ca.cert_der()).unwrap();
+        assert_eq!(crl.issuer(), ca_cert.subject());
+        assert_eq!(crl.crl_number().map(|n| n.to_u64_digits()), Some(vec![7]));
+        assert!(crl.next_update().is_some_and(|t| t.timestamp() > when.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64 + 86400));
+    }
+
+    #[test]
+    fn no_node_may_take_the_masters_certificate_name() {
+        assert!(validate_node_name("fogmesh-master").is_err());
+        assert!(validate_node_name("FOGMESH-MASTER").is_err());
+        assert!(validate_node_name("fogmesh-master-2").is_ok());
+    }
 
     #[test]
     fn ca_server_and_node_certificates() {
@@ -602,7 +670,7 @@ mod tests {
     #[test]
     fn the_ca_decides_the_node_name() {
         let ca = ClusterCa::generate("lab").expect("ca");
-        let (_key, csr) = node_key_and_csr("fogmesh-master").expect("csr");
+        let (_key, csr) = node_key_and_csr("pi-kitchen").expect("csr");
         let cert = ca.sign_node_csr(&csr, "pi-garage", 30).expect("sign");
         let der = first_cert_der(&cert).expect("der");
         assert_eq!(node_name_from_cert(&der).as_deref(), Some("pi-garage"));

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use fogmesh_common::pki::{cert_fingerprint_der, cert_fingerprint_pem, constant_time_eq, hash_secret, node_name_from_cert, JoinToken};
+use fogmesh_common::pki::{cert_fingerprint_der, cert_fingerprint_pem, cert_serial_pem, constant_time_eq, hash_secret, node_name_from_cert, JoinToken};
 use fogmesh_common::wire::{Hello, JoinRequest, JoinResponse, NodeStatus, Refusal, PROTOCOL_VERSION};
 
 use crate::cluster::Cluster;
@@ -89,7 +89,8 @@ impl Cluster {
         let previous = self.store.node(&name).map_err(internal)?;
         if let Some(old) = previous.as_ref().and_then(|n| n.cert_fingerprint.as_ref()) {
             // Only with --replace (checked above): the old agent is refused from now on.
-            self.store.revoke(old, Revocation::Replaced).map_err(internal)?;
+            let serial = previous.as_ref().and_then(|n| n.cert_pem.as_deref()).and_then(|pem| cert_serial_pem(pem).ok());
+            self.store.revoke(old, Revocation::Replaced, serial).map_err(internal)?;
             tracing::warn!(node = %name, "node joined again with --replace; its previous certificate is revoked");
         }
         let node = NodeRecord {
@@ -243,7 +244,8 @@ impl Cluster {
             return Err(Failure::NotFound(format!("no node named '{name}'")));
         };
         if let Some(fp) = &node.cert_fingerprint {
-            self.store.revoke(fp, Revocation::Removed)?;
+            let serial = node.cert_pem.as_deref().and_then(|pem| cert_serial_pem(pem).ok());
+            self.store.revoke(fp, Revocation::Removed, serial)?;
         }
         self.store.remove_node(name)?;
         self.reschedule_locked().await?;

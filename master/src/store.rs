@@ -36,6 +36,13 @@ pub enum Revocation {
     Replaced,
 }
 
+/// A revoked certificate as a CRL lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RevokedSerial {
+    pub serial: Vec<u8>,
+    pub revoked_ms: u64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -49,6 +56,8 @@ pub struct Store {
     observed: sled::Tree,
     tokens: sled::Tree,
     revoked: sled::Tree,
+    /// Revoked certificates' serial numbers and when, for a CRL: fingerprint -> [`RevokedSerial`].
+    revoked_serials: sled::Tree,
     placements: sled::Tree,
     meta: sled::Tree,
     /// Per app: scaling state (`m_userdata`, alert clocks, last rounds).
@@ -109,6 +118,7 @@ impl Store {
             observed: tree("observed")?,
             tokens: tree("tokens")?,
             revoked: tree("revoked")?,
+            revoked_serials: tree("revoked_serials")?,
             placements: tree("placements")?,
             meta: tree("meta")?,
             scaling: tree("scaling")?,
@@ -310,8 +320,17 @@ impl Store {
         put(&self.tokens, id, token)
     }
 
-    pub fn revoke(&self, cert_fingerprint: &str, why: Revocation) -> Result<()> {
+    /// Revokes a certificate; with its serial number, brokers outside the
+    /// master learn it from the CRL.
+    pub fn revoke(&self, cert_fingerprint: &str, why: Revocation, serial: Option<Vec<u8>>) -> Result<()> {
+        if let Some(serial) = serial {
+            put(&self.revoked_serials, cert_fingerprint, &RevokedSerial { serial, revoked_ms: crate::model::now_ms() })?;
+        }
         put(&self.revoked, cert_fingerprint, &why)
+    }
+    /// Every revoked certificate whose serial number is known.
+    pub fn revoked_serials(&self) -> Result<Vec<RevokedSerial>> {
+        Ok(keyed(&self.revoked_serials, |r: RevokedSerial| r)?.into_values().collect())
     }
     /// Why a certificate was revoked, if it was.
     pub fn revocation(&self, cert_fingerprint: &str) -> Result<Option<Revocation>> {

@@ -481,3 +481,71 @@ impl Drop for CutOff {
         let _ = Command::new("iptables").arg("-D").args(&self.rule).output();
     }
 }
+
+/// mosquitto from Debian with the setup `fogmesh-master issue-cert` writes
+/// (TLS, client certificates under the cluster CA, fogmesh's ACL and CRL),
+/// listening on 127.0.0.1:`port`. Start the master with
+/// `--mqtt-crl` [`Mosquitto::crl_path`] to keep its CRL current.
+pub struct Mosquitto {
+    pub proc: Option<Proc>,
+    pub conf: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    /// Where the setup goes, for a master in `dir`.
+    pub fn crl_path(dir: &Path) -> PathBuf {
+        let certs = dir.join("mosquitto");
+        std::fs::create_dir_all(&certs).expect("create the mosquitto folder");
+        certs.join("crl.pem")
+    }
+
+    pub fn start(master: &Master, port: u16) -> Mosquitto {
+        assert!(mosquitto_installed(), "mosquitto is needed: apt-get install mosquitto");
+        let certs = master.dir.join("mosquitto");
+        let out = Command::new(bin("fogmesh-master"))
+            .args(["issue-cert", "--data-dir"])
+            .arg(master.dir.join("master"))
+            .args(["--name", "127.0.0.1", "--listen", &format!("127.0.0.1:{port}"), "--out-dir"])
+            .arg(&certs)
+            .output()
+            .expect("run issue-cert");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // The generated setup, run as root here (the key is root's, mode 0600).
+        let conf = certs.join("mosquitto.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("issue-cert wrote mosquitto.conf");
+        text.push_str("user root\npersistence false\n");
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let mut m = Mosquitto { proc: None, conf, log: certs.join("mosquitto.log"), port };
+        m.restart();
+        m
+    }
+
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("mosquitto");
+        cmd.arg("-c").arg(&self.conf);
+        self.proc = Some(Proc::spawn(cmd, self.log.clone()));
+        let port = self.port;
+        wait_for("mosquitto listening", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));
+    }
+
+    /// SIGHUP: mosquitto rereads its CRL.
+    pub fn reload(&self) {
+        let pid = self.proc.as_ref().expect("mosquitto runs").child.id();
+        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status().expect("run kill");
+        assert!(status.success());
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.take();
+    }
+}
+
+pub fn mosquitto_installed() -> bool {
+    if Command::new("mosquitto").arg("-h").output().is_ok() {
+        return true;
+    }
+    let _ = Command::new("sh").args(["-c", "apt-get install -y -qq mosquitto >/dev/null 2>&1"]).status();
+    Command::new("mosquitto").arg("-h").output().is_ok()
+}

@@ -149,3 +149,107 @@ fn a_node_certificate_reaches_only_its_own_topics_and_a_removed_one_is_shut_out_
     // Through all of it, the other node's samples kept arriving.
     ingest_goes_on(&master, "door-b", 3.0);
 }
+
+/// The same rules through an external mosquitto set up by `issue-cert`: a
+/// node certificate cannot read other topics or publish as another node or
+/// take the master's identity, and a removed node's certificate is refused
+/// once mosquitto rereads the CRL the master keeps current.
+#[test]
+fn an_external_mosquitto_set_up_by_issue_cert_holds_the_same_doors() {
+    let dir = test_dir("broker-doors-mosquitto");
+    let port = free_port();
+    let url = format!("mqtts://127.0.0.1:{port}");
+    let crl = Mosquitto::crl_path(&dir);
+    let master = Master::start_with(&dir, &["--metrics-interval", "1s", "--mqtt-url", &url, "--mqtt-crl", crl.to_str().unwrap()]);
+    let broker = Mosquitto::start(&master, port);
+    let a = Agent::join_and_run(&master, "mq-a", "127.0.0.47");
+    let _b = Agent::join_and_run(&master, "mq-b", "127.0.0.48");
+    wait_for("both agents' metrics through mosquitto", T, || (batch_seq(&master, "mq-a").is_some() && batch_seq(&master, "mq-b").is_some()).then_some(()));
+    let files = NodeFiles::of(&a);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Whatever client id it asks for, the session is mq-a's, and mosquitto
+    // delivers it nothing of other nodes' topics or the master's. (Agent
+    // mq-a stops first: the two would take turns to end each other's session.)
+    drop(a);
+    let (spy, mut spy_events) = rt.block_on(async {
+        let (client, mut events) = files.client(port, "fogmesh-master");
+        assert_eq!(connack(&mut events).await, Ok(ConnectReturnCode::Success));
+        for filter in ["#", "fogmesh/v1/nodes/+/metrics", "fogmesh/v1/nodes/+/acks"] {
+            client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        }
+        (client, events)
+    });
+    let read = rt.spawn(async move {
+        let mut got = Vec::new();
+        while let Ok(event) = spy_events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                got.push(p.topic);
+            }
+        }
+        got
+    });
+    // Meanwhile mq-b publishes and the master acks (both go through mosquitto).
+    ingest_goes_on(&master, "mq-b", 3.0);
+    rt.block_on(async {
+        spy.disconnect().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), read).await.expect("the spy's connection ends").unwrap();
+        assert!(got.is_empty(), "a node certificate read {got:?}");
+    });
+
+    // Publishing as mq-b goes nowhere; the same forgery on mq-a's own topic
+    // reaches the master (which refuses it: not mq-b's signature). The
+    // second is the witness that the first would have arrived by then.
+    rt.block_on(async {
+        use fogmesh_common::metrics::batch::{encode_payload, Batch, BatchSample};
+        let signer = fogmesh_common::pki::NodeSigner::from_key_pem(&files.key).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let forged = Batch {
+            node: "mq-b".into(),
+            seq: 1,
+            collected_ms: now,
+            samples: vec![BatchSample { labels: fogmesh_common::metrics::Labels::metric("forged_marker", &[("node", "mq-b")]), value: 1.0, ts_ms: now }],
+        };
+        let payload = encode_payload(&forged, |b| signer.sign(b).map_err(|e| e.to_string())).unwrap();
+        let (client, mut events) = files.client(port, "any");
+        assert_eq!(connack(&mut events).await, Ok(ConnectReturnCode::Success));
+        client.publish("fogmesh/v1/nodes/mq-b/metrics", QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+        client.publish("fogmesh/v1/nodes/mq-a/metrics", QoS::AtLeastOnce, false, payload).await.unwrap();
+        let mut acked = 0;
+        while acked < 2 {
+            if let Event::Incoming(Packet::PubAck(_)) = tokio::time::timeout(Duration::from_secs(10), events.poll()).await.expect("PUBACKs").unwrap() {
+                acked += 1;
+            }
+        }
+    });
+    wait_for("the forgery on mq-a's own topic refused", T, || (own_metric(&master, "fogmesh_ingest_refused_total{reason=\"forged\"}") >= 1.0).then_some(()));
+    assert_eq!(own_metric(&master, "fogmesh_ingest_refused_total{reason=\"forged\"}"), 1.0, "the publish on mq-b's topic reached the master");
+
+    // Removing mq-a rewrites the CRL; after mosquitto rereads it, mq-a's
+    // certificate no longer connects.
+    let before = std::fs::read(&crl).unwrap();
+    master.cli_ok(&["node", "remove", "mq-a"]);
+    wait_for("the master rewriting the CRL", T, || (std::fs::read(&crl).ok()? != before).then_some(()));
+    broker.reload();
+    rt.block_on(async {
+        let refused = wait_for_async(|| async {
+            let (_client, mut events) = files.client(port, "again");
+            connack(&mut events).await.err()
+        })
+        .await;
+        assert!(refused.contains("CertificateRevoked"), "mq-a's certificate was refused for another reason: {refused}");
+    });
+    ingest_goes_on(&master, "mq-b", 3.0);
+}
+
+/// Retries `attempt` for up to 30 s until it gives `Some`.
+async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(mut attempt: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "still admitted 30 s after the CRL reload");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -232,59 +232,6 @@ fn no_sample_is_lost_while_the_master_is_down_even_if_the_agent_is_killed() {
     eprintln!("{n} collections, all present");
 }
 
-/// mosquitto from Debian, TLS with a server certificate from
-/// `fogmesh-master issue-cert`, client certificates required.
-struct Mosquitto {
-    proc: Option<Proc>,
-    conf: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
-
-impl Mosquitto {
-    fn start(master: &Master, port: u16) -> Mosquitto {
-        let certs = master.dir.join("mosquitto");
-        let out = Command::new(bin("fogmesh-master"))
-            .args(["issue-cert", "--data-dir"])
-            .arg(master.dir.join("master"))
-            .args(["--name", "127.0.0.1", "--out-dir"])
-            .arg(&certs)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let conf = certs.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\nlistener {port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous false\npersistence false\n",
-                certs.display()
-            ),
-        )
-        .unwrap();
-        let mut m = Mosquitto { proc: None, conf, log: certs.join("mosquitto.log") };
-        m.restart(port);
-        m
-    }
-
-    fn restart(&mut self, port: u16) {
-        let mut cmd = Command::new("mosquitto");
-        cmd.arg("-c").arg(&self.conf);
-        self.proc = Some(Proc::spawn(cmd, self.log.clone()));
-        wait_for("mosquitto listening", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));
-    }
-
-    fn kill(&mut self) {
-        self.proc.take();
-    }
-}
-
-fn mosquitto_installed() -> bool {
-    if Command::new("mosquitto").arg("-h").output().is_ok() {
-        return true;
-    }
-    let _ = Command::new("sh").args(["-c", "apt-get install -y -qq mosquitto >/dev/null 2>&1"]).status();
-    Command::new("mosquitto").arg("-h").output().is_ok()
-}
-
 /// The same claim with an external broker: mosquitto stays up while the
 /// master is down (it accepts batches nobody reads, so the agent must send
 /// them again), then mosquitto goes away too.
@@ -294,7 +241,8 @@ fn no_sample_is_lost_through_an_external_mosquitto_over_tls() {
     let dir = test_dir("metrics-mosquitto");
     let port = free_port();
     let url = format!("mqtts://127.0.0.1:{port}");
-    let mut master = Master::start_with(&dir, &["--metrics-interval", "1s", "--mqtt-url", &url]);
+    let crl = Mosquitto::crl_path(&dir);
+    let mut master = Master::start_with(&dir, &["--metrics-interval", "1s", "--mqtt-url", &url, "--mqtt-crl", crl.to_str().unwrap()]);
     let mut broker = Mosquitto::start(&master, port);
     let mut agent = Agent::join_and_run(&master, "mq", "127.0.0.46");
     wait_for("first samples through mosquitto", T, || (raw_samples(&master, "fogmesh_agent_batch_seq{node=\"mq\"}", "1m").len() >= 3).then_some(()));
@@ -308,7 +256,7 @@ fn no_sample_is_lost_through_an_external_mosquitto_over_tls() {
     std::thread::sleep(Duration::from_secs(4));
     broker.kill();
     std::thread::sleep(Duration::from_secs(4));
-    broker.restart(port);
+    broker.restart();
     master.restart();
     let back = unix_now();
     wait_drained(&master, "mq", back + 2.0);

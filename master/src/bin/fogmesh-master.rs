@@ -14,7 +14,7 @@ use fogmesh_master::cli::duration_arg;
 use fogmesh_master::cluster::{Cluster, ClusterConfig};
 use fogmesh_master::datadir::{DataDir, ADVERTISE_HOST_KEY};
 use fogmesh_master::https::ApiLimits;
-use fogmesh_master::metrics::{Credentials, Metrics, MetricsOptions};
+use fogmesh_master::metrics::{self, Credentials, Metrics, MetricsOptions};
 use fogmesh_master::policy_keeper::{KeeperOptions, PolicyKeeper};
 use fogmesh_master::store::Store;
 use fogmesh_common::scaling::{RuleLimits, RuleWorker};
@@ -58,7 +58,9 @@ enum Command {
     /// Issue a server certificate under the cluster CA, e.g. for an external
     /// MQTT broker (mosquitto) that agents and the master reach with
     /// `--mqtt-url mqtts://HOST:PORT`. Writes OUT/server.pem, OUT/server.key
-    /// and OUT/ca.pem (for the broker to verify client certificates).
+    /// and OUT/ca.pem (for the broker to verify client certificates), and a
+    /// mosquitto setup with fogmesh's access rules: OUT/mosquitto.conf,
+    /// OUT/acl and OUT/crl.pem (kept current by `serve --mqtt-crl OUT/crl.pem`).
     IssueCert {
         /// The folder `init` created.
         #[arg(long, value_name = "DIR")]
@@ -69,6 +71,9 @@ enum Command {
         /// Folder to write the certificate, key and CA into.
         #[arg(long, value_name = "OUT")]
         out_dir: PathBuf,
+        /// Where the broker listens, for OUT/mosquitto.conf.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8883")]
+        listen: SocketAddr,
     },
 }
 
@@ -139,6 +144,12 @@ struct ServeArgs {
     /// see `issue-cert`; or mqtt://HOST:PORT on a trusted network).
     #[arg(long, value_name = "URL")]
     mqtt_url: Option<String>,
+    /// With --mqtt-url: keep this certificate revocation list current (at
+    /// start, after every `node remove` or `--replace`, daily) for the
+    /// external broker to read (`issue-cert` writes a mosquitto setup that
+    /// reads OUT/crl.pem; mosquitto rereads it on SIGHUP).
+    #[arg(long, value_name = "FILE", requires = "mqtt_url")]
+    mqtt_crl: Option<PathBuf>,
     /// How often agents collect metrics (a policy may ask for less).
     #[arg(long, default_value = "15s", value_parser = duration_arg)]
     metrics_interval: Duration,
@@ -183,7 +194,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { data_dir, advertise, api } => init(&data_dir, &advertise, &api),
-        Command::IssueCert { data_dir, names, out_dir } => issue_cert(&data_dir, &names, &out_dir),
+        Command::IssueCert { data_dir, names, out_dir, listen } => issue_cert(&data_dir, &names, &out_dir, listen),
         Command::Bench(BenchCommand::Metrics { series, samples, interval, series_per_node, runs, victoria_metrics, no_peer, work_dir, out }) => {
             let options = BenchOptions {
                 series: series.max(1),
@@ -221,7 +232,7 @@ fn init(data_dir: &std::path::Path, advertise: &[String], api: &str) -> Result<(
     Ok(())
 }
 
-fn issue_cert(data_dir: &std::path::Path, names: &[String], out_dir: &std::path::Path) -> Result<()> {
+fn issue_cert(data_dir: &std::path::Path, names: &[String], out_dir: &std::path::Path, listen: SocketAddr) -> Result<()> {
     let files = DataDir::new(data_dir).load()?;
     let (cert, key) = files.ca.issue_server_cert(names).context("issue the certificate")?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("create {}", out_dir.display()))?;
@@ -236,7 +247,15 @@ fn issue_cert(data_dir: &std::path::Path, names: &[String], out_dir: &std::path:
     write("server.pem", &cert, 0o644)?;
     write("server.key", &key, 0o600)?;
     write("ca.pem", files.ca.cert_pem(), 0o644)?;
+    write("mosquitto.conf", &metrics::mosquitto::config(out_dir, listen), 0o644)?;
+    write("acl", &metrics::mosquitto::acl(), 0o644)?;
+    let crl = out_dir.join("crl.pem");
+    if !crl.exists() {
+        // Empty until `serve --mqtt-crl` writes the real one (a broker needs a CRL file to start).
+        metrics::crl::write_public_atomic(&crl, files.ca.crl_pem(&[], 1)?.as_bytes())?;
+    }
     println!("wrote {0}/server.pem, {0}/server.key (mode 0600) and {0}/ca.pem for {1}", out_dir.display(), names.join(", "));
+    println!("wrote a mosquitto setup: {0}/mosquitto.conf, {0}/acl, {0}/crl.pem; run the master with --mqtt-url mqtts://HOST:{1} --mqtt-crl {0}/crl.pem and send mosquitto SIGHUP after removing a node", out_dir.display(), listen.port());
     Ok(())
 }
 
@@ -330,6 +349,7 @@ fn metrics_options(args: &ServeArgs, advertise_host: &str, dir: &DataDir) -> Met
         retention: args.metrics_retention,
         checkpoint_every: args.metrics_checkpoint_every,
         remote_write: args.remote_write.clone(),
+        crl: args.mqtt_crl.clone(),
         dir: dir.root.join("metrics"),
     }
 }

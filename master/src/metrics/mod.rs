@@ -12,9 +12,11 @@
 pub mod broker;
 mod checkpoint;
 pub mod chunk;
+pub mod crl;
 pub mod gate;
 pub mod http;
 pub mod ingest;
+pub mod mosquitto;
 pub mod own;
 mod records;
 pub mod remote_write;
@@ -71,6 +73,8 @@ pub struct MetricsOptions {
     /// A checkpoint is written when the log holds data older than this.
     pub checkpoint_every: Duration,
     pub remote_write: Option<String>,
+    /// The CRL file an external broker reads, kept current.
+    pub crl: Option<PathBuf>,
     /// Where the store keeps its log.
     pub dir: PathBuf,
 }
@@ -113,6 +117,9 @@ impl Metrics {
             }
             None => (endpoint(&options.agent_url, files)?, None),
         };
+        if let Some(path) = &options.crl {
+            tokio::spawn(crl::keep_current(cluster.clone(), path.clone()));
+        }
         let signer = Arc::new(NodeSigner::from_key_pem(&files.key_pem).context("the master key cannot sign metric acks")?);
         let settings = cluster.config.metrics.clone();
         let remote = match &options.remote_write {
