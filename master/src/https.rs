@@ -1,8 +1,9 @@
-//! HTTPS for the REST API, with the connection hygiene a long-running
-//! server needs: TLS handshakes and request headers must arrive within a
-//! few seconds, idle connections are closed after a minute, and at most
-//! `max_connections` are open at once (more are closed at accept), so slow
-//! or idle clients can never use up the master's file descriptors.
+//! HTTPS for the REST API (HTTP/1.1), with the connection hygiene a
+//! long-running server needs: TLS handshakes and request headers must
+//! arrive within a few seconds, idle connections are closed after a
+//! minute, and at most `max_connections` are open at once (more are closed
+//! at accept), so slow or idle clients can never use up the master's file
+//! descriptors.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +75,12 @@ async fn serve_connection(acceptor: TlsAcceptor, stream: tokio::net::TcpStream, 
     let activity = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone(), started });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, as TLS offers (ALPN): the auto builder also took
+    // HTTP/2 by prior knowledge, where hyper has no header deadline (a
+    // client that sent the preface and then a HEADERS frame a byte at a
+    // time held the connection for good), and it read the first bytes
+    // (to tell the versions apart) with no deadline at all.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.handshake_timeout);
     let service = TowerToHyperService::new(app);
     let conn = builder.serve_connection(io, service);
