@@ -161,9 +161,19 @@ fn edge_workload_waits_for_its_node_then_starts() {
     // Nothing to do: the agent idles instead of asking Docker in a loop (a
     // settled container once made it list containers hundreds of times a second).
     let pid = node.proc.as_ref().expect("agent runs").child.id();
+    // cpu_seconds reads 0 for a process that is gone: the agent must still
+    // be running at both readings, or "idle" means "dead".
+    let alive = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state after the command name: running, sleeping or waiting on disk (not a zombie).
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['R', 'S', 'D']))
+    };
     std::thread::sleep(Duration::from_secs(2));
+    assert!(alive(), "the agent is not running");
     let before = cpu_seconds(pid);
+    assert!(before > 0.0, "an agent that rolled out a container used no CPU? ({before})");
     std::thread::sleep(Duration::from_secs(10));
+    assert!(alive(), "the agent stopped while measured");
     let used = cpu_seconds(pid) - before;
     assert!(used < 1.0, "an idle agent used {used:.2} s of CPU in 10 s");
 }
@@ -186,9 +196,14 @@ fn offline_agents_keep_and_restore_workloads_and_catch_up() {
     master.cli_ok(&["app", "submit", adt.to_str().unwrap(), "--timeout", "60s"]);
 
     // Master killed: the container keeps running and a killed container is still restarted.
+    let id = container_id(&agent.name, "solo", "job");
+    let ended = |agent: &Agent| agent.log_text().matches("workloads keep running").count();
+    let sessions_ended = ended(&agent);
     master.kill();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(running_containers(&agent.name).len(), 1, "workload survives the master");
+    // The agent has noticed (its session ended) before we look.
+    wait_for("the agent to notice the master is gone", T, || (ended(&agent) > sessions_ended).then_some(()));
+    assert_eq!(container_id(&agent.name, "solo", "job"), id, "workload survives the master");
+    assert_eq!(running_containers(&agent.name), vec![id[..12].to_string()], "workload survives the master");
     docker(&["kill", &container_id(&agent.name, "solo", "job")]);
     wait_for("restart while the master is down", T, || (running_containers(&agent.name).len() == 1).then_some(()));
 
@@ -206,7 +221,11 @@ fn offline_agents_keep_and_restore_workloads_and_catch_up() {
     master.cli_ok(&["app", "update", "solo", adt.to_str().unwrap(), "--no-wait"]);
     master.kill();
     agent.start();
-    std::thread::sleep(Duration::from_secs(3));
+    // The agent started from its store and found no master before we look.
+    wait_for("the restarted agent to miss the master", T, || {
+        let log = agent.log_text();
+        (log.contains("starting from the stored desired state") && log.contains("workloads keep running")).then_some(())
+    });
     assert!(env_of(&agent.name, "solo", "job").contains(&"V=1".to_string()), "offline agent keeps the old state");
     master.restart();
     wait_for("the update made before the outage", T, || env_of(&agent.name, "solo", "job").contains(&"V=2".to_string()).then_some(()));
