@@ -28,6 +28,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/tokens", post(create_token))
         .route("/nodes", get(list_nodes).post(declare_node))
         .route("/nodes/{name}", delete(remove_node))
+        .route("/nodes/{name}/labels", post(label_node))
         .route("/node-summary", get(node_summary))
         .route("/apps", get(list_apps).post(submit_app))
         .route("/apps/{id}", get(show_app).put(update_app).delete(delete_app))
@@ -102,7 +103,7 @@ type ApiResult<T> = Result<Json<T>, Failure>;
 
 async fn create_token(State(c): State<Arc<Cluster>>, payload: Result<Json<CreateToken>, JsonRejection>) -> ApiResult<crate::model::TokenCreated> {
     let req = body(payload)?;
-    Ok(Json(c.create_token(Duration::from_secs(req.ttl_seconds), req.uses).await?))
+    Ok(Json(c.create_token(Duration::from_secs(req.ttl_seconds), req.uses, req.replace).await?))
 }
 
 async fn list_nodes(State(c): State<Arc<Cluster>>) -> ApiResult<Vec<crate::model::NodeView>> {
@@ -120,6 +121,10 @@ async fn declare_node(State(c): State<Arc<Cluster>>, payload: Result<Json<Declar
 async fn remove_node(State(c): State<Arc<Cluster>>, Path(name): Path<String>) -> Result<StatusCode, Failure> {
     c.remove_node(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn label_node(State(c): State<Arc<Cluster>>, Path(name): Path<String>, payload: Result<Json<crate::model::LabelNode>, JsonRejection>) -> ApiResult<crate::model::NodeRecord> {
+    Ok(Json(c.label_node(&name, &body(payload)?).await?))
 }
 
 async fn list_apps(State(c): State<Arc<Cluster>>) -> ApiResult<Vec<crate::model::AppSummary>> {

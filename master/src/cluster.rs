@@ -169,9 +169,10 @@ impl Cluster {
             }
             map.remove(node);
         }
-        if let Ok(Some(mut record)) = self.store.node(node) {
-            record.last_seen_ms = self.last_seen(&record);
-            if self.store.put_node(&record).is_ok() {
+        let seen = lock(&self.last_seen).get(node).copied();
+        // In place: a node removed meanwhile must not be written back.
+        if let Some(seen) = seen {
+            if let Ok(true) = self.store.update_node(node, |record| record.last_seen_ms = Some(seen)) {
                 self.store.flush_soon();
             }
         }

@@ -23,6 +23,10 @@ pub struct NodeRecord {
     pub cert_pem: Option<String>,
     /// Unix milliseconds of the last frame from the agent.
     pub last_seen_ms: Option<u64>,
+    /// The labels the agent last reported about itself: logged when they
+    /// change, never obeyed (`labels` come from the join and the operator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reported_labels: Vec<(String, String)>,
 }
 
 impl NodeRecord {
@@ -38,6 +42,7 @@ impl NodeRecord {
             cert_fingerprint: None,
             cert_pem: None,
             last_seen_ms: None,
+            reported_labels: vec![],
         }
     }
 }
@@ -308,6 +313,18 @@ pub struct CreateToken {
     /// How many agents may join with it (default 1).
     #[serde(default = "one")]
     pub uses: u32,
+    /// A token for an agent that takes the place of this joined node (`--replace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
+}
+
+/// `POST /v1/nodes/{name}/labels`: labels to set and to remove.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LabelNode {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -328,6 +345,9 @@ pub struct TokenRecord {
     pub expires_ms: u64,
     /// Joins it still allows.
     pub uses_left: u32,
+    /// Made for `--replace` of this node, and only for that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use fogmesh_common::wire::{Hello, JoinRequest, JoinResponse, NodeStatus, Refusal
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
-use crate::model::{now_ms, DeclareNode, NodeRecord, NodeState, NodeSummary, NodeView, TokenCreated, TokenRecord};
+use crate::model::{now_ms, DeclareNode, LabelNode, NodeRecord, NodeState, NodeSummary, NodeView, TokenCreated, TokenRecord};
 use crate::store::Revocation;
 
 /// Node certificates live this long; agents rejoin or renew before that.
@@ -22,7 +22,9 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_TOKEN_USES: u32 = 100_000;
 
 impl Cluster {
-    pub async fn create_token(&self, ttl: Duration, uses: u32) -> Result<TokenCreated, Failure> {
+    /// A join token; with `replace`, one that only an agent taking that
+    /// joined node's place may use, once.
+    pub async fn create_token(&self, ttl: Duration, uses: u32, replace: Option<String>) -> Result<TokenCreated, Failure> {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(Failure::BadRequest(format!(
                 "token lifetime must be between 1 second and {} days",
@@ -32,12 +34,22 @@ impl Cluster {
         if uses == 0 || uses > MAX_TOKEN_USES {
             return Err(Failure::BadRequest(format!("token uses must be between 1 and {MAX_TOKEN_USES}")));
         }
+        if let Some(node) = &replace {
+            if uses != 1 {
+                return Err(Failure::BadRequest(format!("a token that replaces node '{node}' is for one agent: --uses must be 1")));
+            }
+            match self.store.with_node(node, |n| n.cert_fingerprint.is_some()) {
+                None => return Err(Failure::NotFound(format!("no node named '{node}' to replace"))),
+                Some(false) => return Err(Failure::BadRequest(format!("node '{node}' has no agent yet: its agent joins with a plain token, no --replace"))),
+                Some(true) => {}
+            }
+        }
         let token = JoinToken::generate(&self.ca.fingerprint())?;
         let expires_ms = now_ms() + ttl.as_millis() as u64;
-        let record = TokenRecord { secret_hash: hash_secret(&token.secret), expires_ms, uses_left: uses };
+        let record = TokenRecord { secret_hash: hash_secret(&token.secret), expires_ms, uses_left: uses, replace: replace.clone() };
         self.store.put_token(&token.id, &record)?;
         self.store.flush().await?;
-        tracing::info!(token_id = %token.id, expires_ms, uses, "join token created");
+        tracing::info!(token_id = %token.id, expires_ms, uses, replace = replace.as_deref().unwrap_or("-"), "join token created");
         Ok(TokenCreated { token: token.to_string(), expires_ms, uses })
     }
 
@@ -78,6 +90,7 @@ impl Cluster {
             return Err("this join token was already used up; create a new one with `fogmesh token create`".into());
         };
         let name = self.choose_node_name(req.name.as_deref(), &public_ip, req.replace).map_err(|f| f.to_string())?;
+        check_replace_token(record.replace.as_deref(), req.replace, &name)?;
 
         // Used even if a later step fails.
         record.uses_left -= 1;
@@ -97,6 +110,7 @@ impl Cluster {
             name: name.clone(),
             public_ip,
             labels: req.labels.clone(),
+            reported_labels: req.labels.clone(),
             capacity: None,
             runtime_version: None,
             agent_version: None,
@@ -168,18 +182,29 @@ impl Cluster {
             tracing::error!(error = %format!("{e:#}"), "hello failed inside the master");
             ("the master failed to process the connection; see its log".to_string(), Refusal::Other)
         };
-        let Some(mut node) = self.store.node(&cert_name).map_err(internal)? else {
+        let Some(node) = self.store.node(&cert_name).map_err(internal)? else {
             return Err(other(format!("node '{cert_name}' is not registered; join again with a new token")));
         };
         if hello.public_ip != node.public_ip {
             tracing::warn!(node = %cert_name, registered = %node.public_ip, reported = %hello.public_ip, "agent reports another public IP than it joined with; keeping the registered one");
         }
+        if hello.labels != node.reported_labels {
+            tracing::warn!(node = %cert_name, reported = ?hello.labels, kept = ?node.labels, "agent reports other labels than before; a node's labels come from its join and the operator (fogmesh node label), keeping them");
+        }
         let fresh = (Some(hello.capacity.clone()), Some(hello.runtime_version.clone()), Some(hello.agent_version.clone()));
-        if node.labels != hello.labels || (node.capacity.clone(), node.runtime_version.clone(), node.agent_version.clone()) != fresh {
-            node.labels = hello.labels.clone();
-            (node.capacity, node.runtime_version, node.agent_version) = fresh;
-            node.last_seen_ms = Some(now_ms());
-            self.store.put_node(&node).map_err(internal)?;
+        if node.reported_labels != hello.labels || (node.capacity.clone(), node.runtime_version.clone(), node.agent_version.clone()) != fresh {
+            // In place: a `node remove` or `--replace` racing this connect wins.
+            let updated = self
+                .store
+                .update_node(&cert_name, |n| {
+                    n.reported_labels = hello.labels.clone();
+                    (n.capacity, n.runtime_version, n.agent_version) = fresh;
+                    n.last_seen_ms = Some(now_ms());
+                })
+                .map_err(internal)?;
+            if !updated {
+                return Err(other(format!("node '{cert_name}' was removed while it connected")));
+            }
             self.store.flush_soon();
         }
         self.record_seen(&cert_name);
@@ -255,6 +280,33 @@ impl Cluster {
         Ok(())
     }
 
+    /// The operator's word on a node's labels (`fogmesh node label`): set
+    /// and removed under the write lock, then placement follows them.
+    pub async fn label_node(&self, name: &str, change: &LabelNode) -> Result<NodeRecord, Failure> {
+        for (key, value) in &change.set {
+            check_label(key, Some(value))?;
+        }
+        for key in &change.remove {
+            check_label(key, None)?;
+        }
+        let _write = self.write_lock().await;
+        let updated = self.store.update_node(name, |n| {
+            let mut labels: std::collections::BTreeMap<String, String> = n.labels.drain(..).collect();
+            for key in &change.remove {
+                labels.remove(key);
+            }
+            labels.extend(change.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            n.labels = labels.into_iter().collect();
+        })?;
+        if !updated {
+            return Err(Failure::NotFound(format!("no node named '{name}'")));
+        }
+        self.reschedule_locked().await?;
+        let node = self.store.node(name)?.ok_or_else(|| Failure::NotFound(format!("no node named '{name}'")))?;
+        tracing::info!(node = %name, labels = ?node.labels, "node labels changed by the operator");
+        Ok(node)
+    }
+
     /// The fleet in counts; reads only the in-memory copies.
     pub fn node_summary(&self) -> Result<NodeSummary, Failure> {
         let mut sum = NodeSummary::default();
@@ -318,6 +370,34 @@ impl Cluster {
     }
 }
 
+/// A join with `--replace` needs a token made for the node it replaces,
+/// and such a token replaces only that node.
+fn check_replace_token(made_for: Option<&str>, replace: bool, name: &str) -> Result<(), String> {
+    match (made_for, replace) {
+        (None, false) => Ok(()),
+        (Some(node), true) if node == name => Ok(()),
+        (None, true) => Err(format!("--replace needs a token made for the node it replaces: fogmesh token create --replace {name}")),
+        (Some(node), true) => Err(format!("this token replaces node '{node}', not '{name}'")),
+        (Some(node), false) => Err(format!("this token is for an agent that replaces node '{node}': join with --replace")),
+    }
+}
+
+/// Label keys and values: what the scheduler and ADTs match on, so
+/// printable and short (like Kubernetes labels, with dots and slashes in keys).
+fn check_label(key: &str, value: Option<&str>) -> Result<(), Failure> {
+    let key_ok = !key.is_empty() && key.len() <= 253 && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if !key_ok {
+        return Err(Failure::BadRequest(format!("label key '{key}' is not valid: use 1-253 letters, digits, '-', '_', '.' and '/'")));
+    }
+    if let Some(value) = value {
+        let ok = value.len() <= 63 && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(Failure::BadRequest(format!("label value '{value}' of '{key}' is not valid: use at most 63 letters, digits, '-', '_' and '.'")));
+        }
+    }
+    Ok(())
+}
+
 fn check_protocol(version: u32) -> Result<(), String> {
     if version == PROTOCOL_VERSION {
         Ok(())
@@ -325,5 +405,28 @@ fn check_protocol(version: u32) -> Result<(), String> {
         Err(format!(
             "the agent speaks fogmesh protocol {version}, this master speaks {PROTOCOL_VERSION}; install matching versions"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_label, check_replace_token};
+
+    #[test]
+    fn replacing_needs_a_token_made_for_that_node() {
+        assert_eq!(check_replace_token(None, false, "fog"), Ok(()));
+        assert_eq!(check_replace_token(Some("fog"), true, "fog"), Ok(()));
+        assert!(check_replace_token(None, true, "fog").unwrap_err().contains("fogmesh token create --replace fog"));
+        assert!(check_replace_token(Some("cam"), true, "fog").unwrap_err().contains("replaces node 'cam', not 'fog'"));
+        assert!(check_replace_token(Some("fog"), false, "fog").unwrap_err().contains("join with --replace"));
+    }
+
+    #[test]
+    fn labels_are_checked() {
+        assert!(check_label("fogmesh.node-set", Some("cams")).is_ok());
+        assert!(check_label("zone", Some("")).is_ok());
+        assert!(check_label("", Some("x")).is_err());
+        assert!(check_label("zone", Some("a b")).is_err());
+        assert!(check_label("zo ne", None).is_err());
     }
 }

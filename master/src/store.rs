@@ -208,6 +208,20 @@ impl Store {
         cached.insert(node.name.clone(), Arc::new(node.clone()));
         Ok(())
     }
+    /// Changes a node in place under the node cache's lock, which
+    /// `remove_node` takes too: a node removed meanwhile stays removed
+    /// (`false`). `change` must not touch the public IP (its index is kept
+    /// by `put_node`).
+    pub fn update_node(&self, name: &str, change: impl FnOnce(&mut NodeRecord)) -> Result<bool> {
+        let mut cached = write(&self.cache.nodes);
+        let Some(current) = cached.get(name) else { return Ok(false) };
+        let mut node = NodeRecord::clone(current);
+        change(&mut node);
+        anyhow::ensure!(node.public_ip == current.public_ip && node.name == name, "update_node cannot rename a node or change its IP");
+        put(&self.nodes, name, &node)?;
+        cached.insert(name.to_string(), Arc::new(node));
+        Ok(true)
+    }
     fn unindex_ip(&self, node: &NodeRecord) {
         let _ = self.node_ips.compare_and_swap(node.public_ip.as_bytes(), Some(node.name.as_bytes()), None as Option<&[u8]>);
     }
@@ -399,6 +413,22 @@ mod tests {
 
     fn node(name: &str, ip: &str) -> NodeRecord {
         NodeRecord::declared(name, ip)
+    }
+
+    #[test]
+    fn an_update_never_brings_back_a_removed_node_nor_moves_one() {
+        let dir = std::env::temp_dir().join(format!("fogmesh-store-update-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        store.put_node(&node("a", "10.0.0.1")).unwrap();
+        assert!(store.update_node("a", |n| n.last_seen_ms = Some(5)).unwrap());
+        assert_eq!(store.node("a").unwrap().unwrap().last_seen_ms, Some(5));
+        assert!(store.update_node("a", |n| n.public_ip = "10.0.0.2".into()).is_err());
+        store.remove_node("a").unwrap();
+        assert!(!store.update_node("a", |n| n.last_seen_ms = Some(6)).unwrap());
+        assert!(store.node("a").unwrap().is_none());
+        assert!(store.nodes.get("a").unwrap().is_none(), "the removed node is back on disk");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

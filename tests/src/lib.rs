@@ -274,10 +274,21 @@ impl Agent {
 
     /// Joins (without starting); `extra` are more `join` arguments. The
     /// `join` output on refusal.
+    /// With `--replace` in `extra`, the token is one made for replacing `name`.
     pub fn join(master: &Master, name: &str, public_ip: &str, data_dir: &Path, extra: &[&str]) -> Result<Agent, Output> {
+        let token = if extra.contains(&"--replace") {
+            master.cli_ok(&["token", "create", "--ttl", "10m", "--replace", name]).trim().to_string()
+        } else {
+            master.token()
+        };
+        Agent::join_with_token(master, &token, name, public_ip, data_dir, extra)
+    }
+
+    /// `join` with a given token.
+    pub fn join_with_token(master: &Master, token: &str, name: &str, public_ip: &str, data_dir: &Path, extra: &[&str]) -> Result<Agent, Output> {
         let out = Command::new(bin("fogmesh-agent"))
             .args(["join", "--master", &master.address()])
-            .env("FOGMESH_JOIN_TOKEN", master.token())
+            .env("FOGMESH_JOIN_TOKEN", token)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--public-ip", public_ip, "--name", name, "--label", "zone=test"])

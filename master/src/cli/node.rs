@@ -6,7 +6,7 @@ use reqwest::Method;
 
 use super::client::Client;
 use super::{ago, table, Format};
-use crate::model::{DeclareNode, NodeRecord, NodeSummary, NodeView};
+use crate::model::{DeclareNode, LabelNode, NodeRecord, NodeSummary, NodeView};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -26,6 +26,15 @@ pub enum NodeCommand {
     Remove {
         /// Node name.
         name: String,
+    },
+    /// Set or remove a node's labels (placement follows them): `K=V` sets,
+    /// `K-` removes. What an agent says of its own labels is not obeyed.
+    Label {
+        /// Node name.
+        name: String,
+        /// `KEY=VALUE` to set, `KEY-` to remove.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
     },
     /// List nodes: name, public IP, state, last seen, labels, capacity,
     /// containers, and conditions the agent reports (e.g. a full disk).
@@ -52,6 +61,12 @@ pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
         NodeCommand::Remove { name } => {
             client.delete(&format!("/v1/nodes/{name}")).await?;
             println!("removed node {name}; its certificate is revoked");
+        }
+        NodeCommand::Label { name, changes } => {
+            let change = label_change(&changes)?;
+            let node: NodeRecord = client.send(Method::POST, &format!("/v1/nodes/{name}/labels"), &change).await?;
+            let labels = node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
+            println!("node {name} labels: {}", if labels.is_empty() { "none" } else { &labels });
         }
         NodeCommand::Summary { format } => {
             let sum: NodeSummary = client.get("/v1/node-summary").await?;
@@ -94,6 +109,21 @@ pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `K=V` and `K-` arguments as one change.
+fn label_change(args: &[String]) -> Result<LabelNode> {
+    let mut change = LabelNode::default();
+    for arg in args {
+        if let Some((key, value)) = arg.split_once('=') {
+            change.set.insert(key.to_string(), value.to_string());
+        } else if let Some(key) = arg.strip_suffix('-') {
+            change.remove.push(key.to_string());
+        } else {
+            anyhow::bail!("'{arg}' is neither KEY=VALUE (set) nor KEY- (remove)");
+        }
+    }
+    Ok(change)
 }
 
 fn summary_text(sum: &NodeSummary) -> String {
