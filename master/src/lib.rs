@@ -3,6 +3,7 @@
 pub mod api;
 pub mod apps;
 pub mod bench;
+pub mod bench_store;
 pub mod cli;
 pub mod cluster;
 pub mod datadir;

@@ -52,7 +52,8 @@ enum Command {
     /// Run the control plane: REST API (HTTPS) and agent endpoint (QUIC).
     Serve(ServeArgs),
     /// Measure the metrics store on generated data, side by side with
-    /// VictoriaMetrics on the same data (build with --release for figures).
+    /// VictoriaMetrics on the same data, or the master store under load
+    /// (build with --release for figures).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Issue a server certificate under the cluster CA, e.g. for an external
@@ -109,6 +110,19 @@ enum BenchCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// The master store under load: joins, reschedule passes, acks and
+    /// hellos of N nodes, and a reopen.
+    Store {
+        /// Nodes.
+        #[arg(long, default_value_t = 10000)]
+        nodes: usize,
+        /// Reschedule passes (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        passes: usize,
+        /// Scratch folder (emptied first).
+        #[arg(long, default_value = "/tmp/fogmesh-bench-store", value_name = "DIR")]
+        work_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +178,11 @@ struct ServeArgs {
     /// Seconds between two rounds of a scaling policy that has no `interval`.
     #[arg(long, default_value = "15s", value_parser = duration_arg)]
     scaling_period: Duration,
+    /// How long node certificates live (at least 30s). Agents renew theirs
+    /// over their session at two thirds of it, with a new key; a node that
+    /// was offline past expiry renews when it returns.
+    #[arg(long, default_value = "30d", value_parser = duration_arg)]
+    node_cert_lifetime: Duration,
     /// Program run after a scaling policy changes a node set's count:
     /// `CMD APP NODE_SET COUNT [-- NODE_TO_DROP...]` (e.g. a script that
     /// calls Terraform or a cloud CLI), at most 60 s, beside the scaling
@@ -212,6 +231,13 @@ fn main() -> ExitCode {
                     None => Ok(()),
                 }
             })
+        }
+        Command::Bench(BenchCommand::Store { nodes, passes, work_dir }) => {
+            let options = fogmesh_master::bench_store::StoreBenchOptions { nodes, passes, work_dir };
+            tokio::runtime::Runtime::new()
+                .context("start the async runtime")
+                .and_then(|rt| rt.block_on(fogmesh_master::bench_store::run(options)))
+                .map(|report| print!("{report}"))
         }
         Command::Serve(args) => tokio::runtime::Runtime::new().context("start the async runtime").and_then(|rt| rt.block_on(serve(args))),
     };
@@ -284,6 +310,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         agent_endpoint: format!("{host}:{}", args.quic.port()),
         metrics: fogmesh_master::metrics::agent_settings(&credentials, &metrics_options)?,
         scaling_period: args.scaling_period,
+        node_cert_lifetime: args.node_cert_lifetime,
     };
     let cluster = Cluster::new(store, files.ca, config);
     let metrics = Metrics::start(cluster.clone(), &credentials, metrics_options).await?;
