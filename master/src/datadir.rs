@@ -6,7 +6,7 @@
 //! DIR/master.pem  DIR/master.key  QUIC + HTTPS certificate of the master
 //! DIR/client.conf                 API address, CA, admin token
 //! DIR/quic-reset.key              QUIC stateless-reset key
-//! DIR/store/                      sled database
+//! DIR/store/fogmesh.redb          the store (redb; see `store`)
 //! DIR/metrics/                    metrics store, broker credentials
 //! ```
 //!
@@ -95,7 +95,7 @@ impl DataDir {
         let client = ClientConfig { api: format!("https://{api_addr}"), ca_pem: ca.cert_pem().to_string(), token };
         let path = self.client_config_path();
         write_file(&path, &serde_json::to_string_pretty(&client)?)?;
-        // The store's own files (sled makes them with the umask's mode).
+        // The store's own file (redb makes it with the umask's mode).
         private_files::tighten_tree(&self.root, &[])?;
         Ok(path)
     }
@@ -191,14 +191,14 @@ mod tests {
         let dir = DataDir::new(&root);
         dir.init(&[], "127.0.0.1:7400").expect("init");
         assert_eq!(private_files::open_entries(&root, &[]).expect("walk"), [], "as init made it");
-        assert!(root.join("store/db").exists() && root.join("client.conf").exists(), "the real files were looked at");
+        assert!(root.join("store/fogmesh.redb").exists() && root.join("client.conf").exists(), "the real files were looked at");
 
         open_up(&root);
         assert!(!private_files::open_entries(&root, &[]).expect("walk").is_empty());
         // What `serve` does first, then opens the store.
         let tightened = dir.make_private().expect("tightened");
         let names: Vec<_> = tightened.iter().map(|t| t.path.strip_prefix(&root).unwrap_or(&t.path).to_string_lossy().into_owned()).collect();
-        for name in ["", "ca.key", "client.conf", "quic-reset.key", "store", "store/db"] {
+        for name in ["", "ca.key", "client.conf", "quic-reset.key", "store", "store/fogmesh.redb"] {
             assert!(names.iter().any(|n| n == name), "{name:?} not in {names:?}");
         }
         assert_eq!(private_files::open_entries(&root, &[]).expect("walk"), []);
@@ -206,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn the_store_folder_and_the_files_sled_makes_are_private() {
+    fn the_store_folder_and_the_file_redb_makes_are_private() {
         let root = std::env::temp_dir().join(format!("fogmesh-store-private-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).expect("dir");
@@ -214,7 +214,7 @@ mod tests {
         let store = Store::open(&root.join("store")).expect("the store opens");
         let open = private_files::open_entries(&root.join("store"), &[]).expect("walk");
         drop(store);
-        assert!(root.join("store/db").exists(), "sled made its files");
+        assert!(root.join("store/fogmesh.redb").exists(), "redb made its file");
         assert_eq!(open, []);
         let _ = fs::remove_dir_all(&root);
     }

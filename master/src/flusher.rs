@@ -1,9 +1,10 @@
 //! Group commit for the master store: one thread does every flush, and
 //! callers that need durability wait for the first flush that *started*
 //! after their request. Many concurrent writers (say, a hundred agents
-//! acking one change) cost one or two flushes, not a hundred, and sled never
-//! sees two flushes at once (sled 0.34 can deadlock on concurrent
-//! flushes: spacejam/sled#1308).
+//! acking one change) cost one or two flushes, not a hundred. The store's
+//! writes commit without syncing; a flush is the backend's sync (for redb:
+//! one empty commit with `Durability::Immediate`, see `store::redb`), which
+//! makes every commit before it durable.
 //!
 //! Writes that need no waiter (heartbeat times, observed status) call
 //! [`GroupFlusher::request`]; the flusher picks them up with the next flush,
