@@ -59,6 +59,9 @@ pub struct Cluster {
     write_lock: tokio::sync::Mutex<()>,
     /// Asks the background rescheduler for a pass (see [`Cluster::reschedule_soon`]).
     reschedule_wanted: tokio::sync::Notify,
+    /// What metrics ingest counted (set when metrics start): the nodes'
+    /// `MetricsRefused` conditions come from it.
+    pub ingest: std::sync::OnceLock<Arc<crate::metrics::ingest::IngestCounters>>,
 }
 
 impl Cluster {
@@ -74,6 +77,7 @@ impl Cluster {
             changes: watch::channel(0).0,
             write_lock: tokio::sync::Mutex::new(()),
             reschedule_wanted: tokio::sync::Notify::new(),
+            ingest: std::sync::OnceLock::new(),
         })
     }
 

@@ -330,6 +330,14 @@ impl Cluster {
     }
 
     pub fn node_views(&self) -> Result<Vec<NodeView>, Failure> {
+        let now = now_ms();
+        // The agent's conditions, and the master's own word on its metrics
+        // (from counters in memory: nothing stored).
+        let conditions = |n: &crate::rollout::NodeSnapshot| {
+            let mut all = n.observed.conditions.clone();
+            all.extend(self.ingest.get().and_then(|ingest| ingest.refusal_condition(&n.node.name, now)));
+            all
+        };
         let views = self.node_snapshots()?.into_iter().map(|n| NodeView {
             state: n.state,
             last_seen_ms: self.last_seen(&n.node),
@@ -337,7 +345,7 @@ impl Cluster {
             containers_running: n.running_containers(),
             desired_generation: n.desired.generation,
             acked_generation: n.acked,
-            conditions: n.observed.conditions.clone(),
+            conditions: conditions(&n),
             labels: n.node.labels.iter().cloned().collect(),
             name: n.node.name.clone(),
             public_ip: n.node.public_ip.clone(),

@@ -231,7 +231,12 @@ fn a_lost_or_corrupt_agent_store_never_stops_a_workload() {
     std::fs::remove_file(agent.data_dir.join("desired.state")).unwrap();
     agent.start();
     wait_for("the agent to start without a store", T, || agent.log_text().contains("no stored desired state").then_some(()));
-    std::thread::sleep(Duration::from_secs(3));
+    // It keeps what runs, and still looks after it: the container, killed,
+    // is started again (the same one), though no desired state names it.
+    docker(&["kill", &id]);
+    wait_for("the agent to restart the killed container without a store", T, || {
+        (agent.log_text().contains("restarting (no desired state: keeping what runs)") && running_containers(&agent.name) == [id[..12].to_string()]).then_some(())
+    });
     assert_eq!(running_containers(&agent.name), vec![id[..12].to_string()], "the workload must survive a lost store");
 
     // The master answers: its state is taken, the same container keeps running.
@@ -248,7 +253,10 @@ fn a_lost_or_corrupt_agent_store_never_stops_a_workload() {
     wait_for("the corrupt store to be reported", T, || agent.log_text().contains("unreadable").then_some(()));
     let aside = std::fs::read_dir(&agent.data_dir).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("desired.state.corrupt-"));
     assert!(aside, "the corrupt file is kept aside");
-    std::thread::sleep(Duration::from_secs(2));
+    docker(&["kill", &id]);
+    wait_for("the agent to restart the killed container with its store lost", T, || {
+        (agent.log_text().contains("restarting (no desired state: keeping what runs)") && running_containers(&agent.name) == [id[..12].to_string()]).then_some(())
+    });
     assert_eq!(container_id(&agent.name, "keep", "job"), id);
     master.restart();
     wait_for("the master to show the condition cleared after the new state is stored", T, || {
@@ -380,8 +388,13 @@ fn joins_never_take_over_silently_and_removed_nodes_clean_up_on_return() {
 
     // The old agent comes back: refused as replaced, and it leaves the container alone.
     first.start();
-    wait_for("the old agent to learn it was replaced", T, || first.log_text().contains("another agent took over this node").then_some(()));
-    std::thread::sleep(Duration::from_secs(2));
+    // It has stored that it hands off (from then on it runs no pass on
+    // Docker) before we look.
+    wait_for("the old agent to learn it was replaced and store it", T, || {
+        let log = first.log_text();
+        let told = log.find("another agent took over this node")?;
+        log[told..].contains("desired state stored").then_some(())
+    });
     assert_eq!(container_id(&name, "held", "job"), id);
     assert_eq!(running_containers(&name).len(), 1);
     first.kill();

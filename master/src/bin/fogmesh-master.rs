@@ -170,6 +170,10 @@ struct ServeArgs {
     /// How long the master keeps samples.
     #[arg(long, default_value = "6h", value_parser = duration_arg)]
     metrics_retention: Duration,
+    /// Most metric series one node may have in the store: samples that
+    /// would start more are refused (counted, and shown in `fogmesh node list`).
+    #[arg(long, default_value_t = fogmesh_master::metrics::tsdb::DEFAULT_MAX_SERIES_PER_NODE)]
+    max_series_per_node: usize,
     /// How much metrics log a restart may have to replay: older log is
     /// written out as a checkpoint of the store (which a restart reads in
     /// a fraction of the time), and then deleted.
@@ -368,6 +372,7 @@ fn metrics_options(args: &ServeArgs, advertise_host: &str, dir: &DataDir) -> Met
         agent_url,
         interval: args.metrics_interval,
         retention: args.metrics_retention,
+        max_series_per_node: args.max_series_per_node,
         checkpoint_every: args.metrics_checkpoint_every,
         remote_write: args.remote_write.clone(),
         crl: args.mqtt_crl.clone(),

@@ -70,6 +70,8 @@ pub struct MetricsOptions {
     /// Default collection interval on agents.
     pub interval: Duration,
     pub retention: Duration,
+    /// Series a node may have in the store; samples that would start more are refused.
+    pub max_series_per_node: usize,
     /// A checkpoint is written when the log holds data older than this.
     pub checkpoint_every: Duration,
     pub remote_write: Option<String>,
@@ -105,6 +107,7 @@ impl Metrics {
     /// retention sweep and remote write.
     pub async fn start(cluster: Arc<Cluster>, files: &Credentials, options: MetricsOptions) -> Result<Arc<Metrics>> {
         let tsdb = tsdb::Tsdb::open_loading(&options.dir, options.retention)?;
+        tsdb.set_max_series_per_node(options.max_series_per_node);
         // A short log is replayed before anything is served; a long one
         // goes on while the control plane serves.
         if !tsdb.wait_loaded(REPLAY_PATIENCE).await {
@@ -127,6 +130,7 @@ impl Metrics {
             None => None,
         };
         let counters = Arc::new(ingest::IngestCounters::default());
+        let _ = cluster.ingest.set(counters.clone());
         tokio::spawn(ingest::run_forever(cluster.clone(), tsdb.clone(), endpoint, counters.clone(), signer, remote.clone()));
         tokio::spawn(expire_forever(tsdb.clone(), options.checkpoint_every));
         tracing::info!(agents_use = %options.agent_url, interval = ?options.interval, retention = ?options.retention, "metrics enabled");

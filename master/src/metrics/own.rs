@@ -22,6 +22,17 @@ pub fn render(m: &Metrics) -> String {
             ("reason=\"malformed\"", load(&c.refused_malformed)),
         ],
     );
+    let refused = c.refused_samples();
+    let _ = writeln!(
+        out,
+        "# HELP fogmesh_ingest_refused_samples_total Samples refused from stored batches, by node and reason (series_limit: a new series past --max-series-per-node; future: stamped over 10 min ahead).\n# TYPE fogmesh_ingest_refused_samples_total counter"
+    );
+    for (node, r) in &refused {
+        let node = label_value(node);
+        let _ = writeln!(out, "fogmesh_ingest_refused_samples_total{{node=\"{node}\",reason=\"series_limit\"}} {}", r.series_limit);
+        let _ = writeln!(out, "fogmesh_ingest_refused_samples_total{{node=\"{node}\",reason=\"future\"}} {}", r.future);
+    }
+    gauge(&mut out, "fogmesh_tsdb_max_series_per_node", "Series a node may have in the store (--max-series-per-node).", m.tsdb.max_series_per_node() as f64);
     if let Some(g) = &m.gate {
         counter(
             &mut out,
@@ -80,6 +91,11 @@ fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
     }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, v: f64) {

@@ -24,11 +24,18 @@
 //! agent after an outage, at their original times), merged into the chunks
 //! when it grows. Samples older than the retention are dropped, and a
 //! series keeps at most `MAX_CHUNKS_PER_SERIES` chunks.
+//!
+//! Limits: a node (its `node` label) starts at most
+//! [`Tsdb::max_series_per_node`] series; the index keeps a count per node,
+//! so the check costs a map lookup. Samples stamped more than
+//! [`MAX_AHEAD`] ahead of the clock are refused (they would outlive the
+//! retention by as far). [`Tsdb::append`] says what it refused.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -52,6 +59,13 @@ const MAX_CHUNKS_PER_SERIES: usize = 180;
 const SEGMENT_MS: i64 = 10 * 60 * 1000;
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const WAL_MAGIC: u32 = 0x464d_5753; // "FMWS": snappy-compressed records
+/// Series a node may have unless told otherwise (`--max-series-per-node`).
+pub const DEFAULT_MAX_SERIES_PER_NODE: usize = 10_000;
+/// Samples stamped further ahead of the master's clock are refused: from a
+/// node whose clock is far ahead, they would outlive the retention by as
+/// far, and a series' head would sit in the future (so later, correct
+/// samples would all be kept aside as late).
+pub const MAX_AHEAD: Duration = Duration::from_secs(10 * 60);
 
 /// A sample as the store takes it: its series, time (unix ms) and value.
 pub type StoredSample = (Labels, i64, f64);
@@ -517,6 +531,13 @@ struct Index {
     by_labels: hashbrown::HashMap<Labels, usize>,
     /// `__name__` value -> series ids.
     by_name: HashMap<String, Vec<usize>>,
+    /// Per series: whether it counts against its node's cap. Series keep
+    /// their place when retention empties them (see `checkpoint_now`), so
+    /// an emptied one stops counting, and counts again when it gets a
+    /// sample (or is admitted for one).
+    counted: Vec<bool>,
+    /// `node` label value -> series counted: what the cap is checked against.
+    per_node: HashMap<String, usize>,
 }
 
 impl Index {
@@ -525,7 +546,12 @@ impl Index {
             Some(id) => *id,
             None => self.add_series(SeriesData { labels, ..Default::default() }),
         };
+        self.append_to(id, ts, value);
+    }
+
+    fn append_to(&mut self, id: usize, ts: i64, value: f64) {
         self.series[id].append(ts, value);
+        self.count(id, true);
     }
 
     /// Registers a series not in the index yet; returns its id.
@@ -534,14 +560,65 @@ impl Index {
         self.by_name.entry(series.labels.name().unwrap_or("").to_string()).or_default().push(id);
         self.by_labels.insert(series.labels.clone(), id);
         self.series.push(series);
+        self.counted.push(false);
+        self.count(id, true);
         id
+    }
+
+    /// Whether series `id` counts against its node's cap.
+    fn count(&mut self, id: usize, counted: bool) {
+        if self.counted[id] == counted {
+            return;
+        }
+        self.counted[id] = counted;
+        let node = self.series[id].labels.get("node").unwrap_or("");
+        if counted {
+            *self.per_node.entry(node.to_string()).or_default() += 1;
+        } else if let Some(n) = self.per_node.get_mut(node) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Series of `node` that count against its cap.
+    fn series_of(&self, node: &str) -> usize {
+        self.per_node.get(node).copied().unwrap_or(0)
+    }
+
+    /// The series a sample of `labels` goes to, if its node may have it:
+    /// one the index counts, or a new one while the node has fewer than
+    /// `cap`. A new series is registered (and counted) at once, so two
+    /// batches of a node in flight cannot both take its last place.
+    fn admit(&mut self, labels: &Labels, cap: usize) -> Option<usize> {
+        let found = self.by_labels.get(labels).copied();
+        if let Some(id) = found.filter(|&id| self.counted[id]) {
+            return Some(id);
+        }
+        if self.series_of(labels.get("node").unwrap_or("")) >= cap {
+            return None;
+        }
+        match found {
+            Some(id) => {
+                self.count(id, true);
+                Some(id)
+            }
+            None => Some(self.add_series(SeriesData { labels: labels.clone(), ..Default::default() })),
+        }
+    }
+
+    /// Drops what is past `cutoff`; an emptied series stops counting.
+    fn expire(&mut self, cutoff: i64) {
+        for id in 0..self.series.len() {
+            if self.series[id].expire(cutoff) {
+                self.count(id, false);
+            }
+        }
     }
 
     /// [`Index::insert`] from borrowed labels (a log replay): allocates
     /// only for a series not seen before.
     fn insert_borrowed(&mut self, pairs: &[(&str, &str)], ts: i64, value: f64) {
         match self.by_labels.get(&LabelsRef(pairs)) {
-            Some(&id) => self.series[id].append(ts, value),
+            Some(&id) => self.append_to(id, ts, value),
             None => self.insert(Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()), ts, value),
         }
     }
@@ -588,6 +665,19 @@ pub struct Tsdb {
     appending: tokio::sync::RwLock<()>,
     /// One checkpoint at a time.
     checkpointing: Mutex<()>,
+    max_series_per_node: AtomicUsize,
+}
+
+/// What [`Tsdb::append`] did with a batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Appended {
+    pub stored: usize,
+    /// Stamped more than [`MAX_AHEAD`] ahead of the store's clock.
+    pub refused_future: usize,
+    /// Would have started a series past the node's cap.
+    pub refused_series_limit: usize,
+    /// Positions (in the batch) of the refused samples, ascending.
+    pub refused: Vec<usize>,
 }
 
 /// What a checkpoint wrote and freed.
@@ -649,6 +739,7 @@ impl Tsdb {
             retention,
             appending: Default::default(),
             checkpointing: Default::default(),
+            max_series_per_node: AtomicUsize::new(DEFAULT_MAX_SERIES_PER_NODE),
         }
     }
 
@@ -725,13 +816,59 @@ impl Tsdb {
     }
 
     /// Stores samples durably: they are logged and fsynced before this
-    /// returns, then queryable (once the store has loaded).
-    pub async fn append(&self, samples: Vec<StoredSample>) -> Result<()> {
+    /// returns, then queryable (once the store has loaded). Samples past
+    /// the retention are dropped; samples stamped more than
+    /// [`MAX_AHEAD`] ahead of this clock, and samples that would start a
+    /// series past their node's cap ([`Tsdb::set_max_series_per_node`]),
+    /// are refused: the rest are stored, and the answer says what was not.
+    pub async fn append(&self, samples: Vec<StoredSample>) -> Result<Appended> {
         let _appending = self.appending.read().await;
         let now = now_ms();
         let cutoff = now - self.retention.as_millis() as i64;
-        let samples: Vec<_> = samples.into_iter().filter(|(_, ts, _)| *ts >= cutoff).collect();
-        let entry = WalEntry { samples };
+        let ahead = now.saturating_add(MAX_AHEAD.as_millis() as i64);
+        let mut appended = Appended::default();
+        let mut kept = Vec::with_capacity(samples.len());
+        for (i, sample) in samples.into_iter().enumerate() {
+            if sample.1 < cutoff {
+                continue;
+            }
+            if sample.1 > ahead {
+                appended.refused_future += 1;
+                appended.refused.push(i);
+                continue;
+            }
+            kept.push((i, sample));
+        }
+        // The cap is checked against the index; while the log replays the
+        // counts are not known yet, and the cap is not checked.
+        let ids = {
+            let loading = self.loading_guard();
+            if loading.is_some() {
+                None
+            } else {
+                let cap = self.max_series_per_node();
+                let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+                let mut ids = Vec::with_capacity(kept.len());
+                kept.retain(|(i, (labels, _, _))| match index.admit(labels, cap) {
+                    Some(id) => {
+                        ids.push(id);
+                        true
+                    }
+                    None => {
+                        appended.refused_series_limit += 1;
+                        appended.refused.push(*i);
+                        false
+                    }
+                });
+                Some(ids)
+            }
+        };
+        appended.refused.sort_unstable();
+        appended.stored = kept.len();
+        if kept.is_empty() {
+            return Ok(appended);
+        }
+        let entry = WalEntry { samples: kept.into_iter().map(|(_, sample)| sample).collect() };
         let payload = compress_entry(&entry)?;
         let written = self.wal.write(&payload, now)?;
         self.wal.flush().await?;
@@ -741,13 +878,40 @@ impl Tsdb {
         let mut loading = self.loading_guard();
         if let Some(l) = loading.as_mut() {
             l.held.push(payload);
-            return Ok(());
+            return Ok(appended);
         }
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for (labels, ts, value) in entry.samples {
-            index.insert(labels, ts, value);
+        match ids {
+            // Admitted into this index: it is not replaced once loaded.
+            Some(ids) => {
+                for ((_, ts, value), id) in entry.samples.into_iter().zip(ids) {
+                    index.append_to(id, ts, value);
+                }
+            }
+            None => {
+                for (labels, ts, value) in entry.samples {
+                    index.insert(labels, ts, value);
+                }
+            }
         }
-        Ok(())
+        Ok(appended)
+    }
+
+    /// At most `max` series per node (by the `node` label) from now on; a
+    /// node over it (a lower cap, or a replayed log) keeps its series but
+    /// starts no new one until retention empties some.
+    pub fn set_max_series_per_node(&self, max: usize) {
+        self.max_series_per_node.store(max, Ordering::Relaxed);
+    }
+
+    pub fn max_series_per_node(&self) -> usize {
+        self.max_series_per_node.load(Ordering::Relaxed)
+    }
+
+    /// Series of `node` that count against its cap (those with samples,
+    /// and those just admitted for some).
+    pub fn series_of_node(&self, node: &str) -> usize {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).series_of(node)
     }
 
     /// Drops samples and log segments older than the retention (not while
@@ -757,11 +921,7 @@ impl Tsdb {
             return Ok(());
         }
         let cutoff = now_ms() - self.retention.as_millis() as i64;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for s in index.series.iter_mut() {
-            s.expire(cutoff);
-        }
-        drop(index);
+        self.index.write().unwrap_or_else(|e| e.into_inner()).expire(cutoff);
         let dropped = self.wal.drop_before(cutoff)?;
         if dropped > 0 {
             tracing::debug!(dropped, "metrics log segments past the retention removed");
@@ -1293,6 +1453,92 @@ mod tests {
         drop(db);
         let db = Tsdb::open(&d, keep).unwrap();
         assert_holds_exactly(&db, &acked);
+        let _ = fs::remove_dir_all(&d);
+    }
+    fn series(node: &str, i: usize) -> Labels {
+        Labels::metric("m", &[("node", node), ("i", &i.to_string())])
+    }
+
+    /// A node may start at most its cap of series: samples of new series
+    /// past it are refused (the rest of the batch is stored), samples of
+    /// its series keep coming, another node has its own count, and a series
+    /// emptied by retention makes room.
+    #[tokio::test]
+    async fn a_node_gets_at_most_its_cap_of_series() {
+        let d = dir("series-cap");
+        let keep = Duration::from_secs(3600);
+        let now = now_ms();
+        let db = Tsdb::open(&d, keep).unwrap();
+        db.set_max_series_per_node(3);
+        let batch: Vec<StoredSample> = (0..5).map(|i| (series("a", i), now, i as f64)).chain((0..2).map(|i| (series("b", i), now, 1.0))).collect();
+        let got = db.append(batch).await.unwrap();
+        assert_eq!(got, Appended { stored: 5, refused_future: 0, refused_series_limit: 2, refused: vec![3, 4] });
+        assert_eq!((db.series_of_node("a"), db.series_of_node("b")), (3, 2));
+        // Known series go on; a new one of a is still refused, of b not.
+        let got = db.append(vec![(series("a", 0), now + 1000, 1.0), (series("a", 9), now + 1000, 1.0), (series("b", 9), now + 1000, 1.0)]).await.unwrap();
+        assert_eq!((got.stored, got.refused_series_limit, got.refused), (2, 1, vec![1]));
+        let stored: Vec<Labels> = db.select(&[], 0, i64::MAX).into_iter().map(|s| s.labels).collect();
+        assert_eq!(stored.len(), 6);
+        assert!(!stored.contains(&series("a", 3)) && !stored.contains(&series("a", 9)), "{stored:?}");
+        assert_eq!(db.select(&[Matcher::new("i", MatchOp::Equal, "0").unwrap(), Matcher::new("node", MatchOp::Equal, "a").unwrap()], 0, i64::MAX)[0].samples.len(), 2);
+
+        // After a restart the replayed series count (a cap lowered meanwhile
+        // refuses new series, keeps the old).
+        drop(db);
+        let db = Tsdb::open(&d, keep).unwrap();
+        assert_eq!((db.series_of_node("a"), db.series_of_node("b")), (3, 3));
+        db.set_max_series_per_node(2);
+        assert_eq!(db.append(vec![(series("b", 7), now + 2000, 1.0), (series("b", 1), now + 2000, 1.0)]).await.unwrap().refused, vec![0]);
+
+        // Retention empties a's series: they stop counting, room for new ones.
+        db.index.write().unwrap().expire(now + 500);
+        assert_eq!(db.series_of_node("a"), 1, "a's series 0 has a sample after the cutoff");
+        let got = db.append(vec![(series("a", 5), now + 3000, 1.0), (series("a", 1), now + 3000, 1.0), (series("a", 6), now + 3000, 1.0)]).await.unwrap();
+        assert_eq!((got.stored, got.refused), (1, vec![1, 2]), "one more place, taken by the first");
+        assert_eq!(db.series_of_node("a"), 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Batches of one node in flight at once cannot take more places than
+    /// its cap between them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_batches_of_a_node_stay_within_its_cap() {
+        let d = dir("series-cap-race");
+        let now = now_ms();
+        let db = Tsdb::open(&d, Duration::from_secs(3600)).unwrap();
+        db.set_max_series_per_node(50);
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let db = db.clone();
+                tokio::spawn(async move { db.append((0..20).map(|i| (series("a", w * 100 + i), now, 1.0)).collect()).await.unwrap() })
+            })
+            .collect();
+        let mut stored = 0;
+        for w in writers {
+            stored += w.await.unwrap().stored;
+        }
+        assert_eq!(stored, 50);
+        assert_eq!(db.select(&[], 0, i64::MAX).len(), 50);
+        assert_eq!(db.series_of_node("a"), 50);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn samples_stamped_over_ten_minutes_ahead_are_refused() {
+        let d = dir("future");
+        let now = now_ms();
+        let db = Tsdb::open(&d, Duration::from_secs(3600)).unwrap();
+        let minutes = |m: i64| now + m * 60_000;
+        let got = db.append(vec![(up("a"), now, 1.0), (up("a"), minutes(60), 2.0), (up("b"), minutes(9), 3.0), (up("c"), minutes(11), 4.0)]).await.unwrap();
+        assert_eq!(got, Appended { stored: 2, refused_future: 2, refused_series_limit: 0, refused: vec![1, 3] });
+        let stored: Vec<(Labels, Vec<i64>)> = db.select(&[], 0, i64::MAX).into_iter().map(|s| (s.labels, s.samples.iter().map(|x| x.ts_ms).collect())).collect();
+        assert_eq!(stored, vec![(up("a"), vec![now]), (up("b"), vec![minutes(9)])]);
+        assert_eq!(db.series_of_node("c"), 0, "a refused sample starts no series");
+        // All refused: nothing logged, and the answer says so.
+        assert_eq!(db.append(vec![(up("a"), minutes(30), 1.0)]).await.unwrap().stored, 0);
+        drop(db);
+        let db = Tsdb::open(&d, Duration::from_secs(3600)).unwrap();
+        assert_eq!(db.stats().samples, 2);
         let _ = fs::remove_dir_all(&d);
     }
 }
