@@ -38,6 +38,8 @@ const SERVER_VALID_DAYS: u64 = 365;
 /// clock, and a certificate "not yet valid" there would lock them out.
 const BACKDATE: Duration = Duration::from_secs(24 * 3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
+/// The shortest node certificate lifetime (tests run renewals in seconds).
+pub const MIN_NODE_CERT_LIFETIME: Duration = Duration::from_secs(30);
 /// A CRL's promised next update: brokers refuse everyone once it passes,
 /// so the master writes a new one long before (at least daily).
 const CRL_VALID: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -269,10 +271,23 @@ impl ClusterCa {
         node_name: &str,
         valid_days: u32,
     ) -> Result<String, PkiError> {
-        validate_node_name(node_name)?;
         if valid_days == 0 || valid_days > MAX_VALID_DAYS {
             return Err(PkiError::InvalidValidity(format!(
                 "{valid_days} days is outside 1..={MAX_VALID_DAYS}"
+            )));
+        }
+        self.sign_node_csr_for(csr_pem, node_name, DAY * valid_days)
+    }
+
+    /// [`ClusterCa::sign_node_csr`] with a lifetime of `lifetime` from now
+    /// (at least [`MIN_NODE_CERT_LIFETIME`]); agents renew at two thirds of it.
+    pub fn sign_node_csr_for(&self, csr_pem: &str, node_name: &str, lifetime: Duration) -> Result<String, PkiError> {
+        validate_node_name(node_name)?;
+        if lifetime < MIN_NODE_CERT_LIFETIME || lifetime > DAY * MAX_VALID_DAYS {
+            return Err(PkiError::InvalidValidity(format!(
+                "a lifetime of {} s is outside {} s ..= {MAX_VALID_DAYS} days",
+                lifetime.as_secs(),
+                MIN_NODE_CERT_LIFETIME.as_secs()
             )));
         }
         if csr_pem.len() > MAX_CSR_BYTES {
@@ -294,10 +309,10 @@ impl ClusterCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, u64::from(valid_days))?;
+        set_validity_for(&mut params, lifetime)?;
         params.serial_number = Some(random_serial()?);
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
-        tracing::info!(node = node_name, valid_days, "signed node certificate");
+        tracing::info!(node = node_name, lifetime_s = lifetime.as_secs(), "signed node certificate");
         Ok(cert.pem())
     }
 }
@@ -551,17 +566,45 @@ fn san_for(name: &str) -> Result<SanType, PkiError> {
 }
 
 fn set_validity(params: &mut CertificateParams, days: u64) -> Result<(), PkiError> {
+    let lifetime = DAY
+        .checked_mul(u32::try_from(days).unwrap_or(u32::MAX))
+        .ok_or_else(|| PkiError::InvalidValidity(format!("{days} days overflows")))?;
+    set_validity_for(params, lifetime)
+}
+
+/// Valid from [`BACKDATE`] ago (clocks disagree) until `lifetime` from now.
+fn set_validity_for(params: &mut CertificateParams, lifetime: Duration) -> Result<(), PkiError> {
     let now = SystemTime::now();
     let not_before = now
         .checked_sub(BACKDATE)
         .ok_or_else(|| PkiError::InvalidValidity("system clock is before 1970".into()))?;
-    let not_after = DAY
-        .checked_mul(u32::try_from(days).unwrap_or(u32::MAX))
-        .and_then(|d| now.checked_add(d))
-        .ok_or_else(|| PkiError::InvalidValidity(format!("{days} days overflows")))?;
+    let not_after = now
+        .checked_add(lifetime)
+        .ok_or_else(|| PkiError::InvalidValidity(format!("a lifetime of {} s overflows", lifetime.as_secs())))?;
     params.not_before = not_before.into();
     params.not_after = not_after.into();
     Ok(())
+}
+
+/// The validity of the first certificate in a PEM text: (issued, not after).
+/// Issued is its not-before plus the [`BACKDATE`] every fogmesh certificate has.
+pub fn cert_validity(cert_pem: &str) -> Result<(SystemTime, SystemTime), PkiError> {
+    cert_validity_der(&first_cert_der(cert_pem)?)
+}
+
+/// [`cert_validity`] of a DER certificate.
+pub fn cert_validity_der(der: &[u8]) -> Result<(SystemTime, SystemTime), PkiError> {
+    let (not_before, not_after) = x509::validity(der).ok_or_else(|| PkiError::Pem("the certificate does not parse".into()))?;
+    let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Ok((at(not_before) + BACKDATE, at(not_after)))
+}
+
+/// When a node renews its certificate: two thirds into its life, so a
+/// node that misses the moment (offline, master away) has a third left.
+pub fn renewal_due(cert_pem: &str) -> Result<SystemTime, PkiError> {
+    let (issued, not_after) = cert_validity(cert_pem)?;
+    let life = not_after.duration_since(issued).unwrap_or_default();
+    Ok(issued + life * 2 / 3)
 }
 
 /// A random positive 16-byte serial: unique without bookkeeping.
@@ -598,6 +641,13 @@ mod x509 {
         names.next().is_none().then_some(first)
     }
 
+    /// (not before, not after) in unix seconds.
+    pub(super) fn validity(der: &[u8]) -> Option<(i64, i64)> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let v = cert.validity();
+        Some((v.not_before.timestamp(), v.not_after.timestamp()))
+    }
+
     pub(super) fn serial(der: &[u8]) -> Option<Vec<u8>> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         Some(cert.raw_serial().to_vec())
@@ -632,6 +682,31 @@ mod tests {
         assert_eq!(crl.issuer(), ca_cert.subject());
         assert_eq!(crl.crl_number().map(|n| n.to_u64_digits()), Some(vec![7]));
         assert!(crl.next_update().is_some_and(|t| t.timestamp() > when.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64 + 86400));
+    }
+
+    #[test]
+    fn a_node_certificate_is_due_for_renewal_two_thirds_into_its_life() {
+        let ca = ClusterCa::generate("lab").expect("ca");
+        let (_, csr) = node_key_and_csr("fog").unwrap();
+        let before = SystemTime::now();
+        let cert = ca.sign_node_csr_for(&csr, "fog", Duration::from_secs(300)).unwrap();
+        let (issued, not_after) = cert_validity(&cert).unwrap();
+        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert!(secs(issued).abs_diff(secs(before)) <= 1, "issued at {issued:?}, signed at {before:?}");
+        assert_eq!(secs(not_after) - secs(issued), 300);
+        assert_eq!(secs(renewal_due(&cert).unwrap()) - secs(issued), 200);
+        assert!(ca.sign_node_csr_for(&csr, "fog", Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn a_key_matches_only_its_own_certificate() {
+        let ca = ClusterCa::generate("lab").expect("ca");
+        let (key_a, csr_a) = node_key_and_csr("a").unwrap();
+        let (key_b, _) = node_key_and_csr("a").unwrap();
+        let cert = ca.sign_node_csr(&csr_a, "a", 1).unwrap();
+        assert!(key_matches_cert(&key_a, &cert));
+        assert!(!key_matches_cert(&key_b, &cert));
+        assert!(!key_matches_cert("junk", &cert));
     }
 
     #[test]
@@ -860,6 +935,12 @@ impl NodeSigner {
         Ok(NodeSigner { key })
     }
 
+    /// The public key, as [`cert_public_key`] gives a certificate's.
+    pub fn public_key(&self) -> Vec<u8> {
+        use ring::signature::KeyPair;
+        self.key.public_key().as_ref().to_vec()
+    }
+
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
         self.key
             .sign(&SystemRandom::new(), message)
@@ -874,6 +955,14 @@ pub fn cert_public_key(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
     let der = first_cert_der(cert_pem)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| PkiError::Pem(format!("certificate: {e}")))?;
     Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// Whether a node key (PEM) is the one a certificate (PEM) was issued for.
+pub fn key_matches_cert(key_pem: &str, cert_pem: &str) -> bool {
+    match (NodeSigner::from_key_pem(key_pem), cert_public_key(cert_pem)) {
+        (Ok(key), Ok(public)) => key.public_key() == public,
+        _ => false,
+    }
 }
 
 /// Whether `signature` is the node key's signature of `message`.

@@ -159,6 +159,7 @@ pub fn quic_server_config(
     let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .allow_unauthenticated()
         .build()?;
+    let client_verifier = Arc::new(RenewableClientCerts { inner: client_verifier });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
@@ -173,6 +174,71 @@ pub fn quic_server_config(
     transport.keep_alive_interval(None);
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// How long after its expiry a node certificate still opens the QUIC door,
+/// for renewal only: a fog box that was off for months still comes back
+/// without a new token (revocation still wins).
+pub const RENEWAL_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The master's client-certificate check: the CA's, except that a node
+/// certificate expired less than [`RENEWAL_GRACE`] ago passes the handshake.
+/// The master then lets such a connection do one thing: renew (it checks
+/// expiry itself before it opens a session).
+#[derive(Debug)]
+struct RenewableClientCerts {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for RenewableClientCerts {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        use rustls::CertificateError::{Expired, ExpiredContext};
+        match self.inner.verify_client_cert(end_entity, intermediates, now) {
+            Err(rustls::Error::InvalidCertificate(Expired | ExpiredContext { .. })) => {
+                let not_after = crate::pki::cert_validity_der(end_entity.as_ref())
+                    .map_err(|_| rustls::Error::InvalidCertificate(Expired))?
+                    .1
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                if now.as_secs().saturating_sub(not_after.as_secs()) > RENEWAL_GRACE.as_secs() {
+                    return Err(rustls::Error::InvalidCertificate(Expired));
+                }
+                // Everything else is checked as of the last second it was valid.
+                let then = UnixTime::since_unix_epoch(not_after.saturating_sub(Duration::from_secs(1)));
+                self.inner.verify_client_cert(end_entity, intermediates, then)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// QUIC client config for the join step: no client certificate, and the

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; an agent with another version is
 /// refused with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// TLS application protocol of the control plane.
 pub const ALPN: &[u8] = b"fogmesh/2";
 /// The node label that makes a node a member of an ADT's node set: an
@@ -34,6 +34,10 @@ pub enum AgentMessage {
     /// Scaling decisions the agent made on its own while cut off, oldest
     /// first (sent after Welcome until the master takes them).
     ScalingReport(Vec<LocalDecision>),
+    /// A new certificate for a new key: in a session when the current one is
+    /// two thirds through its life, or as the first frame of a connection
+    /// made with an expired one (the only thing such a connection may do).
+    Renew { csr_pem: String },
 }
 
 /// Master -> agent.
@@ -53,6 +57,8 @@ pub enum MasterMessage {
     /// The master recorded the agent's decisions up to this time (unix ms):
     /// the agent may forget them.
     ScalingReportTaken { up_to_ms: i64 },
+    /// The node's new certificate, for the key of its `Renew`.
+    Renewed { cert_pem: String },
 }
 
 /// A scaling policy the agent may evaluate on its own while cut off from

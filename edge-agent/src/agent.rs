@@ -18,7 +18,7 @@ use tokio::sync::{watch, Notify};
 use crate::autonomy::{self, AutonomyOptions, Link};
 use crate::capacity;
 use crate::connector::{run_forever, SessionContext};
-use crate::identity::IdentityFiles;
+use crate::identity::{CurrentIdentity, IdentityFiles};
 use crate::local_store::LocalStore;
 use crate::metrics::{self, queue::QueueCap, recent::RecentSamples, MetricsOptions};
 use fogmesh_common::scaling::round::NodeRef;
@@ -53,11 +53,12 @@ pub struct RunOptions {
 
 pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
     make_private(data_dir)?;
-    let identity = IdentityFiles::new(data_dir).load()?;
-    let node = identity.info.node_name.clone();
+    let identity = CurrentIdentity::new(IdentityFiles::new(data_dir).load()?, Some(IdentityFiles::new(data_dir)));
+    let id = identity.get();
+    let node = id.info.node_name.clone();
     let board = StatusBoard::default();
     let persist = persister::start(LocalStore::new(data_dir), board.clone(), &node);
-    let bind_ip = options.bind_ip.or_else(|| local_address(&identity.info.public_ip));
+    let bind_ip = options.bind_ip.or_else(|| local_address(&id.info.public_ip));
 
     let wake = Arc::new(Notify::new());
     let owner = Owner { node: node.clone(), bind_ip, extra_labels: options.container_labels };
@@ -74,7 +75,7 @@ pub async fn run(data_dir: &Path, options: RunOptions) -> Result<()> {
     )?;
     let (link_tx, link_rx) = watch::channel(Link::Down { since: Instant::now() });
     let worker = Arc::new(RuleWorker::new(options.rule_worker.0.clone(), options.rule_worker.1.clone()));
-    let me = NodeRef { id: node.clone(), addr: identity.info.public_ip.clone() };
+    let me = NodeRef { id: node.clone(), addr: id.info.public_ip.clone() };
     let (autonomy, effective) = autonomy::start(
         data_dir,
         me,

@@ -6,11 +6,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use fogmesh_common::codec::{forward_frames, read_frame, write_frame};
-use fogmesh_common::pki::{node_key_and_csr, JoinToken};
+use fogmesh_common::pki::{cert_validity, node_key_and_csr, renewal_due, JoinToken};
 use fogmesh_common::tls::{quic_join_client_config, quic_node_client_config, QuicTiming};
 use fogmesh_common::wire::{
     AgentMessage, AppDesired, Capacity, DesiredState, Hello, JoinRequest, MasterMessage, MetricsSettings, NodeStatus, Refusal, PROTOCOL_VERSION,
@@ -19,7 +19,7 @@ use quinn::Endpoint;
 use tokio::sync::{mpsc, watch};
 
 use crate::autonomy::{Autonomy, Link};
-use crate::identity::{Identity, NodeInfo};
+use crate::identity::{CurrentIdentity, Identity, NodeInfo};
 use crate::persister::Command;
 use crate::silence::SilenceWatch;
 
@@ -91,7 +91,8 @@ pub async fn join(opts: &JoinOptions) -> Result<(Identity, MetricsSettings)> {
 
 /// What a session needs from the rest of the agent.
 pub struct SessionContext {
-    pub identity: Identity,
+    /// Who the node is; renewals in a session replace key and certificate.
+    pub identity: CurrentIdentity,
     /// Where complete desired states go to be stored (and then applied).
     pub commands: mpsc::UnboundedSender<Command>,
     /// Newest durably stored generation: what the agent acks.
@@ -114,7 +115,7 @@ pub struct SessionContext {
 /// Keeps a session with the master open, reconnecting forever. Workloads
 /// keep running whatever happens here.
 pub async fn run_forever(ctx: SessionContext) {
-    let node = ctx.identity.info.node_name.clone();
+    let node = ctx.identity.get().info.node_name.clone();
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
@@ -170,21 +171,39 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
 }
 
 async fn session(ctx: &SessionContext) -> Result<(), SessionError> {
-    let info = &ctx.identity.info;
-    let (addr, host) = resolve(&info.master).await?;
+    let identity = ctx.identity.get();
+    let master = identity.info.master.clone();
+    let (addr, host) = resolve(&master).await?;
     let endpoint = match &ctx.endpoint {
         Some(e) => e.clone(),
         None => client_endpoint(addr)?,
     };
-    let config = quic_node_client_config(&ctx.identity.ca_pem, &ctx.identity.cert_pem, &ctx.identity.key_pem, &ctx.timing)?;
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with(config, addr, &host)?)
-        .await
-        .map_err(|_| anyhow!("master unreachable: no answer from {} within {CONNECT_TIMEOUT:?}", info.master))?
-        .map_err(|e| anyhow!("master unreachable at {}: {e}", info.master))?;
-    let result = run_session(ctx, &conn).await;
+    let connect = |identity: &Identity| -> Result<quinn::Connecting> {
+        let config = quic_node_client_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem, &ctx.timing)?;
+        Ok(endpoint.connect_with(config, addr, &host)?)
+    };
+    let reach = |connecting: quinn::Connecting| async {
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| anyhow!("master unreachable: no answer from {master} within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| anyhow!("master unreachable at {master}: {e}"))
+    };
+    let identity = if certificate_expired(&identity.cert_pem) {
+        // Back after the certificate ran out: the old key proves who this
+        // is one last time, for a new certificate (no new token needed).
+        let conn = reach(connect(&identity)?).await?;
+        let renewed = renew_expired(ctx, &conn).await;
+        conn.close(0u32.into(), b"renewed");
+        renewed?;
+        ctx.identity.get()
+    } else {
+        identity
+    };
+    let conn = reach(connect(&identity)?).await?;
+    let result = run_session(ctx, &identity, &conn).await;
     // Say why the link ended in terms of the link when it was the link.
     let result = match (result, conn.close_reason()) {
-        (Err(SessionError::Failed(e)), Some(reason)) => Err(SessionError::Failed(link_failure(&info.master, &reason, &ctx.timing, &conn.stats()).unwrap_or(e))),
+        (Err(SessionError::Failed(e)), Some(reason)) => Err(SessionError::Failed(link_failure(&master, &reason, &ctx.timing, &conn.stats()).unwrap_or(e))),
         (other, _) => other,
     };
     conn.close(0u32.into(), b"bye");
@@ -212,8 +231,41 @@ fn link_failure(master: &str, reason: &quinn::ConnectionError, timing: &QuicTimi
     })
 }
 
-async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(), SessionError> {
-    let info = &ctx.identity.info;
+/// Whether a certificate's time is up (an unreadable one counts as not:
+/// the master says what is wrong with it).
+fn certificate_expired(cert_pem: &str) -> bool {
+    cert_validity(cert_pem).is_ok_and(|(_, not_after)| not_after <= SystemTime::now())
+}
+
+/// The whole exchange of a connection made with an expired certificate.
+async fn renew_expired(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(), SessionError> {
+    let node = ctx.identity.get().info.node_name;
+    let (key_pem, csr_pem) = node_key_and_csr(&node)?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, &AgentMessage::Renew { csr_pem }).await?;
+    match tokio::time::timeout(WELCOME_PATIENCE, read_frame(&mut recv)).await.map_err(|_| anyhow!("the master did not answer the renewal within {WELCOME_PATIENCE:?}"))?? {
+        Some(MasterMessage::Renewed { cert_pem }) => {
+            ctx.identity.renewed(key_pem, cert_pem).context("store the renewed certificate")?;
+            tracing::info!(%node, "the expired node certificate was renewed");
+            Ok(())
+        }
+        Some(MasterMessage::Refused { reason, kind }) => Err(SessionError::Refused { reason, kind }),
+        Some(_) => Err(anyhow!("the master answered the renewal with an unexpected message").into()),
+        None => Err(anyhow!("the master closed the renewal without an answer").into()),
+    }
+}
+
+/// When the session asks for a new certificate: at two thirds of this one's life.
+fn renewal_instant(cert_pem: &str) -> tokio::time::Instant {
+    let due = renewal_due(cert_pem).unwrap_or_else(|_| SystemTime::now() + Duration::from_secs(3600));
+    tokio::time::Instant::now() + due.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// If the master does not answer a renewal, the session asks again after this.
+const RENEWAL_RETRY: Duration = Duration::from_secs(60);
+
+async fn run_session(ctx: &SessionContext, identity: &Identity, conn: &quinn::Connection) -> Result<(), SessionError> {
+    let info = &identity.info;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut durable = ctx.durable.clone();
     let acked = *durable.borrow_and_update();
@@ -261,6 +313,9 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
     let mut silence = SilenceWatch::new(&ctx.timing, received, sent, Instant::now());
     let mut look = tokio::time::interval(silence.period());
     let mut incoming = IncomingState::default();
+    let mut renew_at = renewal_instant(&identity.cert_pem);
+    // The new key of a renewal the master has not answered yet.
+    let mut renewing: Option<String> = None;
     let first = status.borrow_and_update().clone();
     write_frame(&mut send, &AgentMessage::Status(first)).await?;
     let result = loop {
@@ -296,6 +351,16 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
                         });
                     }
                 }
+                Some(Ok(MasterMessage::Renewed { cert_pem })) => match renewing.take() {
+                    Some(key_pem) => match ctx.identity.renewed(key_pem, cert_pem) {
+                        Ok(()) => {
+                            renew_at = renewal_instant(&ctx.identity.get().cert_pem);
+                            tracing::info!(node = %info.node_name, "node certificate renewed");
+                        }
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot take the renewed certificate; asking again later"),
+                    },
+                    None => tracing::warn!("ignoring a certificate this node did not ask for"),
+                },
                 Some(Ok(_)) => tracing::warn!("ignoring an unexpected message from the master"),
                 Some(Err(e)) => break Err(anyhow::Error::from(e).context("bad frame from the master").into()),
                 None => break Ok(()),
@@ -315,6 +380,13 @@ async fn run_session(ctx: &SessionContext, conn: &quinn::Connection) -> Result<(
                 write_frame(&mut send, &AgentMessage::Status(current)).await?;
             }
             _ = tick.tick() => write_frame(&mut send, &AgentMessage::Heartbeat).await?,
+            () = tokio::time::sleep_until(renew_at) => {
+                let (key_pem, csr_pem) = node_key_and_csr(&info.node_name)?;
+                renewing = Some(key_pem);
+                renew_at = tokio::time::Instant::now() + RENEWAL_RETRY;
+                tracing::info!(node = %info.node_name, "renewing the node certificate");
+                write_frame(&mut send, &AgentMessage::Renew { csr_pem }).await?;
+            }
             _ = look.tick() => {
                 let (received, sent) = counts();
                 if let Some(silent) = silence.silent(received, sent, Instant::now()) {
@@ -433,7 +505,7 @@ mod tests {
         let (_durable_tx, durable) = watch::channel(0);
         let (_status_tx, status) = watch::channel(NodeStatus::default());
         let ctx = SessionContext {
-            identity: Identity {
+            identity: CurrentIdentity::new(Identity {
                 info: NodeInfo {
                     node_name: "slow-welcome".into(),
                     master: server.local_addr().expect("addr").to_string(),
@@ -444,6 +516,8 @@ mod tests {
                 cert_pem: node_cert,
                 ca_pem: ca.cert_pem().to_string(),
             },
+                None,
+            ),
             commands,
             durable,
             status,

@@ -21,7 +21,7 @@ use fogmesh_common::wire::{Capacity, ContainerState, ContainerStatus};
 use tokio::sync::Semaphore;
 
 use crate::connector::{join, run_forever, JoinOptions, SessionContext};
-use crate::identity::IdentityFiles;
+use crate::identity::{CurrentIdentity, IdentityFiles};
 use crate::local_store::LocalStore;
 use crate::metrics::{self, queue::QueueCap, MetricsOptions};
 use crate::persister::{self, Applied};
@@ -102,9 +102,9 @@ pub async fn run(opts: SimulateOptions) -> Result<()> {
         if opts.connect_rate > 0 {
             tokio::time::sleep_until(ramp_started + Duration::from_secs_f64(i as f64 / f64::from(opts.connect_rate))).await;
         }
-        let identity = IdentityFiles::new(&dir).load()?;
+        let identity = CurrentIdentity::new(IdentityFiles::new(&dir).load()?, Some(IdentityFiles::new(&dir)));
         let board = StatusBoard::default();
-        let node = identity.info.node_name.clone();
+        let node = identity.get().info.node_name.clone();
         let persist = persister::start(LocalStore::new(&dir), board.clone(), &node);
         let metrics_settings = match opts.metrics {
             true => Some(metrics::start(

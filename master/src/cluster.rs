@@ -37,6 +37,8 @@ pub struct ClusterConfig {
     pub metrics: fogmesh_common::wire::MetricsSettings,
     /// Seconds between two rounds of a scaling policy without its own `interval`.
     pub scaling_period: Duration,
+    /// How long node certificates live; agents renew at two thirds.
+    pub node_cert_lifetime: Duration,
 }
 
 pub struct Cluster {

@@ -21,6 +21,11 @@ pub struct NodeRecord {
     /// The node certificate: its key verifies the node's metric batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_pem: Option<String>,
+    /// The certificate the last renewal replaced: still the node's (its
+    /// sessions and queued batches made with it stay good) until the next
+    /// renewal; revoked with the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_cert: Option<PreviousCert>,
     /// Unix milliseconds of the last frame from the agent.
     pub last_seen_ms: Option<u64>,
     /// The labels the agent last reported about itself: logged when they
@@ -29,7 +34,20 @@ pub struct NodeRecord {
     pub reported_labels: Vec<(String, String)>,
 }
 
+/// A node's certificate before its last renewal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreviousCert {
+    pub fingerprint: String,
+    pub pem: String,
+}
+
 impl NodeRecord {
+    /// Whether a certificate (by fingerprint) is this node's: its current
+    /// one, or the one its last renewal replaced.
+    pub fn holds_cert(&self, fingerprint: &str) -> bool {
+        self.cert_fingerprint.as_deref() == Some(fingerprint) || self.previous_cert.as_ref().is_some_and(|p| p.fingerprint == fingerprint)
+    }
+
     /// A node known by name and IP only: declared, its agent not joined yet.
     pub fn declared(name: &str, public_ip: &str) -> NodeRecord {
         NodeRecord {
@@ -41,6 +59,7 @@ impl NodeRecord {
             agent_version: None,
             cert_fingerprint: None,
             cert_pem: None,
+            previous_cert: None,
             last_seen_ms: None,
             reported_labels: vec![],
         }
@@ -76,6 +95,10 @@ pub struct NodeView {
     pub acked_generation: u64,
     /// Problems the agent reports, e.g. a full disk.
     pub conditions: Vec<Condition>,
+    /// When the node's certificate expires (unix ms); its agent renews it
+    /// at two thirds of its life.
+    #[serde(default)]
+    pub cert_expires_ms: Option<u64>,
 }
 
 /// What `GET /v1/node-summary` returns: the fleet in counts, cheap to ask

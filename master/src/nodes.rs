@@ -6,16 +6,14 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use fogmesh_common::pki::{cert_fingerprint_der, cert_fingerprint_pem, cert_serial_pem, constant_time_eq, hash_secret, node_name_from_cert, JoinToken};
+use fogmesh_common::pki::{cert_fingerprint_der, cert_fingerprint_pem, cert_serial_pem, cert_validity, constant_time_eq, hash_secret, node_name_from_cert, JoinToken};
 use fogmesh_common::wire::{Hello, JoinRequest, JoinResponse, NodeStatus, Refusal, PROTOCOL_VERSION};
 
 use crate::cluster::Cluster;
 use crate::failure::{check_name, Failure};
-use crate::model::{now_ms, DeclareNode, LabelNode, NodeRecord, NodeState, NodeSummary, NodeView, TokenCreated, TokenRecord};
+use crate::model::{now_ms, DeclareNode, LabelNode, NodeRecord, PreviousCert, NodeState, NodeSummary, NodeView, TokenCreated, TokenRecord};
 use crate::store::Revocation;
 
-/// Node certificates live this long; agents rejoin or renew before that.
-const NODE_CERT_DAYS: u32 = 365;
 /// Longest join token lifetime accepted.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most agents one token may join (a fleet rollout).
@@ -97,13 +95,12 @@ impl Cluster {
         self.store.put_token(&token.id, &record).map_err(internal)?;
         self.store.flush().await.map_err(internal)?;
 
-        let cert_pem = self.ca.sign_node_csr(&req.csr_pem, &name, NODE_CERT_DAYS).map_err(|e| format!("bad certificate request: {e}"))?;
+        let cert_pem = self.ca.sign_node_csr_for(&req.csr_pem, &name, self.config.node_cert_lifetime).map_err(|e| format!("bad certificate request: {e}"))?;
         let fingerprint = cert_fingerprint_pem(&cert_pem).map_err(|e| format!("the master issued an unreadable certificate: {e}"))?;
         let previous = self.store.node(&name).map_err(internal)?;
-        if let Some(old) = previous.as_ref().and_then(|n| n.cert_fingerprint.as_ref()) {
+        if let Some(old) = previous.as_ref().filter(|n| n.cert_fingerprint.is_some()) {
             // Only with --replace (checked above): the old agent is refused from now on.
-            let serial = previous.as_ref().and_then(|n| n.cert_pem.as_deref()).and_then(|pem| cert_serial_pem(pem).ok());
-            self.store.revoke(old, Revocation::Replaced, serial).map_err(internal)?;
+            self.revoke_certificates(old, Revocation::Replaced).map_err(internal)?;
             tracing::warn!(node = %name, "node joined again with --replace; its previous certificate is revoked");
         }
         let node = NodeRecord {
@@ -116,6 +113,7 @@ impl Cluster {
             agent_version: None,
             cert_fingerprint: Some(fingerprint),
             cert_pem: Some(cert_pem.clone()),
+            previous_cert: None,
             last_seen_ms: Some(now_ms()),
         };
         self.store.put_node(&node).map_err(internal)?;
@@ -231,12 +229,10 @@ impl Cluster {
             None => {}
         }
         let name = node_name_from_cert(der).ok_or_else(|| other("the client certificate names no node".into()))?;
-        match self.store.with_node(&name, |n| n.cert_fingerprint.clone()) {
+        match self.store.with_node(&name, |n| n.holds_cert(&fingerprint)) {
             None => Err(other(format!("node '{name}' is not registered; join again with a new token"))),
-            Some(current) if current.as_deref() != Some(fingerprint.as_str()) => {
-                Err(other(format!("this certificate is not the current one of node '{name}'; join again with a new token")))
-            }
-            Some(_) => Ok(name),
+            Some(false) => Err(other(format!("this certificate is not the current one of node '{name}'; join again with a new token"))),
+            Some(true) => Ok(name),
         }
     }
 
@@ -268,15 +264,55 @@ impl Cluster {
         let Some(node) = self.store.node(name)? else {
             return Err(Failure::NotFound(format!("no node named '{name}'")));
         };
-        if let Some(fp) = &node.cert_fingerprint {
-            let serial = node.cert_pem.as_deref().and_then(|pem| cert_serial_pem(pem).ok());
-            self.store.revoke(fp, Revocation::Removed, serial)?;
-        }
+        self.revoke_certificates(&node, Revocation::Removed)?;
         self.store.remove_node(name)?;
         self.reschedule_locked().await?;
         // Its sessions, if any, must learn that it was removed.
         self.note_revocation();
         tracing::info!(node = %name, "node removed and its certificate revoked");
+        Ok(())
+    }
+
+    /// Signs a new certificate for the key of `csr_pem`, for the node whose
+    /// certificate (`presented`, a fingerprint) the connection holds; the
+    /// current one becomes the previous (still good until the next renewal).
+    /// Revocation wins: a removed or replaced node's certificate renews nothing.
+    pub fn renew_certificate(&self, node: &str, presented: &str, csr_pem: &str) -> Result<String, String> {
+        let internal = |e: anyhow::Error| {
+            tracing::error!(%node, error = %format!("{e:#}"), "certificate renewal failed inside the master");
+            "the master failed to renew the certificate; see its log".to_string()
+        };
+        let cert_pem = self.ca.sign_node_csr_for(csr_pem, node, self.config.node_cert_lifetime).map_err(|e| format!("bad certificate request: {e}"))?;
+        let fingerprint = cert_fingerprint_pem(&cert_pem).map_err(|e| internal(e.into()))?;
+        let mut held = false;
+        let updated = self
+            .store
+            .update_node(node, |n| {
+                held = n.holds_cert(presented);
+                if held {
+                    if let (Some(fp), Some(pem)) = (n.cert_fingerprint.take(), n.cert_pem.take()) {
+                        n.previous_cert = Some(PreviousCert { fingerprint: fp, pem });
+                    }
+                    n.cert_fingerprint = Some(fingerprint.clone());
+                    n.cert_pem = Some(cert_pem.clone());
+                }
+            })
+            .map_err(internal)?;
+        if !updated || !held {
+            return Err(format!("node '{node}' no longer holds this certificate; join again with a new token"));
+        }
+        self.store.flush_soon();
+        tracing::info!(%node, "node certificate renewed");
+        Ok(cert_pem)
+    }
+
+    /// Revokes a node's current and previous certificates.
+    fn revoke_certificates(&self, node: &NodeRecord, why: Revocation) -> anyhow::Result<()> {
+        let current = node.cert_fingerprint.as_deref().zip(node.cert_pem.as_deref());
+        let previous = node.previous_cert.as_ref().map(|p| (p.fingerprint.as_str(), p.pem.as_str()));
+        for (fingerprint, pem) in current.into_iter().chain(previous) {
+            self.store.revoke(fingerprint, why, cert_serial_pem(pem).ok())?;
+        }
         Ok(())
     }
 
@@ -347,6 +383,7 @@ impl Cluster {
             acked_generation: n.acked,
             conditions: conditions(&n),
             labels: n.node.labels.iter().cloned().collect(),
+            cert_expires_ms: n.node.cert_pem.as_deref().and_then(|pem| cert_validity(pem).ok()).map(|(_, not_after)| unix_ms(not_after)),
             name: n.node.name.clone(),
             public_ip: n.node.public_ip.clone(),
             capacity: n.node.capacity.clone(),
@@ -404,6 +441,10 @@ fn check_label(key: &str, value: Option<&str>) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn check_protocol(version: u32) -> Result<(), String> {

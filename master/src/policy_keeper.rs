@@ -840,6 +840,7 @@ topology_template:
             agent_endpoint: "127.0.0.1:7401".into(),
             metrics: MetricsSettings { mqtt_url: "mqtts://127.0.0.1:8883".into(), interval_ms: 15_000, ack_key: vec![] },
             scaling_period: Duration::from_secs(1),
+            node_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
         };
         let cluster = Cluster::new(store, ca, config);
         let mut records = Vec::new();

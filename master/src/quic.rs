@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use fogmesh_common::codec::{forward_frames, read_frame, write_frame, CodecError};
+use fogmesh_common::pki::{cert_fingerprint_der, cert_fingerprint_pem, cert_validity_der};
 use fogmesh_common::tls::peer_certificate_der;
 use fogmesh_common::wire::{AgentMessage, DesiredState, MasterMessage, Refusal};
 use quinn::{RecvStream, SendStream};
@@ -57,10 +58,33 @@ async fn handle_connection(cluster: Arc<Cluster>, incoming: quinn::Incoming) -> 
             };
             finish_with(&conn, &mut send, &reply).await
         }
+        AgentMessage::Renew { csr_pem } => {
+            // Typically from a node back after its certificate expired: the
+            // handshake let the expired certificate through for this alone.
+            let cert = peer_certificate_der(&conn);
+            let reply = match renew(&cluster, cert.as_deref(), &csr_pem) {
+                Ok((node, cert_pem)) => {
+                    tracing::info!(%peer, %node, "certificate renewed for a returning node");
+                    MasterMessage::Renewed { cert_pem }
+                }
+                Err((reason, kind)) => {
+                    tracing::warn!(%peer, %reason, "certificate renewal refused");
+                    MasterMessage::Refused { reason, kind }
+                }
+            };
+            finish_with(&conn, &mut send, &reply).await
+        }
         AgentMessage::Hello(hello) => {
             let cert = peer_certificate_der(&conn);
+            if let Some(reason) = cert.as_deref().and_then(expired) {
+                tracing::warn!(%peer, node = %hello.node_name, %reason, "agent refused");
+                return finish_with(&conn, &mut send, &MasterMessage::Refused { reason, kind: Refusal::Other }).await;
+            }
             match cluster.hello(cert.as_deref(), &hello).await {
-                Ok(node) => control_loop(cluster, conn, send, recv, node, hello.acked_generation).await,
+                Ok(node) => {
+                    let presented = cert.as_deref().map(cert_fingerprint_der).unwrap_or_default();
+                    control_loop(cluster, conn, send, recv, Session { node, presented }, hello.acked_generation).await
+                }
                 Err((reason, kind)) => {
                     tracing::warn!(%peer, node = %hello.node_name, %reason, "agent refused");
                     finish_with(&conn, &mut send, &MasterMessage::Refused { reason, kind }).await
@@ -82,19 +106,44 @@ async fn finish_with(conn: &quinn::Connection, send: &mut SendStream, msg: &Mast
     Ok(())
 }
 
+/// Which node a session is, and the certificate it connected with (renewals
+/// in the session replace it).
+struct Session {
+    node: String,
+    presented: String,
+}
+
+/// A renewal for the certificate a connection holds: the node and its new certificate.
+/// Revocation wins: a removed node learns it here, as at a hello.
+fn renew(cluster: &Cluster, cert_der: Option<&[u8]>, csr_pem: &str) -> Result<(String, String), (String, Refusal)> {
+    let der = cert_der.ok_or_else(|| ("no client certificate: join first with a token (fogmesh-agent join)".to_string(), Refusal::Other))?;
+    let node = cluster.node_of_certificate(der)?;
+    let cert_pem = cluster.renew_certificate(&node, &cert_fingerprint_der(der), csr_pem).map_err(|reason| (reason, Refusal::Other))?;
+    Ok((node, cert_pem))
+}
+
+/// Why an expired certificate may not open a session (it may only renew).
+fn expired(der: &[u8]) -> Option<String> {
+    let (_, not_after) = cert_validity_der(der).ok()?;
+    (not_after < std::time::SystemTime::now()).then(|| {
+        "the node certificate has expired; the agent renews it first (update the agent if it does not)".to_string()
+    })
+}
+
 async fn control_loop(
     cluster: Arc<Cluster>,
     conn: quinn::Connection,
     mut send: SendStream,
     recv: RecvStream,
-    node: String,
+    session: Session,
     agent_generation: u64,
 ) -> Result<()> {
+    let node = session.node.clone();
     let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     let peer = conn.remote_address();
     cluster.mark_connected(&node, id);
     tracing::info!(%node, %peer, agent_generation, "agent connected");
-    let result = run_session(&cluster, &mut send, recv, &node, id, agent_generation, peer).await;
+    let result = run_session(&cluster, &mut send, recv, session, id, agent_generation, peer).await;
     if result.is_ok() {
         // Dropping the connection discards unsent frames: let the agent read
         // the last ones (e.g. a removal) and hang up first.
@@ -109,12 +158,13 @@ async fn run_session(
     cluster: &Arc<Cluster>,
     send: &mut SendStream,
     recv: RecvStream,
-    node: &str,
+    session: Session,
     id: u64,
     agent_generation: u64,
     peer: SocketAddr,
 ) -> Result<()> {
-    let fingerprint = cluster.store.with_node(node, |n| n.cert_fingerprint.clone()).flatten();
+    let Session { node, mut presented } = session;
+    let node = node.as_str();
     let heartbeat_ms = cluster.config.heartbeat_interval.as_millis() as u64;
     write_frame(send, &MasterMessage::Welcome { node_name: node.to_string(), heartbeat_interval_ms: heartbeat_ms }).await?;
     // Where to send metrics: at every session, so a changed broker reaches every agent.
@@ -154,6 +204,20 @@ async fn run_session(
                     AgentMessage::Heartbeat => cluster.record_seen(node),
                     AgentMessage::Ack { generation } => cluster.record_ack(node, generation)?,
                     AgentMessage::Status(status) => cluster.record_status(node, &status)?,
+                    AgentMessage::Renew { csr_pem } => {
+                        match cluster.renew_certificate(node, &presented, &csr_pem) {
+                            Ok(cert_pem) => {
+                                presented = cert_fingerprint_pem(&cert_pem)?;
+                                write_frame(send, &MasterMessage::Renewed { cert_pem }).await?;
+                            }
+                            Err(reason) => {
+                                tracing::warn!(%node, %reason, "certificate renewal refused");
+                                let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Other }).await;
+                                let _ = send.finish();
+                                break Ok(());
+                            }
+                        }
+                    }
                     AgentMessage::ScalingReport(decisions) => {
                         // Off the loop: recording and adopting waits for the disk.
                         let (cluster, node, taken) = (cluster.clone(), node.to_string(), taken_tx.clone());
@@ -173,7 +237,7 @@ async fn run_session(
                 if changed.is_err() {
                     break Ok(());
                 }
-                match cluster.store.with_node(node, |n| n.cert_fingerprint.clone()) {
+                match cluster.store.with_node(node, |n| n.holds_cert(&presented)) {
                     None => {
                         // Decommission: the agent drops its containers, then is refused.
                         let empty = DesiredState { generation: cluster.store.next_generation()?, ..Default::default() };
@@ -183,14 +247,14 @@ async fn run_session(
                         let _ = send.finish();
                         break Ok(());
                     }
-                    Some(current) if current != fingerprint => {
+                    Some(false) => {
                         // Another agent joined as this node: its containers are that agent's now.
                         let reason = "another agent joined as this node (--replace); this agent's certificate is revoked".to_string();
                         let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Replaced }).await;
                         let _ = send.finish();
                         break Ok(());
                     }
-                    Some(_) => {}
+                    Some(true) => {}
                 }
                 sent = push_if_newer(cluster, send, node, sent).await?;
             }
@@ -234,5 +298,6 @@ fn message_name(msg: &AgentMessage) -> &'static str {
         AgentMessage::Ack { .. } => "Ack",
         AgentMessage::Status(_) => "Status",
         AgentMessage::ScalingReport(_) => "ScalingReport",
+        AgentMessage::Renew { .. } => "Renew",
     }
 }

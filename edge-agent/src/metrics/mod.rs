@@ -29,7 +29,7 @@ use fogmesh_common::procstat;
 use fogmesh_common::wire::MetricsSettings;
 use tokio::sync::{watch, Notify};
 
-use crate::identity::Identity;
+use crate::identity::{CurrentIdentity, Identity};
 use crate::persister::Applied;
 pub use collector::Collector;
 use collector::sample;
@@ -55,7 +55,7 @@ pub struct MetricsOptions {
 /// gives the master's settings to.
 pub fn start(
     data_dir: &Path,
-    identity: &Identity,
+    identity: &CurrentIdentity,
     collector: Collector,
     applied: watch::Receiver<Applied>,
     options: MetricsOptions,
@@ -64,17 +64,20 @@ pub fn start(
     let (settings_tx, settings_rx) = watch::channel(file.load());
     let queue = MetricQueue::open(&data_dir.join("metric-queue"), options.queue_cap)?;
     let queue = Arc::new(Mutex::new(queue));
-    let signer = NodeSigner::from_key_pem(&identity.key_pem).context("the node key cannot sign metric batches")?;
+    let mut identity_rx = identity.subscribe();
+    let current = identity_rx.borrow_and_update().clone();
+    let signer = NodeSigner::from_key_pem(&current.key_pem).context("the node key cannot sign metric batches")?;
     let wake = Arc::new(Notify::new());
     let counters = Arc::new(PublishCounters::default());
 
     tokio::spawn(keep_settings(file, settings_rx.clone()));
-    let publisher = Publisher::new(identity, queue.clone(), settings_rx.clone(), wake.clone(), counters.clone());
+    let publisher = Publisher::new(identity.subscribe(), queue.clone(), settings_rx.clone(), wake.clone(), counters.clone());
     tokio::spawn(publisher.run_forever());
     let collect = CollectLoop {
-        node: identity.info.node_name.clone(),
+        node: current.info.node_name.clone(),
         collector,
         signer,
+        identity: identity_rx,
         queue,
         wake,
         counters,
@@ -102,6 +105,8 @@ struct CollectLoop {
     node: String,
     collector: Collector,
     signer: NodeSigner,
+    /// A renewal brings a new key: batches are signed with the newest.
+    identity: watch::Receiver<Identity>,
     queue: Arc<Mutex<MetricQueue>>,
     wake: Arc<Notify>,
     counters: Arc<PublishCounters>,
@@ -143,6 +148,7 @@ impl CollectLoop {
             if let Some(recent) = &self.recent {
                 recent.add(&samples, now_ms);
             }
+            self.follow_renewals();
             if let Err(e) = self.enqueue(samples, now_ms).await {
                 tracing::error!(error = %format!("{e:#}"), "cannot queue this interval's metrics (disk full?): they are lost");
             }
@@ -188,6 +194,17 @@ impl CollectLoop {
         out.push(sample(n, "process_cpu_seconds_total", &[("job", "fogmesh-agent")], procstat::cpu_seconds(pid), now_ms));
         out.push(sample(n, "process_resident_memory_bytes", &[("job", "fogmesh-agent")], procstat::rss_bytes(pid) as f64, now_ms));
         out
+    }
+
+    fn follow_renewals(&mut self) {
+        if !self.identity.has_changed().unwrap_or(false) {
+            return;
+        }
+        let key_pem = self.identity.borrow_and_update().key_pem.clone();
+        match NodeSigner::from_key_pem(&key_pem) {
+            Ok(signer) => self.signer = signer,
+            Err(e) => tracing::warn!(error = %e, "the renewed node key cannot sign; batches keep the previous key"),
+        }
     }
 
     /// Signs and queues the samples durably, in batches of bounded size.

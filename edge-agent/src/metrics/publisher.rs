@@ -44,18 +44,21 @@ pub struct PublishCounters {
 pub struct Publisher {
     pub node: String,
     pub queue: Arc<Mutex<MetricQueue>>,
-    pub identity_tls: (String, String, String),
+    /// The node's certificate and key for TLS: a renewal ends the
+    /// connection so the next one presents the new certificate.
+    pub identity: watch::Receiver<Identity>,
     pub settings: watch::Receiver<Option<MetricsSettings>>,
     pub wake: Arc<Notify>,
     pub counters: Arc<PublishCounters>,
 }
 
 impl Publisher {
-    pub fn new(identity: &Identity, queue: Arc<Mutex<MetricQueue>>, settings: watch::Receiver<Option<MetricsSettings>>, wake: Arc<Notify>, counters: Arc<PublishCounters>) -> Publisher {
+    pub fn new(identity: watch::Receiver<Identity>, queue: Arc<Mutex<MetricQueue>>, settings: watch::Receiver<Option<MetricsSettings>>, wake: Arc<Notify>, counters: Arc<PublishCounters>) -> Publisher {
+        let node = identity.borrow().info.node_name.clone();
         Publisher {
-            node: identity.info.node_name.clone(),
+            node,
             queue,
-            identity_tls: (identity.ca_pem.clone(), identity.cert_pem.clone(), identity.key_pem.clone()),
+            identity,
             settings,
             wake,
             counters,
@@ -107,8 +110,8 @@ impl Publisher {
         options.set_clean_session(true);
         options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
         if url.tls {
-            let (ca, cert, key) = &self.identity_tls;
-            let tls = mqtt_client_config(ca, cert, key)?;
+            let id = self.identity.borrow_and_update().clone();
+            let tls = mqtt_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
             options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
         }
         let (client, mut eventloop) = AsyncClient::new(options, WINDOW * 2);
@@ -118,6 +121,7 @@ impl Publisher {
         let mut connected = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut settings_open = true;
+        let mut identity_open = true;
         loop {
             tokio::select! {
                 event = eventloop.poll() => match event.map_err(|e| anyhow!("{e}"))? {
@@ -137,6 +141,14 @@ impl Publisher {
                 },
                 _ = self.wake.notified(), if connected => self.fill(&client, &topic, &mut inflight),
                 _ = tick.tick(), if connected => self.fill(&client, &topic, &mut inflight),
+                changed = self.identity.changed(), if identity_open && url.tls => {
+                    identity_open = changed.is_ok();
+                    if identity_open {
+                        tracing::info!("node certificate renewed: reconnecting to the metrics broker with it");
+                        let _ = client.try_disconnect();
+                        return Ok(());
+                    }
+                }
                 changed = self.settings.changed(), if settings_open => {
                     settings_open = changed.is_ok();
                     if settings_open && self.settings.borrow().as_ref() != Some(settings) {

@@ -182,6 +182,11 @@ struct ServeArgs {
     /// Seconds between two rounds of a scaling policy that has no `interval`.
     #[arg(long, default_value = "15s", value_parser = duration_arg)]
     scaling_period: Duration,
+    /// How long node certificates live (at least 30s). Agents renew theirs
+    /// over their session at two thirds of it, with a new key; a node that
+    /// was offline past expiry renews when it returns.
+    #[arg(long, default_value = "30d", value_parser = duration_arg)]
+    node_cert_lifetime: Duration,
     /// Program run after a scaling policy changes a node set's count:
     /// `CMD APP NODE_SET COUNT [-- NODE_TO_DROP...]` (e.g. a script that
     /// calls Terraform or a cloud CLI), at most 60 s, beside the scaling
@@ -309,6 +314,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         agent_endpoint: format!("{host}:{}", args.quic.port()),
         metrics: fogmesh_master::metrics::agent_settings(&credentials, &metrics_options)?,
         scaling_period: args.scaling_period,
+        node_cert_lifetime: args.node_cert_lifetime,
     };
     let cluster = Cluster::new(store, files.ca, config);
     let metrics = Metrics::start(cluster.clone(), &credentials, metrics_options).await?;

@@ -96,19 +96,33 @@ pub async fn run(client: &Client, command: NodeCommand) -> Result<()> {
                                 if labels.is_empty() { "-".into() } else { labels },
                                 capacity,
                                 format!("{}/{}", n.containers_running, n.containers_desired),
+                                n.cert_expires_ms.map_or("-".into(), until),
                                 if conditions.is_empty() { "-".into() } else { conditions },
                             ]
                         })
                         .collect();
                     print!(
                         "{}",
-                        table::render(&["NAME", "PUBLIC IP", "STATE", "LAST SEEN", "LABELS", "CAPACITY", "CONTAINERS", "CONDITIONS"], &rows)
+                        table::render(&["NAME", "PUBLIC IP", "STATE", "LAST SEEN", "LABELS", "CAPACITY", "CONTAINERS", "CERT EXPIRES", "CONDITIONS"], &rows)
                     );
                 }
             }
         }
     }
     Ok(())
+}
+
+/// "in 29d", "in 3h", "in 40s", or "expired 2h ago", for a unix-ms time.
+fn until(ms: u64) -> String {
+    let now = crate::model::now_ms();
+    let (secs, past) = if ms >= now { ((ms - now) / 1000, false) } else { ((now - ms) / 1000, true) };
+    let span = match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    };
+    if past { format!("expired {span} ago") } else { format!("in {span}") }
 }
 
 /// `K=V` and `K-` arguments as one change.

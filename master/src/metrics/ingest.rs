@@ -206,7 +206,12 @@ async fn handle(client: &AsyncClient, shared: &Shared, topic: &str, payload: &[u
         tracing::warn!(%node, "metrics batch from a node that is not registered (or was removed): refused");
         return;
     };
-    let (seq, samples) = match verify_batch(node, &key, payload) {
+    let checked = verify_batch(node, &key, payload).or_else(|refused| match (&refused, previous_key(&shared.cluster, node)) {
+        // Signed before the node's last renewal (queued while offline, or in flight).
+        (Refused::Forged(_), Some(previous)) => verify_batch(node, &previous, payload).map_err(|_| refused),
+        _ => Err(refused),
+    });
+    let (seq, samples) = match checked {
         Ok(checked) => checked,
         Err(Refused::Forged(why)) => {
             counters.refused_forged.fetch_add(1, Ordering::Relaxed);
@@ -292,6 +297,12 @@ fn node_key(cluster: &Cluster, keys: &Mutex<HashMap<String, (String, Vec<u8>)>>,
     let key = cert_public_key(&pem).ok()?;
     cache.insert(node.to_string(), (fingerprint, key.clone()));
     Some(key)
+}
+
+/// The public key of the certificate the node's last renewal replaced.
+fn previous_key(cluster: &Cluster, node: &str) -> Option<Vec<u8>> {
+    let pem = cluster.store.with_node(node, |n| n.previous_cert.as_ref().map(|p| p.pem.clone()))??;
+    cert_public_key(&pem).ok()
 }
 
 #[cfg(test)]
