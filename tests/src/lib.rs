@@ -247,6 +247,23 @@ impl Master {
         assert_eq!(status, 200, "query {expr}: {answer}");
         answer["data"]["result"].as_array().cloned().unwrap_or_default()
     }
+
+    /// The value of the line of `/metrics` that starts with `line_start`
+    /// (a metric name and its labels, then a space), if there is one.
+    pub fn own_metric_value(&self, line_start: &str) -> Option<f64> {
+        self.api_get_text("/metrics").lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+    }
+
+    /// [`Master::own_metric_value`], which must be there.
+    pub fn own_metric(&self, line_start: &str) -> f64 {
+        self.own_metric_value(line_start).unwrap_or_else(|| panic!("{line_start} not in /metrics:\n{}", self.api_get_text("/metrics")))
+    }
+
+    /// One node of `fogmesh node list` (JSON), which must be there.
+    pub fn node(&self, name: &str) -> serde_json::Value {
+        let nodes = self.cli_json(&["node", "list"]);
+        nodes.as_array().and_then(|n| n.iter().find(|n| n["name"] == name).cloned()).unwrap_or_else(|| panic!("no node {name} in {nodes}"))
+    }
 }
 
 /// An agent with its own data dir, joined under `name` with `public_ip`.

@@ -132,9 +132,6 @@ fn series_in_last_hour(master: &Master, expr: &str) -> Vec<(serde_json::Value, u
 }
 
 /// A line of `/metrics` that starts with `prefix`: its value.
-fn own_metric(master: &Master, prefix: &str) -> Option<f64> {
-    master.api_get_text("/metrics").lines().find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
-}
 
 /// A node (signed, through the broker's door as itself) sends a batch
 /// with more new series than `--max-series-per-node 50` and a sample an
@@ -215,10 +212,10 @@ fn a_nodes_series_past_its_cap_and_samples_from_the_future_are_refused_and_shown
     assert_eq!(answer["data"]["result"], serde_json::json!([]), "the sample from the future was stored");
 
     // Counted per node and reason.
-    assert_eq!(own_metric(&master, &format!("fogmesh_ingest_refused_samples_total{{node=\"{node}\",reason=\"series_limit\"}}")), Some(11.0));
-    assert_eq!(own_metric(&master, &format!("fogmesh_ingest_refused_samples_total{{node=\"{node}\",reason=\"future\"}}")), Some(1.0));
-    assert_eq!(own_metric(&master, "fogmesh_ingest_samples_total "), Some(51.0), "samples stored");
-    assert_eq!(own_metric(&master, "fogmesh_tsdb_max_series_per_node "), Some(50.0));
+    assert_eq!(master.own_metric_value(&format!("fogmesh_ingest_refused_samples_total{{node=\"{node}\",reason=\"series_limit\"}}")), Some(11.0));
+    assert_eq!(master.own_metric_value(&format!("fogmesh_ingest_refused_samples_total{{node=\"{node}\",reason=\"future\"}}")), Some(1.0));
+    assert_eq!(master.own_metric_value("fogmesh_ingest_samples_total "), Some(51.0), "samples stored");
+    assert_eq!(master.own_metric_value("fogmesh_tsdb_max_series_per_node "), Some(50.0));
 
     // And shown as the node's condition.
     let message = "12 samples refused: series limit 50 reached (11); stamped more than 10 min ahead of the master's clock (1)";

@@ -58,11 +58,6 @@ async fn until_closed(events: &mut EventLoop, limit: Duration) -> Result<Vec<Pac
     }
 }
 
-fn own_metric(master: &Master, line_start: &str) -> f64 {
-    let text = master.api_get_text("/metrics");
-    text.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok()).unwrap_or_else(|| panic!("{line_start} not in /metrics:\n{text}"))
-}
-
 fn batch_seq(master: &Master, node: &str) -> Option<f64> {
     master.query(&format!("fogmesh_agent_batch_seq{{node=\"{node}\"}}")).first().and_then(|s| s["value"][1].as_str()?.parse().ok())
 }
@@ -111,8 +106,8 @@ fn a_node_certificate_reaches_only_its_own_topics_and_a_removed_one_is_shut_out_
         let got = until_closed(&mut events, Duration::from_secs(10)).await.expect("publishing as door-b ends the connection");
         assert!(!got.iter().any(|p| matches!(p, Packet::PubAck(_))), "the broker took the publish: {got:?}");
     });
-    assert_eq!(own_metric(&master, "fogmesh_mqtt_refused_total{reason=\"connect\"}"), 3.0);
-    assert_eq!(own_metric(&master, "fogmesh_mqtt_refused_total{reason=\"packet\"}"), 4.0);
+    assert_eq!(master.own_metric("fogmesh_mqtt_refused_total{reason=\"connect\"}"), 3.0);
+    assert_eq!(master.own_metric("fogmesh_mqtt_refused_total{reason=\"packet\"}"), 4.0);
 
     // A connection of door-a that does what a node may: it is let in, and
     // gets its own acks topic.
@@ -142,8 +137,8 @@ fn a_node_certificate_reaches_only_its_own_topics_and_a_removed_one_is_shut_out_
         let (_client, mut events) = files.client(port, "fogmesh-agent-door-a-00000002");
         assert_eq!(connack(&mut events).await, Ok(ConnectReturnCode::NotAuthorized));
     });
-    assert!(own_metric(&master, "fogmesh_mqtt_refused_total{reason=\"revoked\"}") >= 1.0);
-    assert!(own_metric(&master, "fogmesh_mqtt_refused_total{reason=\"certificate\"}") >= 1.0);
+    assert!(master.own_metric("fogmesh_mqtt_refused_total{reason=\"revoked\"}") >= 1.0);
+    assert!(master.own_metric("fogmesh_mqtt_refused_total{reason=\"certificate\"}") >= 1.0);
     let log = master.proc.as_ref().map(Proc::log_text).unwrap_or_default();
     assert!(log.contains("MQTT connection closed: certificate revoked"), "no revocation line in the master's log");
     // Through all of it, the other node's samples kept arriving.
@@ -222,8 +217,8 @@ fn an_external_mosquitto_set_up_by_issue_cert_holds_the_same_doors() {
             }
         }
     });
-    wait_for("the forgery on mq-a's own topic refused", T, || (own_metric(&master, "fogmesh_ingest_refused_total{reason=\"forged\"}") >= 1.0).then_some(()));
-    assert_eq!(own_metric(&master, "fogmesh_ingest_refused_total{reason=\"forged\"}"), 1.0, "the publish on mq-b's topic reached the master");
+    wait_for("the forgery on mq-a's own topic refused", T, || (master.own_metric("fogmesh_ingest_refused_total{reason=\"forged\"}") >= 1.0).then_some(()));
+    assert_eq!(master.own_metric("fogmesh_ingest_refused_total{reason=\"forged\"}"), 1.0, "the publish on mq-b's topic reached the master");
 
     // Removing mq-a rewrites the CRL; after mosquitto rereads it, mq-a's
     // certificate no longer connects.

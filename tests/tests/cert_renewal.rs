@@ -9,13 +9,8 @@ use fogmesh_tests::*;
 
 const T: Duration = Duration::from_secs(120);
 
-fn node(master: &Master, name: &str) -> serde_json::Value {
-    let nodes = master.cli_json(&["node", "list"]);
-    nodes.as_array().and_then(|n| n.iter().find(|n| n["name"] == name).cloned()).unwrap_or_else(|| panic!("no node {name} in {nodes}"))
-}
-
 fn cert_expires_ms(master: &Master, name: &str) -> u64 {
-    node(master, name)["cert_expires_ms"].as_u64().unwrap_or_else(|| panic!("no certificate expiry for {name}"))
+    master.node(name)["cert_expires_ms"].as_u64().unwrap_or_else(|| panic!("no certificate expiry for {name}"))
 }
 
 fn now_ms() -> u64 {
@@ -33,11 +28,6 @@ fn batch_seqs(master: &Master, node: &str) -> Vec<u64> {
         .filter_map(|p| p[1].as_str()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .collect()
-}
-
-fn own_metric(master: &Master, line_start: &str) -> f64 {
-    let text = master.api_get_text("/metrics");
-    text.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok()).unwrap_or_else(|| panic!("{line_start} not in /metrics:\n{text}"))
 }
 
 #[test]
@@ -78,7 +68,7 @@ fn certificates_renew_over_live_sessions_with_no_session_or_sample_lost() {
             assert_eq!(w[1], w[0] + 1, "{}: a collection is missing between {w:?}", a.name);
         }
     }
-    assert_eq!(own_metric(&master, "fogmesh_ingest_refused_total{reason=\"forged\"}"), 0.0);
+    assert_eq!(master.own_metric("fogmesh_ingest_refused_total{reason=\"forged\"}"), 0.0);
     for n in master.cli_json(&["node", "list"]).as_array().unwrap() {
         assert_ne!(n["name"], "renew-x");
         assert_eq!(n["state"], "ready", "{n}");
@@ -110,7 +100,7 @@ fn a_node_offline_past_expiry_renews_on_return_and_its_workloads_never_stop() {
     back.start();
     gone.start();
     wait_for("offline-a renewed and back", T, || {
-        (back.log_text().contains("the expired node certificate was renewed") && node(&master, "offline-a")["state"] == "ready").then_some(())
+        (back.log_text().contains("the expired node certificate was renewed") && master.node("offline-a")["state"] == "ready").then_some(())
     });
     assert!(cert_expires_ms(&master, "offline-a") > now_ms(), "a fresh certificate");
     assert_eq!(container_id("offline-a", "steady", "job"), id, "the workload ran on, untouched, all along");

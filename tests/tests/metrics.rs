@@ -30,10 +30,6 @@ fn value(master: &Master, expr: &str) -> Option<f64> {
 }
 
 /// A counter line of `/metrics`.
-fn own_metric(master: &Master, line_start: &str) -> f64 {
-    let text = master.api_get_text("/metrics");
-    text.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok()).unwrap_or_else(|| panic!("{line_start} not in /metrics:\n{text}"))
-}
 
 #[test]
 fn a_busy_containers_cpu_and_every_nodes_metrics_reach_the_prometheus_api() {
@@ -93,7 +89,7 @@ fn a_busy_containers_cpu_and_every_nodes_metrics_reach_the_prometheus_api() {
     let (status, err) = master.api_post("/api/v1/query", &[("query", "holt_winters(node_load1[5m], 0.5, 0.5)")]);
     assert_eq!(status, 400);
     assert!(err["error"].as_str().unwrap().contains("holt_winters"), "{err}");
-    assert!(own_metric(&master, "fogmesh_ingest_batches_total ") > 0.0);
+    assert!(master.own_metric("fogmesh_ingest_batches_total ") > 0.0);
 }
 
 /// A real broker client with a valid node certificate, through the door
@@ -148,8 +144,8 @@ fn forged_batches_and_acks_are_refused_and_counted() {
         assert_eq!(acked, 2);
     });
     wait_for("the refusals counted", T, || {
-        (own_metric(&master, "fogmesh_ingest_refused_total{reason=\"forged\"}") >= 1.0
-            && own_metric(&master, "fogmesh_ingest_refused_total{reason=\"malformed\"}") >= 1.0)
+        (master.own_metric("fogmesh_ingest_refused_total{reason=\"forged\"}") >= 1.0
+            && master.own_metric("fogmesh_ingest_refused_total{reason=\"malformed\"}") >= 1.0)
             .then_some(())
     });
     assert!(master.query("forged_marker").is_empty(), "a forged sample was stored");

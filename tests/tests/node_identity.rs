@@ -9,11 +9,6 @@ use fogmesh_tests::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn node(master: &Master, name: &str) -> serde_json::Value {
-    let nodes = master.cli_json(&["node", "list"]);
-    nodes.as_array().and_then(|n| n.iter().find(|n| n["name"] == name).cloned()).unwrap_or_else(|| panic!("no node {name} in {nodes}"))
-}
-
 fn master_log(master: &Master) -> String {
     master.proc.as_ref().map(Proc::log_text).unwrap_or_default()
 }
@@ -24,7 +19,7 @@ fn taking_a_nodes_place_needs_a_token_made_for_it_and_labels_are_the_operators()
     let mut master = Master::start(&dir);
     let mut first = Agent::join_and_run(&master, "ident-a", "127.0.0.51");
     let _b = Agent::join_and_run(&master, "ident-b", "127.0.0.52");
-    wait_for("both nodes ready", T, || (node(&master, "ident-a")["state"] == "ready" && node(&master, "ident-b")["state"] == "ready").then_some(()));
+    wait_for("both nodes ready", T, || (master.node("ident-a")["state"] == "ready" && master.node("ident-b")["state"] == "ready").then_some(()));
 
     // A plain token, or one made for another node, cannot take ident-a over.
     let refused = Agent::join_with_token(&master, &master.token(), "ident-a", "127.0.0.51", &dir.join("thief-1"), &["--replace"]).err().expect("a plain token must not replace a node");
@@ -42,7 +37,7 @@ fn taking_a_nodes_place_needs_a_token_made_for_it_and_labels_are_the_operators()
 
     // The agent now says it has other labels (its node.json edited): the
     // master logs it and keeps the labels ident-a joined with.
-    assert_eq!(node(&master, "ident-a")["labels"], serde_json::json!({"zone": "test"}));
+    assert_eq!(master.node("ident-a")["labels"], serde_json::json!({"zone": "test"}));
     first.kill();
     let info_path = first.data_dir.join("node.json");
     let mut info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
@@ -50,13 +45,13 @@ fn taking_a_nodes_place_needs_a_token_made_for_it_and_labels_are_the_operators()
     std::fs::write(&info_path, info.to_string()).unwrap();
     first.start();
     wait_for("the master logging the labels it does not obey", T, || master_log(&master).contains("agent reports other labels than before").then_some(()));
-    assert_eq!(node(&master, "ident-a")["labels"], serde_json::json!({"zone": "test"}));
+    assert_eq!(master.node("ident-a")["labels"], serde_json::json!({"zone": "test"}));
 
     // The operator sets and removes labels.
     let out = master.cli_ok(&["node", "label", "ident-a", "zone=lab", "tier=edge"]);
     assert_eq!(out.trim(), "node ident-a labels: tier=edge, zone=lab");
     master.cli_ok(&["node", "label", "ident-a", "tier-"]);
-    assert_eq!(node(&master, "ident-a")["labels"], serde_json::json!({"zone": "lab"}));
+    assert_eq!(master.node("ident-a")["labels"], serde_json::json!({"zone": "lab"}));
     for (args, why) in [
         (vec!["node", "label", "ident-a", "zone"], "'zone' is neither KEY=VALUE (set) nor KEY- (remove)"),
         (vec!["node", "label", "ident-a", "zone=a b"], "label value 'a b' of 'zone' is not valid"),
@@ -71,6 +66,6 @@ fn taking_a_nodes_place_needs_a_token_made_for_it_and_labels_are_the_operators()
     first.kill();
     master.restart();
     first.start();
-    wait_for("ident-a back", T, || (node(&master, "ident-a")["state"] == "ready").then_some(()));
-    assert_eq!(node(&master, "ident-a")["labels"], serde_json::json!({"zone": "lab"}));
+    wait_for("ident-a back", T, || (master.node("ident-a")["state"] == "ready").then_some(()));
+    assert_eq!(master.node("ident-a")["labels"], serde_json::json!({"zone": "lab"}));
 }
