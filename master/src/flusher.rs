@@ -8,7 +8,10 @@
 //!
 //! Writes that need no waiter (heartbeat times, observed status) call
 //! [`GroupFlusher::request`]; the flusher picks them up with the next flush,
-//! at the latest after [`IDLE_FLUSH`].
+//! at the latest after [`IDLE_FLUSH`]. While only such requests are
+//! pending it gathers them for up to [`UNWAITED_DELAY`] (a waiter ends the
+//! wait): redb's sync holds the store's one write slot while it fsyncs, so
+//! back-to-back syncs during a burst of agent reports held every writer up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -19,6 +22,16 @@ use tokio::sync::watch;
 
 /// Requests without a waiter are flushed at most this late.
 const IDLE_FLUSH: Duration = Duration::from_millis(500);
+/// How long requests without a waiter are gathered before a flush.
+const UNWAITED_DELAY: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+struct Wake {
+    /// A request since the flusher last looked.
+    pending: bool,
+    /// A caller waits (`flush`).
+    waited: bool,
+}
 
 #[derive(Clone, Debug, Default)]
 struct Progress {
@@ -31,7 +44,7 @@ struct Progress {
 struct Shared {
     /// Numbers handed to requests so far.
     requested: AtomicU64,
-    wake: (Mutex<bool>, Condvar),
+    wake: (Mutex<Wake>, Condvar),
     progress: watch::Sender<Progress>,
 }
 
@@ -46,7 +59,7 @@ impl GroupFlusher {
     pub fn start(name: &str, flush: impl Fn() -> Result<()> + Send + 'static) -> Result<GroupFlusher> {
         let shared = Arc::new(Shared {
             requested: AtomicU64::new(0),
-            wake: (Mutex::new(false), Condvar::new()),
+            wake: (Mutex::new(Wake::default()), Condvar::new()),
             progress: watch::channel(Progress::default()).0,
         });
         let weak = Arc::downgrade(&shared);
@@ -54,23 +67,25 @@ impl GroupFlusher {
         Ok(GroupFlusher { shared })
     }
 
-    fn ticket(&self) -> u64 {
+    fn ticket(&self, waited: bool) -> u64 {
         let ticket = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let (flag, cvar) = &self.shared.wake;
-        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        let (wake, cvar) = &self.shared.wake;
+        let mut wake = wake.lock().unwrap_or_else(|e| e.into_inner());
+        wake.pending = true;
+        wake.waited |= waited;
         cvar.notify_one();
         ticket
     }
 
     /// Asks for a flush without waiting for it.
     pub fn request(&self) {
-        self.ticket();
+        self.ticket(false);
     }
 
     /// Returns once every write made before this call is durable.
     pub async fn flush(&self) -> Result<()> {
         let mut progress = self.shared.progress.subscribe();
-        let ticket = self.ticket();
+        let ticket = self.ticket(true);
         loop {
             {
                 let p = progress.borrow_and_update();
@@ -93,12 +108,22 @@ fn flush_loop(shared: Weak<Shared>, flush: impl Fn() -> Result<()>) {
     loop {
         let Some(s) = shared.upgrade() else { return };
         {
-            let (flag, cvar) = &s.wake;
-            let mut pending = flag.lock().unwrap_or_else(|e| e.into_inner());
-            if !*pending {
-                pending = cvar.wait_timeout(pending, IDLE_FLUSH).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            let (wake, cvar) = &s.wake;
+            let mut w = wake.lock().unwrap_or_else(|e| e.into_inner());
+            if !w.pending {
+                w = cvar.wait_timeout(w, IDLE_FLUSH).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
             }
-            *pending = false;
+            // Only requests nobody waits for: gather more, unless a waiter comes.
+            let until = std::time::Instant::now() + UNWAITED_DELAY;
+            while w.pending && !w.waited {
+                let now = std::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                w = cvar.wait_timeout(w, until - now).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            }
+            w.pending = false;
+            w.waited = false;
         }
         // Everything requested before this point is covered by this flush.
         let target = s.requested.load(Ordering::SeqCst);
@@ -144,6 +169,30 @@ mod tests {
         }
         let n = flushes.load(Ordering::SeqCst);
         assert!((1..=10).contains(&n), "100 callers took {n} flushes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_nobody_waits_for_are_gathered_and_a_waiter_is_not_held_up() {
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let counter = flushes.clone();
+        let flusher = GroupFlusher::start("test", move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        // 50 requests over about 50 ms: gathered into one or two flushes.
+        for _ in 0..50 {
+            flusher.request();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(UNWAITED_DELAY * 3).await;
+        let n = flushes.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&n), "50 requests took {n} flushes");
+        // A request, then a waiter: the waiter does not wait out the delay.
+        flusher.request();
+        let started = std::time::Instant::now();
+        flusher.flush().await.unwrap();
+        assert!(started.elapsed() < UNWAITED_DELAY / 2, "a waiter waited {:?}", started.elapsed());
     }
 
     #[tokio::test]
