@@ -277,7 +277,9 @@ impl Cluster {
     /// certificate (`presented`, a fingerprint) the connection holds; the
     /// current one becomes the previous (still good until the next renewal).
     /// Revocation wins: a removed or replaced node's certificate renews nothing.
-    pub fn renew_certificate(&self, node: &str, presented: &str, csr_pem: &str) -> Result<String, String> {
+    /// Stored durably before it returns: an agent that got the certificate
+    /// must find the master knowing it after any crash.
+    pub async fn renew_certificate(&self, node: &str, presented: &str, csr_pem: &str) -> Result<String, String> {
         let internal = |e: anyhow::Error| {
             tracing::error!(%node, error = %format!("{e:#}"), "certificate renewal failed inside the master");
             "the master failed to renew the certificate; see its log".to_string()
@@ -301,7 +303,7 @@ impl Cluster {
         if !updated || !held {
             return Err(format!("node '{node}' no longer holds this certificate; join again with a new token"));
         }
-        self.store.flush_soon();
+        self.store.flush().await.map_err(internal)?;
         tracing::info!(%node, "node certificate renewed");
         Ok(cert_pem)
     }

@@ -62,7 +62,7 @@ async fn handle_connection(cluster: Arc<Cluster>, incoming: quinn::Incoming) -> 
             // Typically from a node back after its certificate expired: the
             // handshake let the expired certificate through for this alone.
             let cert = peer_certificate_der(&conn);
-            let reply = match renew(&cluster, cert.as_deref(), &csr_pem) {
+            let reply = match renew(&cluster, cert.as_deref(), &csr_pem).await {
                 Ok((node, cert_pem)) => {
                     tracing::info!(%peer, %node, "certificate renewed for a returning node");
                     MasterMessage::Renewed { cert_pem }
@@ -115,10 +115,10 @@ struct Session {
 
 /// A renewal for the certificate a connection holds: the node and its new certificate.
 /// Revocation wins: a removed node learns it here, as at a hello.
-fn renew(cluster: &Cluster, cert_der: Option<&[u8]>, csr_pem: &str) -> Result<(String, String), (String, Refusal)> {
+async fn renew(cluster: &Cluster, cert_der: Option<&[u8]>, csr_pem: &str) -> Result<(String, String), (String, Refusal)> {
     let der = cert_der.ok_or_else(|| ("no client certificate: join first with a token (fogmesh-agent join)".to_string(), Refusal::Other))?;
     let node = cluster.node_of_certificate(der)?;
-    let cert_pem = cluster.renew_certificate(&node, &cert_fingerprint_der(der), csr_pem).map_err(|reason| (reason, Refusal::Other))?;
+    let cert_pem = cluster.renew_certificate(&node, &cert_fingerprint_der(der), csr_pem).await.map_err(|reason| (reason, Refusal::Other))?;
     Ok((node, cert_pem))
 }
 
@@ -184,8 +184,22 @@ async fn run_session(
     let silence = tokio::time::sleep(cluster.config.offline_after);
     tokio::pin!(silence);
     let (taken_tx, mut taken_rx) = mpsc::channel::<i64>(4);
+    // Renewals wait for the disk: off the loop, like scaling reports.
+    let (renewed_tx, mut renewed_rx) = mpsc::channel::<Result<String, String>>(1);
     let result = loop {
         tokio::select! {
+            Some(renewal) = renewed_rx.recv() => match renewal {
+                Ok(cert_pem) => {
+                    presented = cert_fingerprint_pem(&cert_pem)?;
+                    write_frame(send, &MasterMessage::Renewed { cert_pem }).await?;
+                }
+                Err(reason) => {
+                    tracing::warn!(%node, %reason, "certificate renewal refused");
+                    let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Other }).await;
+                    let _ = send.finish();
+                    break Ok(());
+                }
+            },
             Some(up_to_ms) = taken_rx.recv() => {
                 write_frame(send, &MasterMessage::ScalingReportTaken { up_to_ms }).await?;
             }
@@ -205,18 +219,10 @@ async fn run_session(
                     AgentMessage::Ack { generation } => cluster.record_ack(node, generation)?,
                     AgentMessage::Status(status) => cluster.record_status(node, &status)?,
                     AgentMessage::Renew { csr_pem } => {
-                        match cluster.renew_certificate(node, &presented, &csr_pem) {
-                            Ok(cert_pem) => {
-                                presented = cert_fingerprint_pem(&cert_pem)?;
-                                write_frame(send, &MasterMessage::Renewed { cert_pem }).await?;
-                            }
-                            Err(reason) => {
-                                tracing::warn!(%node, %reason, "certificate renewal refused");
-                                let _ = write_frame(send, &MasterMessage::Refused { reason, kind: Refusal::Other }).await;
-                                let _ = send.finish();
-                                break Ok(());
-                            }
-                        }
+                        let (cluster, node, presented, renewed) = (cluster.clone(), node.to_string(), presented.clone(), renewed_tx.clone());
+                        tokio::spawn(async move {
+                            let _ = renewed.send(cluster.renew_certificate(&node, &presented, &csr_pem).await).await;
+                        });
                     }
                     AgentMessage::ScalingReport(decisions) => {
                         // Off the loop: recording and adopting waits for the disk.
