@@ -66,10 +66,18 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 /// Writes `bytes` to `path` whole and synced, through `PATH.tmp` renamed
 /// over it, with mode 0600.
 pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with_mode(path, bytes, FILE_MODE)
+}
+
+/// [`write_private_atomic`] with another mode, for the few files others
+/// must read (a CRL the broker reads as its own user).
+pub fn write_atomic_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = create_private(&tmp)?;
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(|e| at(&tmp, "create", e))?;
+    // Also when a leftover .tmp had another mode.
+    file.set_permissions(Permissions::from_mode(mode)).map_err(|e| at(&tmp, "set the mode of", e))?;
     io::Write::write_all(&mut file, bytes).and_then(|()| file.sync_all()).map_err(|e| at(&tmp, "write", e))?;
     fs::rename(&tmp, path).map_err(|e| at(path, "replace", e))
 }

@@ -8,8 +8,6 @@
 //! connections that are already open stay open until they drop (the
 //! ingest still refuses their batches: the node is no longer registered).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,14 +56,5 @@ pub fn write(cluster: &Cluster, path: &Path, number: u64) -> Result<usize> {
 /// A CRL is public (the broker may run as another user): 0644, replaced
 /// whole so the broker never reads half a list.
 pub fn write_public_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
+    Ok(fogmesh_common::private_files::write_atomic_with_mode(path, bytes, 0o644)?)
 }
